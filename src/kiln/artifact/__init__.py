@@ -1,0 +1,7 @@
+"""The artifact: files, manifest with hashes, atomic publication."""
+
+from kiln.artifact.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, file_entries, load_manifest, write_json
+from kiln.artifact.publish import check_output_path, clean_leftovers, publish, staging_dir
+
+__all__ = ["MANIFEST_NAME", "MANIFEST_SCHEMA", "check_output_path", "clean_leftovers", "file_entries",
+           "load_manifest", "publish", "staging_dir", "write_json"]

@@ -1,0 +1,42 @@
+"""manifest.json: what the artifact is, where it came from, and the hash of every file in it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kiln.errors import UsageError
+from kiln.exporters.base import sha256_file
+
+MANIFEST_SCHEMA = "kiln.manifest/1"
+MANIFEST_NAME = "manifest.json"
+
+
+def file_entries(root: Path, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> list[dict]:
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in exclude:
+            continue
+        entries.append({"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size})
+    return entries
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+
+
+def load_manifest(artifact: Path) -> dict:
+    path = artifact / MANIFEST_NAME if artifact.is_dir() else artifact
+    if not path.is_file():
+        raise UsageError(f"{artifact} is not a kiln artifact (no {MANIFEST_NAME})",
+                         hint="give the folder that `kiln export --out` wrote")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc})", hint="the artifact is damaged; export it again") from None
+    if not isinstance(data, dict) or data.get("schema_version") != MANIFEST_SCHEMA:
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        raise UsageError(f"{path} has schema '{found}', this kiln reads '{MANIFEST_SCHEMA}'",
+                         hint="re-export the artifact with this kiln version")
+    return data

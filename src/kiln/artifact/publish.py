@@ -1,0 +1,79 @@
+"""Atomic publication: an artifact is built in a hidden sibling and renamed into place when complete.
+
+The output path therefore holds nothing, the previous complete artifact, or the new complete one;
+leftovers of interrupted runs (whose process is gone) are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from kiln.errors import UsageError
+
+_TMP_TAG = ".kiln-tmp-"
+_OLD_TAG = ".kiln-old-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove staging folders of earlier runs into `out` whose process has died."""
+    removed = []
+    if not out.parent.exists():
+        return removed
+    for entry in out.parent.glob(f".{out.name}*"):
+        for tag in (_TMP_TAG, _OLD_TAG):
+            if tag in entry.name:
+                pid = entry.name.split(tag, 1)[1].split("-", 1)[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+    return removed
+
+
+def check_output_path(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} is a file", hint="give a folder path for --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise UsageError(f"output folder {out} is not empty and holds no kiln artifact",
+                         hint="choose a new --out folder; kiln only replaces its own artifacts")
+    parent = out.parent if out.parent != Path("") else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write into {parent}", hint="choose an --out folder you can write to")
+
+
+def staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def publish(staged: Path, out: Path) -> None:
+    """Swap `staged` into `out`, keeping the previous artifact until the new one is in place."""
+    _fsync_tree(staged)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    os.rename(staged, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

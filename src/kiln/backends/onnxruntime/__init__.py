@@ -1,0 +1,96 @@
+"""ONNX Runtime CPU backend: transformer fusion where it helps, int8 static (QDQ) or dynamic, sessions
+configured from recorded settings."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import onnx
+
+from kiln.backends.base import Compiled
+from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer, looks_like_transformer
+from kiln.backends.onnxruntime.quantize import quantize_dynamic_int8, quantize_static_int8
+from kiln.backends.onnxruntime.session import OrtRunner, default_settings
+from kiln.calibration import Samples
+from kiln.config import Plan
+from kiln.errors import ExportError, MissingDependencyError
+from kiln.exporters import ExportedGraph
+from kiln.signature import Signature, read_signature
+from kiln.targets import TargetSpec
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    data = src.with_name(src.name + ".data")
+    if data.exists():
+        shutil.copyfile(data, dst.with_name(dst.name + ".data"))
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def check_environment(self, target: TargetSpec) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MissingDependencyError("onnxruntime is not installed", hint='pip install "modelkiln"') from exc
+        if "CPUExecutionProvider" not in ort.get_available_providers():
+            raise MissingDependencyError("this onnxruntime build has no CPU execution provider",
+                                         hint="pip install onnxruntime")
+
+    def compile(self, graph: ExportedGraph, plan: Plan, workdir: Path, calibration: Samples | None,
+                example=None) -> Compiled:
+        start = time.perf_counter()
+        root = workdir / "onnxruntime"
+        stage = workdir / "ort-stage"
+        root.mkdir(parents=True, exist_ok=True)
+        stage.mkdir(parents=True, exist_ok=True)
+        settings = default_settings(plan.threads)
+        details: dict = {"steps": []}
+        current = graph.path
+        model = onnx.load(str(current), load_external_data=False)
+        if looks_like_transformer(model):
+            t0 = time.perf_counter()
+            fused_path = stage / "fused.onnx"
+            try:
+                counts = fuse_transformer(current, fused_path, num_heads=graph.hints.get("num_heads", 0),
+                                          hidden_size=graph.hints.get("hidden_size", 0))
+            except Exception as exc:  # the fusion scripts fail on graphs they do not recognise
+                details["fusion"] = {"applied": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            else:
+                keep, timing = True, {}
+                if plan.quantization is None and example is not None:
+                    keep, timing = faster_of(current, fused_path, settings, example)
+                reason = ("int8: fused graphs quantize to QAttention, the fastest variant measured"
+                          if plan.quantization else "faster than the plain graph" if keep else "not faster, dropped")
+                details["fusion"] = {"applied": keep and bool(counts), "fused_ops": counts, "reason": reason, **timing}
+                if keep and counts:
+                    current = fused_path
+            details["steps"].append({"step": "transformer fusion", "seconds": round(time.perf_counter() - t0, 3)})
+        else:
+            details["fusion"] = {"applied": False, "reason": "not a transformer graph"}
+        target = root / "model.onnx"
+        if plan.quantization is not None:
+            t0 = time.perf_counter()
+            if plan.quantization.mode == "dynamic":
+                details["quantization"] = quantize_dynamic_int8(current, target, plan.quantization)
+            else:
+                if calibration is None or not len(calibration):
+                    raise ExportError("static int8 needs calibration samples and none were loaded",
+                                      hint="pass --calibration PATH")
+                details["quantization"] = quantize_static_int8(current, target, plan.quantization, calibration)
+            details["steps"].append({"step": f"int8 {plan.quantization.mode} quantization",
+                                     "seconds": round(time.perf_counter() - t0, 3)})
+        else:
+            _copy_model(current, target)
+        shutil.rmtree(stage, ignore_errors=True)
+        signature = read_signature(onnx.load(str(target), load_external_data=False))
+        return Compiled("onnxruntime", root, target, signature, settings, details, time.perf_counter() - start)
+
+    def runner(self, model: Path, signature: Signature, settings: dict) -> OrtRunner:
+        return OrtRunner(model, signature, settings)
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -1,0 +1,67 @@
+"""Latency and throughput of one loaded model: warm-up, then timed runs until a count and a time floor.
+
+Cold (first) inference and load time are reported apart from the steady state. perf_counter_ns only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from kiln.calibration import Feed
+from kiln.config import BenchSettings
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
+def summarise(times_ns: list[int], batch: int) -> dict:
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    stats = {f"p{p}": float(np.percentile(ms, p)) for p in PERCENTILES}
+    stats.update({"mean": float(ms.mean()), "std": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+                  "min": float(ms.min()), "max": float(ms.max())})
+    return {"latency_ms": stats, "runs": len(ms), "throughput_per_s": batch * 1000.0 / stats["mean"]}
+
+
+def measure(make_runner, feed: Feed, settings: BenchSettings) -> dict:
+    """Load a runner (timed), run it cold once, warm up, then time it; returns the report's `bench` block."""
+    rss_before = _rss()
+    runner = make_runner()
+    with runner:
+        load_s = runner.load_seconds
+        start = time.perf_counter_ns()
+        runner.infer(feed)
+        first_ms = (time.perf_counter_ns() - start) / 1e6
+        for _ in range(settings.warmup):
+            runner.infer(feed)
+        times: list[int] = []
+        begin = time.perf_counter()
+        rss_peak = _rss()
+        while True:
+            t0 = time.perf_counter_ns()
+            runner.infer(feed)
+            times.append(time.perf_counter_ns() - t0)
+            elapsed = time.perf_counter() - begin
+            if (len(times) >= settings.min_runs and elapsed >= settings.min_seconds) or elapsed >= settings.max_seconds:
+                break
+            if len(times) % 50 == 0:
+                rss_peak = max(rss_peak, _rss())
+        rss_peak = max(rss_peak, _rss())
+        run_settings = dict(runner.settings)
+    batch = next(iter(feed.values())).shape[0] if feed else 1
+    result = summarise(times, batch)
+    result.update({
+        "load_ms": load_s * 1000.0, "first_inference_ms": first_ms, "warmup_runs": settings.warmup,
+        "timed_seconds": round(time.perf_counter() - begin, 3),
+        "memory_mb": {"rss_increase_from_load": (rss_peak - rss_before) / 2**20, "rss_peak": rss_peak / 2**20},
+        "batch": batch, "input_shapes": {k: list(v.shape) for k, v in feed.items()},
+        "runtime_settings": run_settings,
+    })
+    return result

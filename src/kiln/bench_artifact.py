@@ -1,0 +1,50 @@
+"""`kiln bench ARTIFACT`: re-measure an artifact with its recorded runtime settings and sample input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kiln.artifact import load_manifest
+from kiln.backends import get_backend
+from kiln.bench import measure
+from kiln.config import BenchSettings
+from kiln.errors import UsageError
+from kiln.exporters.base import sha256_file
+from kiln.signature import Signature
+from kiln.targets import detect_host, find_target, host_can_run
+
+
+def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None = None) -> dict:
+    manifest = load_manifest(root)
+    runtime = manifest["runtime"]
+    model = root / runtime["model"]
+    recorded = {f["path"]: f["sha256"] for f in manifest["files"]}
+    for rel in (runtime["model"], runtime["model"] + ".data"):
+        if rel in recorded and sha256_file(root / rel) != recorded[rel]:
+            raise UsageError(f"{rel} does not match its sha256 in the manifest",
+                             hint="the artifact was modified or damaged; export it again")
+    spec = find_target(manifest["target"]["name"])
+    ok, why = host_can_run(spec, detect_host())
+    if not ok:
+        raise UsageError(f"this host cannot measure target '{spec.name}': {why}", hint="run kiln bench on the target")
+    backend = get_backend(runtime["backend"])
+    backend.check_environment(spec)
+    run_settings = dict(runtime["settings"])
+    if threads:
+        run_settings["intra_op_num_threads"] = threads
+    sample = root / "sample_input.npz"
+    if not sample.exists():
+        raise UsageError(f"{root} has no sample_input.npz to measure with", hint="export the artifact again")
+    with np.load(sample, allow_pickle=False) as data:
+        feed = {k: data[k] for k in data.files}
+    signature = Signature.from_dict(manifest["io"])
+    result = measure(lambda: backend.runner(model, signature, run_settings), feed, settings)
+    return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
+            "precision": manifest["precision"], "recorded": manifest["summary"].get("latency_ms"), **result}
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2, default=str)

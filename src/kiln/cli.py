@@ -1,0 +1,224 @@
+"""The `kiln` command: a thin layer over the API. Imports nothing heavy until a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kiln import __version__
+from kiln.errors import KilnError, UsageError
+
+EPILOG = "exit codes: 0 ok, 1 bug, 2 bad input, 3 missing dependency/unsupported, 4 accuracy gate failed, 5 export failed"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad options give one line and exit 2 like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"kiln: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _pair(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 224 or 224x224") from None
+    return height, width
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not three numbers like 0.485,0.456,0.406") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"'{text}' is not three numbers like 0.485,0.456,0.406")
+    return values  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kiln", description="Turn a trained model into a measured, deployable artifact.",
+                     epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ex = sub.add_parser("export", help="export, compile, validate and measure a model", epilog=EPILOG)
+    ex.add_argument("source", help="an .onnx file, a .pt2 program, a Hugging Face folder, or package.module:callable")
+    ex.add_argument("--target", "-t", default="onnxruntime", help="target name or alias (see `kiln targets`)")
+    ex.add_argument("--precision", "-p", default="fp32", help="fp32, int8 (static, calibrated) or int8-dynamic")
+    ex.add_argument("--out", "-o", required=True, type=Path, help="artifact folder to write (replaced atomically)")
+    ex.add_argument("--input", action="append", default=[], metavar="NAME=DIMS[:DTYPE]",
+                    help="an input spec, e.g. x=batch=1,3,224,224:float32 (repeat per input)")
+    ex.add_argument("--task", help="Hugging Face task when config.json does not say")
+    data = ex.add_argument_group("data")
+    data.add_argument("--calibration", type=Path, help="calibration data: image folder, .npz/.npy, or .txt lines")
+    data.add_argument("--calibration-limit", type=int, help="use at most this many calibration samples")
+    data.add_argument("--eval", dest="evaluation", type=Path, help="evaluation data (same forms as --calibration)")
+    data.add_argument("--eval-limit", type=int, help="use at most this many evaluation samples")
+    data.add_argument("--synthetic-data", action="store_true",
+                      help="allow random data where none is given (accuracy figures then mean nothing)")
+    data.add_argument("--sequence-length", type=int, default=128, help="text: pad/truncate to this many tokens")
+    data.add_argument("--image-size", type=_pair, help="image: HxW fed to the model (default from the model or 224)")
+    data.add_argument("--resize-shorter", type=int, help="image: resize the shorter side to this, then centre-crop")
+    data.add_argument("--layout", choices=("NCHW", "NHWC"), help="image tensor layout")
+    data.add_argument("--scale", type=float, help="image: multiply uint8 pixels by this (default 1/255)")
+    data.add_argument("--mean", type=_triple, help="image: per-channel mean subtracted after scaling")
+    data.add_argument("--std", type=_triple, help="image: per-channel std divided by after the mean")
+    gate = ex.add_argument_group("accuracy gate")
+    gate.add_argument("--min-cosine", type=float, help="fail (exit 4) if any output's per-sample cosine is lower")
+    gate.add_argument("--max-top1-disagreement", type=float, help="fail if top-1 disagrees on more than this fraction")
+    gate.add_argument("--max-abs-error", type=float, help="fail if any output's max abs error is larger")
+    gate.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",
+                      help="keep nodes whose name contains NODE out of quantization (repeat)")
+    exp = ex.add_argument_group("export")
+    exp.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
+    exp.add_argument("--opset", type=int, help="ONNX opset (default: 18, or 17 for Hugging Face encoders)")
+    exp.add_argument("--export-rtol", type=float, default=1e-3, help="export check: tolerance relative to output scale")
+    exp.add_argument("--trust-pickle", action="store_true", help="allow loading pickled modules (runs their code)")
+    exp.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face folders' own Python code")
+    _bench_options(ex)
+    ex.add_argument("--no-bench", action="store_true", help="skip latency measurement")
+    _output_options(ex)
+
+    be = sub.add_parser("bench", help="re-measure an artifact with its recorded runtime settings", epilog=EPILOG)
+    be.add_argument("artifact", type=Path)
+    _bench_options(be)
+    _output_options(be)
+
+    ta = sub.add_parser("targets", help="list targets and what this host can run", epilog=EPILOG)
+    ta.add_argument("--json", action="store_true")
+    return parser
+
+
+def _bench_options(parser) -> None:
+    group = parser.add_argument_group("measurement")
+    group.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    group.add_argument("--warmup", type=int, default=10)
+    group.add_argument("--runs", type=int, default=50, help="at least this many timed runs")
+    group.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
+
+
+def _output_options(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _export_config(args):
+    from kiln.config import AccuracyBudget, BenchSettings, DataSpec, ExportConfig, ImagePreprocessing, InputSpec
+
+    prep = None
+    if any(v is not None for v in (args.image_size, args.resize_shorter, args.layout, args.scale, args.mean, args.std)):
+        base = ImagePreprocessing()
+        prep = ImagePreprocessing(
+            size=args.image_size or base.size, resize_shorter=args.resize_shorter, layout=args.layout or base.layout,
+            scale=base.scale if args.scale is None else args.scale, mean=args.mean or base.mean,
+            std=args.std or base.std, source="command line")
+    try:
+        return ExportConfig(
+            source=args.source, out=args.out, target=args.target, precision=args.precision,
+            inputs=tuple(InputSpec.parse(s) for s in args.input), task=args.task,
+            calibration=DataSpec(path=args.calibration, limit=args.calibration_limit) if args.calibration else None,
+            evaluation=DataSpec(path=args.evaluation, limit=args.eval_limit) if args.evaluation else None,
+            synthetic_data=args.synthetic_data, sequence_length=args.sequence_length, image_preprocessing=prep,
+            budget=AccuracyBudget(min_cosine=args.min_cosine, max_top1_disagreement=args.max_top1_disagreement,
+                                  max_abs_error=args.max_abs_error),
+            keep_fp32=tuple(args.keep_fp32), exporter=args.exporter, opset=args.opset, export_rtol=args.export_rtol,
+            trust_pickle=args.trust_pickle, trust_remote_code=args.trust_remote_code, threads=args.threads,
+            bench=BenchSettings(warmup=args.warmup, min_runs=args.runs, min_seconds=args.min_seconds),
+            measure=not args.no_bench,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        if where == "precision":
+            raise UsageError(f"unknown precision '{args.precision}'", hint="use fp32, int8 or int8-dynamic") from None
+        raise UsageError(f"invalid option {where}: {first['msg']}", hint="see `kiln export --help`") from None
+
+
+def _cmd_export(args) -> int:
+    from kiln.pipeline import run
+    from kiln.progress import Progress
+
+    config = _export_config(args)
+    progress = Progress(enabled=not args.quiet)
+    progress.say(f"kiln {__version__}: {config.source} → {config.target} ({config.precision})")
+    result = run(config, progress=progress)
+    if args.json:
+        print(json.dumps(result.report, indent=2, default=str))
+    elif not args.quiet:
+        print((result.out / "report.md").read_text(encoding="utf-8"))
+        progress.say(f"artifact: {result.out}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from kiln.bench_artifact import bench_artifact
+    from kiln.config import BenchSettings
+
+    result = bench_artifact(args.artifact, BenchSettings(warmup=args.warmup, min_runs=args.runs,
+                                                         min_seconds=args.min_seconds), threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        lat = result["latency_ms"]
+        print(f"{args.artifact}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, "
+              f"mean {lat['mean']:.3f} ± {lat['std']:.3f} ms over {result['runs']} runs; "
+              f"{result['throughput_per_s']:.1f}/s; load {result['load_ms']:.0f} ms, "
+              f"first {result['first_inference_ms']:.1f} ms; threads "
+              f"{result['runtime_settings'].get('intra_op_num_threads')}")
+        if result.get("recorded"):
+            print(f"recorded at export: p50 {result['recorded']['p50']:.3f} ms, p99 {result['recorded']['p99']:.3f} ms")
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from kiln.backends import BACKENDS
+    from kiln.targets import CATALOGUE, detect_host, host_can_run
+
+    host = detect_host()
+    rows = []
+    for spec in CATALOGUE:
+        ok, why = host_can_run(spec, host)
+        rows.append({"name": spec.name, "aliases": list(spec.aliases), "backend": spec.backend, "device": spec.device,
+                     "precisions": list(spec.precisions), "available": spec.backend in BACKENDS,
+                     "runs_here": ok, "why_not": None if ok else why, "description": spec.description})
+    if args.json:
+        print(json.dumps({"schema_version": "kiln.targets/1", "host": host.fingerprint(), "targets": rows}, indent=2))
+        return 0
+    fp = host.fingerprint()
+    print(f"host: {fp['cpu_model']} ({fp['arch']}, {fp['physical_cores']} cores), ISA: {' '.join(fp['isa_flags'])}")
+    print(f"{'target':<18} {'backend':<12} {'precisions':<26} {'here':<5} aliases / notes")
+    for r in rows:
+        mark = "yes" if r["runs_here"] else "no"
+        note = ", ".join(r["aliases"]) + ("" if r["runs_here"] else f"  [{r['why_not']}]")
+        print(f"{r['name']:<18} {r['backend']:<12} {','.join(r['precisions']):<26} {mark:<5} {note}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets}[args.command]
+    try:
+        return handler(args)
+    except KilnError as error:
+        if getattr(args, "debug", False):
+            raise
+        if getattr(args, "json", False):
+            from kiln.pipeline import failure_report
+
+            print(json.dumps(failure_report(error), indent=2))
+        print(f"kiln: error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""ExportConfig (what the user asked for) and Plan (what kiln will do), both frozen.
+
+The config holds only plain, serialisable settings: it is recorded in the manifest and hashed.
+A PyTorch module passed through the Python API travels next to it, never inside it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kiln.errors import UsageError
+
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
+Precision = Literal["fp32", "int8", "int8-dynamic"]
+PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic")
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Dim(Frozen):
+    """One axis: static (`name` is None) or dynamic with a symbolic name and an example size."""
+
+    size: int = Field(ge=1)
+    name: str | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.name is not None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.size}" if self.name else str(self.size)
+
+
+class InputSpec(Frozen):
+    """A model input: name, dims and dtype. Parsed from `NAME=DIM,DIM,...[:DTYPE]`."""
+
+    name: str
+    dims: tuple[Dim, ...]
+    dtype: str = "float32"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"unknown dtype '{value}' (one of {', '.join(DTYPES)})")
+        return value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(d.size for d in self.dims)
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d.name for i, d in enumerate(self.dims) if d.name}
+
+    def __str__(self) -> str:
+        return f"{self.name}={','.join(str(d) for d in self.dims)}:{self.dtype}"
+
+    @classmethod
+    def parse(cls, text: str) -> "InputSpec":
+        """Parse `pixel_values=batch=1,3,224,224:float32`; a bare name is a dynamic dim of size 2."""
+        usage = ("write it as NAME=DIM,DIM,...[:DTYPE], a DIM being a size (224), a dynamic axis "
+                 "name (batch) or a name with its example size (batch=1), e.g. "
+                 "--input pixel_values=batch=1,3,224,224:float32")
+        name, sep, rest = text.partition("=")
+        if not sep or not _IDENT.match(name.strip()) or not rest.strip():
+            raise UsageError(f"input spec '{text}' is malformed", hint=usage)
+        dtype = "float32"
+        head, colon, tail = rest.rpartition(":")
+        if colon:
+            if tail.strip() not in DTYPES:
+                raise UsageError(f"input spec '{text}' has unknown dtype '{tail.strip()}'",
+                                 hint=f"use one of {', '.join(DTYPES)}")
+            dtype, rest = tail.strip(), head
+        dims = []
+        for raw in rest.replace("x", ",").split(",") if _looks_numeric_x(rest) else rest.split(","):
+            raw = raw.strip()
+            dim_name, eq, size = raw.partition("=")
+            try:
+                if raw.isdigit():
+                    dims.append(Dim(size=int(raw)))
+                elif eq and _IDENT.match(dim_name) and size.isdigit():
+                    dims.append(Dim(size=int(size), name=dim_name))
+                elif not eq and _IDENT.match(raw):
+                    dims.append(Dim(size=2, name=raw))
+                else:
+                    raise ValueError
+            except ValueError:
+                raise UsageError(f"input spec '{text}': dimension '{raw}' is not valid", hint=usage) from None
+        return cls(name=name.strip(), dims=tuple(dims), dtype=dtype)
+
+
+def _looks_numeric_x(text: str) -> bool:
+    """`1x3x224x224` is accepted as a shorthand for static shapes."""
+    return bool(re.fullmatch(r"\d+(x\d+)+", text.strip()))
+
+
+class DataSpec(Frozen):
+    """A calibration or evaluation data source: a folder of images, .npy/.npz files, or a text file."""
+
+    path: Path
+    limit: int | None = Field(default=None, ge=1)
+
+
+class ImagePreprocessing(Frozen):
+    """How images become tensors. Stated in the report; defaults come from the model when it says."""
+
+    size: tuple[int, int] = (224, 224)
+    resize_shorter: int | None = None  # resize the shorter side to this, then centre-crop to `size`
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    source: str = "default"  # where these values came from
+
+    def describe(self) -> str:
+        return (f"{self.layout} {self.size[0]}x{self.size[1]}, x*{self.scale:g}, "
+                f"mean {list(self.mean)}, std {list(self.std)} (from {self.source})")
+
+
+class AccuracyBudget(Frozen):
+    """Limits that turn validation into a gate. None means not checked."""
+
+    min_cosine: float | None = Field(default=None, ge=-1.0, le=1.0)
+    max_top1_disagreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_abs_error: float | None = Field(default=None, ge=0.0)
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.min_cosine, self.max_top1_disagreement, self.max_abs_error))
+
+
+class BenchSettings(Frozen):
+    warmup: int = Field(default=10, ge=0)
+    min_runs: int = Field(default=50, ge=1)
+    min_seconds: float = Field(default=2.0, ge=0.0)
+    max_seconds: float = Field(default=30.0, gt=0.0)
+
+
+class ExportConfig(Frozen):
+    """Everything a user can ask of `kiln export`. Recorded in the manifest."""
+
+    source: str
+    out: Path
+    target: str = "onnxruntime"
+    precision: Precision = "fp32"
+    inputs: tuple[InputSpec, ...] = ()
+    task: str | None = None
+    calibration: DataSpec | None = None
+    evaluation: DataSpec | None = None
+    synthetic_data: bool = False
+    sequence_length: int = Field(default=128, ge=1)
+    image_preprocessing: ImagePreprocessing | None = None
+    budget: AccuracyBudget = AccuracyBudget()
+    keep_fp32: tuple[str, ...] = ()
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
+    opset: int | None = Field(default=None, ge=13, le=23)  # None: the exporter's own choice per source
+    export_rtol: float = 1e-3
+    export_atol: float = 1e-4
+    trust_pickle: bool = False
+    trust_remote_code: bool = False
+    threads: int | None = Field(default=None, ge=1)
+    bench: BenchSettings = BenchSettings()
+    measure: bool = True
+    seed: int = 0
+
+
+class QuantizationPlan(Frozen):
+    """How int8 will be produced, decided from the target and the host before any work."""
+
+    mode: Literal["static", "dynamic"]
+    weights: str = "int8, per-channel, symmetric"
+    activations: str  # e.g. "uint8, per-tensor, asymmetric, calibrated (MinMax)"
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    keep_fp32: tuple[str, ...] = ()
+
+
+class Plan(Frozen):
+    """What kiln will do for a request: resolved once, before any work, then read by every stage."""
+
+    target: str
+    backend: str
+    device: str
+    precision: str
+    quantization: QuantizationPlan | None = None
+    needs_calibration: bool = False
+    threads: int
+    measure: bool
+    measure_reason: str = ""
+    notes: tuple[str, ...] = ()

@@ -1,0 +1,64 @@
+"""The error hierarchy. Every expected failure is a KilnError with a hint and an exit code.
+
+A bug is not a KilnError: it exits 1 with a traceback. Exit codes are part of the CLI contract
+that CI scripts rely on, so they live here, in one place.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """An expected failure: `message` says what went wrong, `hint` what to do about it."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, hint: str | None = None, *, stage: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.stage = stage
+
+    def one_line(self) -> str:
+        where = f"{self.stage}: " if self.stage else ""
+        fix = f" ({self.hint})" if self.hint else ""
+        return f"{where}{self.message}{fix}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "stage": self.stage, "message": self.message,
+                "hint": self.hint, "exit_code": self.exit_code}
+
+
+class UsageError(KilnError):
+    """Bad input: a missing path, a file that is not a model, a malformed option."""
+
+    exit_code = 2
+    kind = "usage"
+
+
+class MissingDependencyError(KilnError):
+    """An optional package this request needs is not installed."""
+
+    exit_code = 3
+    kind = "missing_dependency"
+
+
+class UnsupportedTargetError(KilnError):
+    """The target cannot run what was asked (a precision, a device this host lacks)."""
+
+    exit_code = 3
+    kind = "unsupported"
+
+
+class AccuracyGateError(KilnError):
+    """The compiled model is further from the source model than the accuracy budget allows."""
+
+    exit_code = 4
+    kind = "accuracy_gate"
+
+
+class ExportError(KilnError):
+    """Export or compilation failed, or the exported graph does not match the source model."""
+
+    exit_code = 5
+    kind = "export_failed"

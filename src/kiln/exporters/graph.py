@@ -1,0 +1,120 @@
+"""The export stage: write the ONNX graph, check it, and prove it computes what the source computes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from kiln.calibration import DataContext, Feed, Samples, random_feed
+from kiln.config import ExportConfig
+from kiln.errors import ExportError
+from kiln.exporters.base import ExportRecord, Source
+from kiln.signature import Signature, read_signature
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    path: Path  # model.onnx (+ model.onnx.data) in the work dir
+    signature: Signature
+    record: ExportRecord
+    check: dict  # numeric comparison with the source at each checked shape
+    reference_outputs: tuple[dict[str, np.ndarray], ...] = field(default=(), repr=False)  # source on eval samples
+    hints: dict = field(default_factory=dict)  # what the source knows that passes can use (num_heads, hidden_size)
+    seconds: float = 0.0
+
+    @property
+    def files(self) -> list[Path]:
+        extra = self.path.with_name(self.path.name + ".data")
+        return [self.path] + ([extra] if extra.exists() else [])
+
+
+def _other_dims(context: DataContext) -> dict[str, int]:
+    """Different sizes for every dynamic dim, to prove the graph is not specialised to the export shape."""
+    out = {}
+    for name, size in context.dims.items():
+        out[name] = size + 1 if "batch" in name.lower() or size < 8 else size - 7
+    return out
+
+
+def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol: float, atol: float) -> dict:
+    """Max abs error per output against a tolerance scaled by the reference's magnitude."""
+    rows = {}
+    for name, ref in reference.items():
+        got = actual.get(name)
+        if got is None or got.shape != ref.shape:
+            rows[name] = {"ok": False, "error": f"shape {None if got is None else list(got.shape)} != {list(ref.shape)}"}
+            continue
+        ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+        err = float(np.max(np.abs(ref64 - got64))) if ref.size else 0.0
+        limit = atol + rtol * float(np.max(np.abs(ref64))) if ref.size else atol
+        rows[name] = {"ok": bool(err <= limit), "max_abs_error": err, "tolerance": limit, "shape": list(ref.shape)}
+    return rows
+
+
+def _why(row: dict) -> str:
+    if "error" in row:
+        return row["error"]
+    return f"max abs error {row['max_abs_error']:.3g} > {row['tolerance']:.3g}"
+
+
+def _run_onnx(path: Path) -> "object":
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_graph(source: Source, config: ExportConfig, context: DataContext, workdir: Path,
+                 evaluation: Samples) -> ExportedGraph:
+    start = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "model.onnx"
+    rng = np.random.default_rng(config.seed)
+    example = random_feed(context, rng)
+    record = source.to_onnx(path, config, example)
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path.with_name("inferred.onnx")))
+        path.with_name("inferred.onnx").unlink(missing_ok=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported graph fails the ONNX checker: {str(exc).splitlines()[0][:300]}",
+                          hint="try the other exporter with --exporter") from None
+    model = onnx.load(str(path), load_external_data=False)
+    signature = read_signature(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), record.opset)
+    if opset != record.opset:  # exporters may settle on another opset than asked; record what is in the file
+        record = ExportRecord(record.exporter, opset, record.attempts + ({"note": f"asked opset {record.opset}, "
+                                                                                  f"graph has {opset}"},),
+                              record.seconds)
+    try:
+        session = _run_onnx(path)
+    except Exception as exc:  # ORT raises its own exception types on load
+        raise ExportError(f"ONNX Runtime cannot load the exported graph: {str(exc).splitlines()[0][:300]}",
+                          hint="try the other exporter with --exporter, or another --opset") from None
+
+    checks: list[tuple[str, Feed]] = [("export shape", example)]
+    checks += [(f"sample {i}", evaluation.feeds[i]) for i in range(min(2, len(evaluation)))]
+    if context.dims:
+        checks.append(("other shape", random_feed(context, rng, _other_dims(context))))
+    report = []
+    for label, feed in checks:
+        feed = {k: v for k, v in feed.items() if k in signature.input_names}
+        want = source.run(feed)
+        got = dict(zip(signature.output_names, session.run(None, feed)))
+        rows = compare(want, got, config.export_rtol, config.export_atol)
+        report.append({"inputs": label, "shapes": {k: list(v.shape) for k, v in feed.items()}, "outputs": rows})
+        bad = [f"{n} ({_why(r)})" for n, r in rows.items() if not r["ok"]]
+        if bad:
+            raise ExportError(f"the exported graph does not match the source model at {label}: {'; '.join(bad)}",
+                              hint="try --exporter torchscript/dynamo, or loosen --export-rtol if the model is "
+                                   "numerically sensitive")
+    references = tuple(source.run(feed) for feed in evaluation.feeds)
+    return ExportedGraph(path, signature, record, {"passed": True, "rtol": config.export_rtol,
+                                                   "atol": config.export_atol, "checks": report},
+                         references, {k: source.info.details.get(k) for k in ("num_heads", "hidden_size")
+                                      if source.info.details.get(k)}, time.perf_counter() - start)

@@ -1,0 +1,122 @@
+"""ONNX files as a source: checked, external data confined to the model's folder, copied into the work dir."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from kiln.calibration.samples import DataContext, Feed
+from kiln.config import ExportConfig
+from kiln.errors import UsageError
+from kiln.exporters.base import ExportRecord, SourceInfo, sha256_file
+from kiln.signature import read_signature
+
+
+def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
+    """The external data files the model refers to; each must exist and lie inside `folder`."""
+    files: dict[Path, None] = {}
+    root = folder.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root):
+            raise UsageError(f"tensor '{tensor.name}' points at external data '{location}' outside the model's folder",
+                             hint="refusing to read files outside the model's folder; move the data next to the model")
+        if not target.is_file():
+            raise UsageError(f"external data file '{location}' for tensor '{tensor.name}' is missing",
+                             hint=f"put {location} next to the .onnx file")
+        end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
+        if end > target.stat().st_size:
+            raise UsageError(f"external data file '{location}' is shorter than tensor '{tensor.name}' needs",
+                             hint="the data file is truncated; copy it again")
+        files[target] = None
+    return list(files)
+
+
+def load_onnx(path: Path, *, with_data: bool = True) -> onnx.ModelProto:
+    """Load and validate an ONNX file, turning every decode failure into one clear UsageError."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, and others on truncated files
+        raise UsageError(f"{path.name} is not a readable ONNX model ({type(exc).__name__})",
+                         hint="the file is corrupt or truncated, or not ONNX; export it again") from None
+    if not model.graph.node and not model.graph.output:
+        raise UsageError(f"{path.name} holds no ONNX graph", hint="the file is not an ONNX model; export it again")
+    external_data_files(model, path.parent)
+    if with_data:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    return model
+
+
+class OnnxFileSource:
+    """An ONNX file. The reference is the file itself, run by ONNX Runtime with optimizations off."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.model = load_onnx(path, with_data=False)
+        self.data_files = external_data_files(self.model, path.parent)
+        try:
+            onnx.checker.check_model(str(path))
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0][:300]
+            raise UsageError(f"{path.name} fails the ONNX checker: {first}",
+                             hint="fix the graph or export it again") from None
+        self.signature = read_signature(self.model)
+        self.info = SourceInfo("onnx", str(path), sha256_file(path), {
+            "external_data_files": [p.name for p in self.data_files],
+            "opset": {o.domain or "ai.onnx": o.version for o in self.model.opset_import},
+            "producer": f"{self.model.producer_name} {self.model.producer_version}".strip(),
+        })
+        self.extra_files: dict[str, Path] = {}
+        self._session = None
+
+    def data_context(self, config: ExportConfig) -> DataContext:
+        names = {t.name for t in self.signature.inputs}
+        dims: dict[str, int] = {}
+        for spec in config.inputs:
+            if spec.name not in names:
+                raise UsageError(f"--input names '{spec.name}', which is not an input of {self.path.name}",
+                                 hint=f"model inputs are {', '.join(sorted(names))}")
+            info = self.signature.input(spec.name)
+            if len(spec.dims) != len(info.shape):
+                raise UsageError(f"--input {spec.name} has {len(spec.dims)} dims, the model's input has {len(info.shape)}",
+                                 hint=f"the model declares {list(info.shape)}")
+            for declared, given in zip(info.shape, spec.dims):
+                if isinstance(declared, int) and declared != given.size:
+                    raise UsageError(f"--input {spec} does not match the model's static shape {list(info.shape)}",
+                                     hint="static dims must be given as declared")
+                if isinstance(declared, str):
+                    dims[declared] = given.size
+        return DataContext(signature=self.signature, dims=dims, image_preprocessing=config.image_preprocessing,
+                           sequence_length=config.sequence_length)
+
+    def run(self, feed: Feed) -> dict[str, np.ndarray]:
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        outputs = self._session.run(None, feed)
+        return dict(zip(self.signature.output_names, outputs))
+
+    def to_onnx(self, path: Path, config: ExportConfig, example: Feed) -> ExportRecord:
+        start = time.perf_counter()
+        if self.data_files:
+            model = load_onnx(self.path, with_data=True)
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)
+        else:
+            shutil.copyfile(self.path, path)
+        return ExportRecord("copy", _default_opset(self.model), seconds=time.perf_counter() - start)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -1,0 +1,219 @@
+"""The six stages, in order: resolve, export, compile, validate, bench, package.
+
+Each stage takes the previous stage's value. The artifact is assembled in a hidden sibling of the
+output folder and renamed into place only when complete (and only when the accuracy gate passed).
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln import __version__
+from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, check_output_path, clean_leftovers, file_entries, publish,
+                           staging_dir, write_json)
+from kiln.backends import get_backend
+from kiln.bench import measure
+from kiln.calibration import Samples, load_samples, synthetic_samples
+from kiln.config import ExportConfig, Plan
+from kiln.errors import AccuracyGateError, KilnError
+from kiln.exporters import open_source
+from kiln.exporters.graph import export_graph
+from kiln.progress import Progress
+from kiln.report import REPORT_SCHEMA, render
+from kiln.resolve import resolve
+from kiln.targets import detect_host, find_target
+from kiln.toolchain import toolchain_versions
+from kiln.validate import validate
+
+SYNTHETIC_EVAL_SAMPLES = 16
+SYNTHETIC_CALIBRATION_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Result:
+    out: Path
+    report: dict
+    manifest: dict
+
+
+def _data(config: ExportConfig, plan: Plan, context) -> tuple[Samples, Samples | None]:
+    calibration = None
+    if plan.needs_calibration:
+        calibration = (load_samples(config.calibration, context, "calibration") if config.calibration
+                       else synthetic_samples(context, SYNTHETIC_CALIBRATION_SAMPLES, config.seed + 1))
+    if config.evaluation:
+        evaluation = load_samples(config.evaluation, context, "evaluation")
+    elif config.calibration:
+        evaluation = calibration or load_samples(config.calibration, context, "calibration")
+    else:
+        evaluation = synthetic_samples(context, SYNTHETIC_EVAL_SAMPLES, config.seed)
+    return evaluation, calibration
+
+
+def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
+        progress: Progress | None = None) -> Result:
+    progress = progress or Progress(enabled=False)
+    started = time.perf_counter()
+    host = detect_host()
+    with progress.stage("resolve") as st:
+        plan = resolve(config, host)
+        spec = find_target(config.target)
+        backend = get_backend(plan.backend)
+        backend.check_environment(spec)
+        check_output_path(config.out)
+        clean_leftovers(config.out)
+        st.result = f"{plan.target}, {plan.precision}, {plan.threads} threads"
+    staged = staging_dir(config.out)
+    try:
+        return _build(config, plan, backend, host, staged, module, example_inputs, progress, started)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def _build(config, plan, backend, host, staged, module, example_inputs, progress, started) -> Result:
+    work = staged / ".work"
+    with progress.stage("load") as st:
+        source = open_source(config, module, example_inputs)
+        context = source.data_context(config)
+        evaluation, calibration = _data(config, plan, context)
+        st.result = f"{source.info.kind}; eval {evaluation.kind} x{len(evaluation)}" + (
+            f"; calibration {calibration.kind} x{len(calibration)}" if calibration else "")
+    with progress.stage("export") as st:
+        graph = export_graph(source, config, context, work / "export", evaluation)
+        worst = max((r.get("max_abs_error", 0.0) for c in graph.check["checks"] for r in c["outputs"].values()),
+                    default=0.0)
+        st.result = f"{graph.record.exporter}, opset {graph.record.opset}, max abs diff vs source {worst:.2g}"
+    classifier = getattr(source, "classifier_outputs", None)
+    extra_files = dict(source.extra_files)
+    source_info = source.info
+    del source  # the source framework's model is not needed any more: free it before measuring
+    gc.collect()
+    example = {k: v for k, v in evaluation.feeds[0].items() if k in graph.signature.input_names}
+    with progress.stage("compile") as st:
+        compiled = backend.compile(graph, plan, work, calibration, example=example)
+        fusion = compiled.details.get("fusion", {})
+        st.result = (f"fusion {'on' if fusion.get('applied') else 'off'}"
+                     + (f", int8 {compiled.details['quantization']['mode']}" if "quantization" in compiled.details else ""))
+    with progress.stage("validate") as st:
+        with backend.runner(compiled.model, compiled.signature, compiled.runtime_settings) as runner:
+            accuracy = validate(runner, evaluation, graph.reference_outputs, config.budget, classifier)
+            sample_output = runner.infer(example)
+        st.result = _accuracy_line(accuracy)
+    bench = None
+    with progress.stage("bench") as st:
+        if plan.measure:
+            bench = measure(lambda: backend.runner(compiled.model, compiled.signature, compiled.runtime_settings),
+                            example, config.bench)
+            lat = bench["latency_ms"]
+            st.result = f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, {bench['throughput_per_s']:.1f}/s"
+        else:
+            st.result = plan.measure_reason
+    with progress.stage("package") as st:
+        report, manifest = _package(config, plan, host, staged, work, graph, compiled, accuracy, bench, extra_files,
+                                    source_info, example, sample_output, progress, started)
+        st.result = f"{report['size']['artifact_mb']:.1f} MB"
+    gate = accuracy["gate"]
+    if not gate["passed"]:
+        rejected = config.out.with_name(config.out.name + ".rejected")
+        shutil.rmtree(rejected, ignore_errors=True)
+        publish(staged, rejected)
+        raise AccuracyGateError("accuracy gate failed: " + "; ".join(gate["failures"]),
+                                hint=f"not published to {config.out}; the rejected artifact and its report are in "
+                                     f"{rejected}", stage="validate")
+    publish(staged, config.out)
+    return Result(config.out, report, manifest)
+
+
+def _accuracy_line(accuracy: dict) -> str:
+    parts = []
+    for name, m in accuracy["outputs"].items():
+        if "cosine_min" in m:
+            text = f"{name}: cos min {m['cosine_min']:.4f}"
+            if m.get("class_logits"):
+                text += f", top-1 {m['top1_agreement'] * 100:.1f}%"
+            parts.append(text)
+    gate = accuracy["gate"]
+    verdict = "" if not gate["checked"] else ("; gate passed" if gate["passed"] else "; gate FAILED")
+    return "; ".join(parts) + verdict + ("" if accuracy["meaningful"] else " (synthetic data)")
+
+
+def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench, extra_files, source_info, example,
+             sample_output, progress, started) -> tuple[dict, dict]:
+    for path in compiled.files:
+        target = staged / path.relative_to(compiled.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), target)
+    for name, path in sorted(extra_files.items()):
+        target = staged / "preprocessing" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    np.savez(staged / "sample_input.npz", **example)
+    np.savez(staged / "sample_output.npz", **sample_output)
+    runtime = {"backend": compiled.backend, "model": compiled.model.relative_to(compiled.root).as_posix(),
+               "settings": compiled.runtime_settings}
+    write_json(staged / "runtime.json", runtime)
+    shutil.rmtree(work, ignore_errors=True)
+    model_bytes = sum(p.stat().st_size for p in staged.glob("model.onnx*"))
+    stages = dict(progress.timings)
+    stages["package"] = 0.0
+    notes = list(plan.notes)
+    if not accuracy["meaningful"]:
+        notes.append("accuracy was measured on synthetic inputs: the figures say nothing about real data")
+    report = {
+        "schema_version": REPORT_SCHEMA, "kiln_version": __version__,
+        "status": "ok" if accuracy["gate"]["passed"] else "rejected",
+        "model": {"name": Path(source_info.location).name or source_info.location, "source_kind": source_info.kind,
+                  "source_sha256": source_info.sha256, "parameters": source_info.details.get("parameters")},
+        "target": {"name": plan.target, "backend": plan.backend, "device": plan.device},
+        "precision": plan.precision, "plan": plan.model_dump(), "host": host.fingerprint(),
+        "settings": {"threads": plan.threads, "batch": bench["batch"] if bench else None,
+                     "input_shapes": {k: list(v.shape) for k, v in example.items()},
+                     "runtime_settings": compiled.runtime_settings, "bench": config.bench.model_dump()},
+        "latency_ms": bench["latency_ms"] if bench else None,
+        "throughput_per_s": bench["throughput_per_s"] if bench else None,
+        "bench": bench, "bench_skipped": None if bench else plan.measure_reason,
+        "accuracy": accuracy, "export": {**graph.record.to_dict(), "check": graph.check},
+        "compile": compiled.details, "size": {"model_mb": model_bytes / 2**20},
+        "stages_seconds": stages, "notes": notes,
+    }
+    artifact_bytes = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
+    report["size"]["artifact_mb"] = artifact_bytes / 2**20
+    report["stages_seconds"]["package"] = round(time.perf_counter() - started - sum(stages.values()), 3)
+    report["total_seconds"] = round(time.perf_counter() - started, 3)
+    write_json(staged / "report.json", report)
+    (staged / "report.md").write_text(render(report), encoding="utf-8")
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA, "kiln_version": __version__,
+        "source": source_info.to_dict(),
+        "target": {"name": plan.target, "backend": plan.backend, "device": plan.device},
+        "precision": plan.precision, "plan": plan.model_dump(),
+        "config": config.model_dump(mode="json"),
+        "io": compiled.signature.to_dict(),
+        "export": graph.record.to_dict(),
+        "runtime": runtime,
+        "toolchain": toolchain_versions(), "host": host.fingerprint(),
+        "summary": {
+            "status": report["status"],
+            "accuracy": {n: {k: m.get(k) for k in ("cosine_min", "max_abs_error", "top1_agreement")}
+                         for n, m in accuracy["outputs"].items()},
+            "accuracy_meaningful": accuracy["meaningful"],
+            "latency_ms": {k: bench["latency_ms"][k] for k in ("p50", "p99")} if bench else None,
+            "throughput_per_s": bench["throughput_per_s"] if bench else None,
+            "model_mb": report["size"]["model_mb"],
+        },
+        "files": file_entries(staged),
+    }
+    write_json(staged / MANIFEST_NAME, manifest)
+    return report, manifest
+
+
+def failure_report(error: KilnError) -> dict:
+    return {"schema_version": REPORT_SCHEMA, "kiln_version": __version__, "status": "failed", "error": error.to_dict()}

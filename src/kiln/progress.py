@@ -1,0 +1,36 @@
+"""Progress for people: one line per stage on stderr, with its time and a short result."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, enabled: bool = True, stream=None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.timings: dict[str, float] = {}
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, what: str = ""):
+        """Time a stage; the body may set `.result` on the yielded object to a short summary."""
+        holder = type("StageResult", (), {"result": ""})()
+        if self.enabled and self._tty:
+            print(f"  … {name:<10} {what}", end="\r", file=self.stream, flush=True)
+        start = time.perf_counter()
+        try:
+            yield holder
+        except BaseException:
+            self.timings[name] = time.perf_counter() - start
+            self.say(f"  ✗ {name:<10} {self.timings[name]:6.1f}s  failed")
+            raise
+        self.timings[name] = time.perf_counter() - start
+        clear = "\x1b[2K" if self._tty else ""
+        self.say(f"{clear}  ✓ {name:<10} {self.timings[name]:6.1f}s  {holder.result}")

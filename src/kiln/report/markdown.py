@@ -1,0 +1,65 @@
+"""report.md: the report for people: what was built, how fast, how far from the source model."""
+
+from __future__ import annotations
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def render(report: dict) -> str:
+    lines = [f"# kiln report: {report['model']['name']} → {report['target']['name']} ({report['precision']})", ""]
+    for note in report.get("notes", []):
+        lines.append(f"> **Note:** {note}")
+    if report.get("notes"):
+        lines.append("")
+    bench = report.get("bench")
+    lines += ["## Speed", ""]
+    if bench:
+        lat = bench["latency_ms"]
+        s = report["settings"]
+        lines += [f"Batch {bench['batch']}, shapes {bench['input_shapes']}, {s['threads']} threads, "
+                  f"{bench['runs']} timed runs after {bench['warmup_runs']} warm-up.", "",
+                  "| p50 ms | p90 ms | p95 ms | p99 ms | mean ms | std ms | min ms | max ms | throughput /s |",
+                  "|---|---|---|---|---|---|---|---|---|",
+                  "| " + " | ".join(_fmt(lat[k]) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max"))
+                  + f" | {_fmt(bench['throughput_per_s'])} |", "",
+                  f"Load {bench['load_ms']:.1f} ms, first inference {bench['first_inference_ms']:.1f} ms, "
+                  f"memory +{bench['memory_mb']['rss_increase_from_load']:.0f} MB.", ""]
+    else:
+        lines += [f"Not measured: {report.get('bench_skipped', 'no measurement')}", ""]
+    acc = report.get("accuracy") or {}
+    lines += ["## Accuracy against the source model", ""]
+    if acc:
+        lines.append(f"Data: {acc['data']['description']}.")
+        if not acc.get("meaningful", True):
+            lines.append("**These figures are not meaningful: the data is synthetic.**")
+        lines += ["", "| output | max abs err | max rel err | cosine min | cosine mean | top-1 agree | top-1 agree (confident) | top-5 agree |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in acc["outputs"].items():
+            lines.append(f"| {name} | {_fmt(m.get('max_abs_error'))} | {_fmt(m.get('max_rel_error'))} | "
+                         f"{_fmt(m.get('cosine_min'), 6)} | {_fmt(m.get('cosine_mean'), 6)} | "
+                         f"{_fmt(m.get('top1_agreement'))} | {_fmt(m.get('top1_agreement_confident'))} | "
+                         f"{_fmt(m.get('top5_agreement'))} |")
+        gate = acc["gate"]
+        verdict = "not checked" if not gate["checked"] else "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"])
+        lines += ["", f"Accuracy gate: {verdict}.", ""]
+    lines += ["## Stages", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in report["stages_seconds"].items()]
+    comp = report.get("compile", {})
+    lines += ["", "## What was done", "",
+              f"- Source: {report['model']['source_kind']} `{report['model']['name']}`",
+              f"- Exporter: {report['export']['exporter']} (opset {report['export']['opset']})"]
+    fusion = comp.get("fusion") or {}
+    if fusion:
+        lines.append(f"- Transformer fusion: {'applied' if fusion.get('applied') else 'not applied'} "
+                     f"({fusion.get('reason', '')}) {fusion.get('fused_ops', '')}")
+    if comp.get("quantization"):
+        q = comp["quantization"]
+        lines.append(f"- Quantization: {q}")
+    lines.append(f"- Size: {report['size']['model_mb']:.2f} MB (model files)")
+    return "\n".join(lines) + "\n"

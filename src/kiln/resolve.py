@@ -1,0 +1,43 @@
+"""Resolve: a request plus a target give a Plan, or fail before any work is done."""
+
+from __future__ import annotations
+
+from kiln.config import ExportConfig, Plan, QuantizationPlan
+from kiln.errors import UnsupportedTargetError, UsageError
+from kiln.targets import Host, find_target, host_can_run
+
+
+def resolve(config: ExportConfig, host: Host) -> Plan:
+    spec = find_target(config.target)
+    if not spec.supports(config.precision):
+        raise UnsupportedTargetError(f"target '{spec.name}' cannot run precision '{config.precision}'",
+                                     hint=f"it runs {', '.join(spec.precisions)}")
+    notes: list[str] = []
+    quant = None
+    if config.precision == "int8":
+        if config.calibration is None and not config.synthetic_data:
+            raise UsageError("int8 needs calibration data and none was given",
+                             hint="pass --calibration PATH (images, .npz, or a text file), or --synthetic-data to "
+                                  "calibrate on random inputs (accuracy then means nothing), or use int8-dynamic")
+        quant = QuantizationPlan(
+            mode="static", activation_type=spec.int8_activation, keep_fp32=config.keep_fp32,
+            activations=f"{spec.int8_activation}, per-tensor, asymmetric, calibrated on "
+                        f"{'synthetic data' if config.calibration is None else 'the calibration set'}")
+    elif config.precision == "int8-dynamic":
+        quant = QuantizationPlan(mode="dynamic", activation_type="uint8", keep_fp32=config.keep_fp32,
+                                 activations="uint8, per-tensor, range computed at run time")
+    if config.calibration is None and config.precision == "int8":
+        notes.append("calibrated on synthetic random data: accuracy figures are not meaningful")
+    if config.evaluation is None:
+        if config.calibration is not None:
+            notes.append("no --eval data: validated on the calibration data, which flatters int8 accuracy")
+        elif not config.synthetic_data:
+            notes.append("no --eval data: validated on synthetic random inputs, so accuracy figures are not "
+                         "meaningful; pass --eval PATH for real figures")
+    can_measure, why = host_can_run(spec, host)
+    measure = config.measure and can_measure
+    reason = "" if measure else ("--no-bench" if not config.measure else f"not measured: {why}")
+    threads = config.threads or host.physical_cores
+    return Plan(target=spec.name, backend=spec.backend, device=spec.device, precision=config.precision,
+                quantization=quant, needs_calibration=config.precision == "int8", threads=threads,
+                measure=measure, measure_reason=reason, notes=tuple(notes))

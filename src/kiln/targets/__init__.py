@@ -1,0 +1,20 @@
+"""Targets: the hardware catalogue, host detection, and whether this host can run a target."""
+
+from __future__ import annotations
+
+from kiln.targets.catalogue import CATALOGUE, find_target
+from kiln.targets.host import Host, detect_host
+from kiln.targets.spec import TargetSpec
+
+
+def host_can_run(spec: TargetSpec, host: Host) -> tuple[bool, str]:
+    """Whether artifacts for `spec` can be measured on `host`, and why not."""
+    if spec.arch != "any" and spec.arch != host.arch:
+        return False, f"needs {spec.arch}, host is {host.arch}"
+    missing = [f for f in spec.required_cpu_flags if f not in host.cpu_flags]
+    if missing:
+        return False, f"host CPU lacks {', '.join(missing)}"
+    return True, "ok"
+
+
+__all__ = ["CATALOGUE", "Host", "TargetSpec", "detect_host", "find_target", "host_can_run"]

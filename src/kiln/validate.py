@@ -1,0 +1,96 @@
+"""Accuracy of a compiled model against the source model's own outputs, and the gate built on it."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from kiln.calibration import Samples
+from kiln.config import AccuracyBudget
+
+
+def is_class_logits(name: str, shape: tuple, classifier_hint: bool | None = None) -> bool:
+    """Outputs whose last axis holds class scores: stated by the task, else assumed from name or shape."""
+    if classifier_hint is not None:
+        return classifier_hint
+    return "logit" in name.lower() or (len(shape) == 2 and shape[-1] >= 10)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def output_metrics(refs: list[np.ndarray], gots: list[np.ndarray], classes: bool, confident: float = 0.5) -> dict:
+    abs_err = max(float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) for r, g in zip(refs, gots))
+    scale = max(float(np.max(np.abs(r))) for r in refs) or 1.0
+    cos = np.array([_cosine(r, g) for r, g in zip(refs, gots)])
+    out = {
+        "samples": len(refs), "max_abs_error": abs_err, "max_rel_error": abs_err / scale,
+        "mean_abs_error": float(np.mean([np.mean(np.abs(r.astype(np.float64) - g)) for r, g in zip(refs, gots)])),
+        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "cosine_p01": float(np.quantile(cos, 0.01)),
+        "worst_sample": int(cos.argmin()),
+    }
+    if classes:
+        ref = np.concatenate([r.reshape(-1, r.shape[-1]) for r in refs])
+        got = np.concatenate([g.reshape(-1, g.shape[-1]) for g in gots])
+        top1_ref, top1_got = ref.argmax(-1), got.argmax(-1)
+        agree = top1_ref == top1_got
+        top5_got = np.argsort(-got, axis=-1)[:, :5]
+        prob = _softmax(ref.astype(np.float64)).max(-1)
+        sure = prob >= confident
+        out.update({
+            "class_logits": True, "positions": int(len(agree)),
+            "top1_agreement": float(agree.mean()),
+            "top5_agreement": float(np.mean([t in row for t, row in zip(top1_ref, top5_got)])),
+            "confident_threshold": confident, "confident_positions": int(sure.sum()),
+            "top1_agreement_confident": float(agree[sure].mean()) if sure.any() else None,
+        })
+    return out
+
+
+def validate(runner, samples: Samples, references: tuple[dict, ...], budget: AccuracyBudget,
+             classifier_outputs: dict[str, bool] | None = None) -> dict:
+    """Run every evaluation sample and compare with the source outputs; apply the budget."""
+    start = time.perf_counter()
+    got_all = [runner.infer(feed) for feed in samples.feeds]
+    metrics = {}
+    for name in references[0]:
+        refs = [r[name] for r in references]
+        gots = [g[name] for g in got_all]
+        if refs[0].dtype.kind not in "fc":
+            metrics[name] = {"samples": len(refs), "exact_match": float(np.mean([np.array_equal(r, g)
+                                                                               for r, g in zip(refs, gots)]))}
+            continue
+        hint = (classifier_outputs or {}).get(name)
+        metrics[name] = output_metrics(refs, gots, is_class_logits(name, refs[0].shape, hint))
+    failures = gate(metrics, budget)
+    return {
+        "data": samples.to_dict(), "meaningful": not samples.synthetic, "outputs": metrics,
+        "budget": budget.model_dump(), "gate": {"checked": budget.active, "passed": not failures, "failures": failures},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def gate(metrics: dict, budget: AccuracyBudget) -> list[str]:
+    failures = []
+    for name, m in metrics.items():
+        if budget.min_cosine is not None and "cosine_min" in m and m["cosine_min"] < budget.min_cosine:
+            failures.append(f"{name}: minimum cosine {m['cosine_min']:.5f} < {budget.min_cosine}")
+        if budget.max_abs_error is not None and "max_abs_error" in m and m["max_abs_error"] > budget.max_abs_error:
+            failures.append(f"{name}: max abs error {m['max_abs_error']:.4g} > {budget.max_abs_error}")
+        if budget.max_top1_disagreement is not None and m.get("class_logits"):
+            disagreement = 1.0 - m["top1_agreement"]
+            if disagreement > budget.max_top1_disagreement:
+                failures.append(f"{name}: top-1 disagreement {disagreement:.3f} > {budget.max_top1_disagreement}")
+    return failures
