@@ -95,7 +95,18 @@ class OnnxFileSource:
                 if isinstance(declared, str):
                     dims[declared] = given.size
         return DataContext(signature=self.signature, dims=dims, image_preprocessing=config.image_preprocessing,
-                           sequence_length=config.sequence_length)
+                           sequence_length=config.sequence_length, int_high=self._gather_bounds())
+
+    def _gather_bounds(self) -> dict[str, int]:
+        """Integer inputs that feed Gather on a constant table (embeddings) must stay below its size."""
+        tables = {t.name: t.dims[0] for t in self.model.graph.initializer if t.dims}
+        bounds: dict[str, int] = {}
+        for node in self.model.graph.node:
+            if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in tables:
+                name = node.input[1]
+                if name in self.signature.input_names:
+                    bounds[name] = min(bounds.get(name, tables[node.input[0]]), tables[node.input[0]])
+        return bounds
 
     def run(self, feed: Feed) -> dict[str, np.ndarray]:
         if self._session is None:

@@ -56,7 +56,7 @@ class TorchSource:
         self.extra_files: dict[str, Path] = {}
         self._output_names = output_names
         self.output_axes = output_axes or {}
-        self.int_high = int_high or {}
+        self.int_high = int_high or _embedding_bounds(module, inputs)
         # Exporter order and opset when the user leaves them to kiln ("auto"): torch's recommended exporter
         # first; sources with better-measured choices (Hugging Face encoders) override these.
         self.preferred_exporters: tuple[str, ...] = ("dynamo", "torchscript")
@@ -115,9 +115,7 @@ class TorchSource:
         order = self.preferred_exporters if config.exporter == "auto" else (config.exporter,)
         opset = config.opset or self.default_opset
         args = self._args(example)
-        with torch.inference_mode(False), torch.no_grad():
-            count = len(flatten_outputs(self._callable()(*args)))
-        out_names = list(self.output_names(count))
+        out_names = list(self.run(example))
         attempts: list[dict] = []
         start = time.perf_counter()
         for exporter in order:
@@ -167,6 +165,16 @@ class TorchSource:
                           output_names=out_names, dynamic_axes=axes, opset_version=min(opset, 20),
                           do_constant_folding=True)
         _name_dims(path, self.inputs, self.output_axes)
+
+
+def _embedding_bounds(module: Any, inputs: tuple[InputSpec, ...]) -> dict[str, int]:
+    """Synthetic integer inputs must index every embedding table: bound them by the smallest one."""
+    torch = _torch()
+    sizes = [m.num_embeddings for m in module.modules() if isinstance(m, torch.nn.Embedding)] \
+        if isinstance(module, torch.nn.Module) else []
+    if not sizes:
+        return {}
+    return {s.name: min(sizes) for s in inputs if s.dtype.startswith(("int", "uint"))}
 
 
 def _name_dims(path: Path, inputs: tuple[InputSpec, ...], output_axes: dict[str, dict[int, str]]) -> None:

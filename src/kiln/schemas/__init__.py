@@ -1,0 +1,62 @@
+"""JSON Schemas (draft 2020-12) for kiln's machine-readable outputs, shipped as package data.
+
+- manifest: manifest.json of an artifact (schema_version "kiln.manifest/1")
+- report: report.json of an artifact and `kiln export --json` output, including the failure report
+  printed when a command fails (schema_version "kiln.report/1")
+
+Loading a schema needs nothing beyond the standard library; validating needs `jsonschema`, a dev/test
+dependency imported only when `validate_document` is called.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+
+from kiln.errors import MissingDependencyError
+
+SCHEMA_NAMES = ("manifest", "report")
+
+
+@functools.cache
+def _schema_text(name: str) -> str:
+    return resources.files(__name__).joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
+
+
+def load_schema(name: str) -> dict:
+    """The JSON Schema for `name` ("manifest" or "report"), as a fresh dict."""
+    if name not in SCHEMA_NAMES:
+        raise ValueError(f"unknown schema '{name}': kiln publishes {', '.join(SCHEMA_NAMES)}")
+    return json.loads(_schema_text(name))
+
+
+def _where(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(document)"
+
+
+def validate_document(doc: dict, name: str) -> list[str]:
+    """Every way `doc` breaks the `name` schema, as 'where: what' lines; an empty list means valid."""
+    try:
+        import jsonschema
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"validating a document against the kiln {name} schema needs the Python package 'jsonschema', "
+            f"which is not installed", hint="pip install jsonschema") from exc
+    from jsonschema.exceptions import best_match
+
+    schema = load_schema(name)
+    validator = jsonschema.Draft202012Validator(schema)
+    messages = []
+    for error in validator.iter_errors(doc):
+        where = _where(error.absolute_path)
+        if error.context:  # anyOf/oneOf: the instance matches no alternative; say which came closest and why
+            closest = best_match(error.context)
+            text = f"{where}: matches none of the allowed forms; closest: {_where(closest.absolute_path)}: {closest.message}"
+        else:
+            text = f"{where}: {error.message}"
+        messages.append(text)
+    return sorted(set(messages))
