@@ -191,9 +191,6 @@ def test_npz_holding_pickled_objects_is_refused(tmp_path, mlp_context):
         load_samples(DataSpec(path=tmp_path / "c.npz"), mlp_context, "calibration")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: array_samples checks rank and dtype but not static dims; a (4, 7) "
-                                       "array for input x[batch, 8] is accepted and ONNX Runtime later fails with "
-                                       "a traceback (exit 1) instead of a UsageError")
 def test_npz_whose_static_dim_differs_from_the_model_is_refused(tmp_path, mlp_context):
     np.savez(tmp_path / "c.npz", x=np.zeros((4, 7), np.float32))
     with pytest.raises(UsageError, match=r"'x'"):

@@ -94,8 +94,6 @@ def test_clean_leftovers_with_no_parent_folder_does_nothing(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: clean_leftovers globs f'.{out.name}*' without glob.escape, so an "
-                                       "output named with [ ] (e.g. 'run[1]') never matches its own leftovers")
 def test_clean_leftovers_handles_output_names_with_glob_characters(tmp_path):
     out = tmp_path / "run[1]"
     dead = tmp_path / f".run[1].kiln-tmp-{DEAD_PID}-deadbeef"

@@ -111,11 +111,17 @@ def test_json_stdout_is_the_report(outputs):
     assert validate_document(outputs["int8_stdout"], "report") == []
 
 
-@pytest.mark.parametrize("which, kind, exit_code", [("missing_failure", "usage", 2),
-                                                    ("gate_failure", "accuracy_gate", 4)])
-def test_failure_report_validates(outputs, which, kind, exit_code):
-    doc = outputs[which]
-    assert doc["status"] == "failed" and doc["error"]["kind"] == kind and doc["error"]["exit_code"] == exit_code
+def test_failure_report_validates(outputs):
+    doc = outputs["missing_failure"]
+    assert doc["status"] == "failed" and doc["error"]["kind"] == "usage" and doc["error"]["exit_code"] == 2
+    assert validate_document(doc, "report") == []
+
+
+def test_gate_failure_prints_the_rejected_report_with_its_numbers(outputs):
+    """CI reading --json on exit 4 gets the full measured report (status rejected), not just an error."""
+    doc = outputs["gate_failure"]
+    assert doc == outputs["rejected"]["report"]
+    assert doc["status"] == "rejected" and doc["accuracy"]["gate"]["failures"]
     assert validate_document(doc, "report") == []
 
 
@@ -177,7 +183,7 @@ REPORT_BREAKS = {
     "gate failures": (lambda r: r["accuracy"]["gate"].update(failures=["output: too far"]), "accuracy.gate.failures"),
     "output metric": (lambda r: r["accuracy"]["outputs"]["output"].pop("cosine_min"), "accuracy.outputs.output"),
     "stage": (lambda r: r["stages_seconds"].pop("export"), "stages_seconds"),
-    "size": (lambda r: r["size"].update(model_mb=None), "size.model_mb"),
+    "size": (lambda r: r["size"].update(model_mib=None), "size.model_mib"),
     "settings": (lambda r: r["settings"].pop("threads"), "settings"),
 }
 

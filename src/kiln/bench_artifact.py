@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,3 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     result = measure(lambda: backend.runner(model, signature, run_settings), feed, settings)
     return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
             "precision": manifest["precision"], "recorded": manifest["summary"].get("latency_ms"), **result}
-
-
-def dumps(result: dict) -> str:
-    return json.dumps(result, indent=2, default=str)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from kiln import __version__
+from kiln.artifact.manifest import dumps
 from kiln.errors import KilnError, UsageError
 
 EPILOG = "exit codes: 0 ok, 1 bug, 2 bad input, 3 missing dependency/unsupported, 4 accuracy gate failed, 5 export failed"
@@ -150,7 +151,7 @@ def _cmd_export(args) -> int:
     progress.say(f"kiln {__version__}: {config.source} → {config.target} ({config.precision})")
     result = run(config, progress=progress)
     if args.json:
-        print(json.dumps(result.report, indent=2, default=str))
+        print(dumps(result.report))
     elif not args.quiet:
         print((result.out / "report.md").read_text(encoding="utf-8"))
         progress.say(f"artifact: {result.out}")
@@ -164,7 +165,7 @@ def _cmd_bench(args) -> int:
     result = bench_artifact(args.artifact, BenchSettings(warmup=args.warmup, min_runs=args.runs,
                                                          min_seconds=args.min_seconds), threads=args.threads)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(dumps(result))
     else:
         lat = result["latency_ms"]
         print(f"{args.artifact}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, "
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             from kiln.pipeline import failure_report
 
-            print(json.dumps(failure_report(error), indent=2))
+            print(dumps(getattr(error, "report", None) or failure_report(error)))
         print(f"kiln: error: {error.one_line()}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:

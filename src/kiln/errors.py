@@ -51,10 +51,16 @@ class UnsupportedTargetError(KilnError):
 
 
 class AccuracyGateError(KilnError):
-    """The compiled model is further from the source model than the accuracy budget allows."""
+    """The compiled model is further from the source model than the accuracy budget allows.
+
+    It carries the full report (status "rejected"), which `--json` prints: CI wants the numbers."""
 
     exit_code = 4
     kind = "accuracy_gate"
+
+    def __init__(self, message: str, hint: str | None = None, *, stage: str | None = None, report: dict | None = None):
+        super().__init__(message, hint, stage=stage)
+        self.report = report
 
 
 class ExportError(KilnError):

@@ -1,4 +1,4 @@
-"""The six stages, in order: resolve, export, compile, validate, bench, package.
+"""The stages, in order: resolve, load (source and data), export, compile, validate, bench, package.
 
 Each stage takes the previous stage's value. The artifact is assembled in a hidden sibling of the
 output folder and renamed into place only when complete (and only when the accuracy gate passed).
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from kiln import __version__
-from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, check_output_path, clean_leftovers, file_entries, publish,
-                           staging_dir, write_json)
+from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, check_output_path, clean_leftovers, discard,
+                           file_entries, missing_parents, publish, staging_dir, write_json)
 from kiln.backends import get_backend
 from kiln.bench import measure
 from kiln.calibration import Samples, load_samples, synthetic_samples
@@ -68,14 +68,21 @@ def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
         backend = get_backend(plan.backend)
         backend.check_environment(spec)
         check_output_path(config.out)
+        check_output_path(rejected_path(config.out))
         clean_leftovers(config.out)
         st.result = f"{plan.target}, {plan.precision}, {plan.threads} threads"
+    created = missing_parents(config.out)
     staged = staging_dir(config.out)
     try:
         return _build(config, plan, backend, host, staged, module, example_inputs, progress, started)
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        discard(staged, created)
         raise
+
+
+def rejected_path(out: Path) -> Path:
+    """Where an artifact that failed its accuracy gate goes, for inspection: never at `out` itself."""
+    return out.with_name(out.name + ".rejected")
 
 
 def _build(config, plan, backend, host, staged, module, example_inputs, progress, started) -> Result:
@@ -119,15 +126,14 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
     with progress.stage("package") as st:
         report, manifest = _package(config, plan, host, staged, work, graph, compiled, accuracy, bench, extra_files,
                                     source_info, example, sample_output, progress, started)
-        st.result = f"{report['size']['artifact_mb']:.1f} MB"
+        st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     gate = accuracy["gate"]
     if not gate["passed"]:
-        rejected = config.out.with_name(config.out.name + ".rejected")
-        shutil.rmtree(rejected, ignore_errors=True)
+        rejected = rejected_path(config.out)
         publish(staged, rejected)
         raise AccuracyGateError("accuracy gate failed: " + "; ".join(gate["failures"]),
                                 hint=f"not published to {config.out}; the rejected artifact and its report are in "
-                                     f"{rejected}", stage="validate")
+                                     f"{rejected}", stage="validate", report=report)
     publish(staged, config.out)
     return Result(config.out, report, manifest)
 
@@ -181,11 +187,11 @@ def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench,
         "throughput_per_s": bench["throughput_per_s"] if bench else None,
         "bench": bench, "bench_skipped": None if bench else plan.measure_reason,
         "accuracy": accuracy, "export": {**graph.record.to_dict(), "check": graph.check},
-        "compile": compiled.details, "size": {"model_mb": model_bytes / 2**20},
+        "compile": compiled.details, "size": {"model_mib": model_bytes / 2**20},
         "stages_seconds": stages, "notes": notes,
     }
     artifact_bytes = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
-    report["size"]["artifact_mb"] = artifact_bytes / 2**20
+    report["size"]["artifact_mib"] = artifact_bytes / 2**20
     report["stages_seconds"]["package"] = round(time.perf_counter() - started - sum(stages.values()), 3)
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     write_json(staged / "report.json", report)
@@ -207,7 +213,7 @@ def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench,
             "accuracy_meaningful": accuracy["meaningful"],
             "latency_ms": {k: bench["latency_ms"][k] for k in ("p50", "p99")} if bench else None,
             "throughput_per_s": bench["throughput_per_s"] if bench else None,
-            "model_mb": report["size"]["model_mb"],
+            "model_mib": report["size"]["model_mib"],
         },
         "files": file_entries(staged),
     }

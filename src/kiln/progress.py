@@ -6,6 +6,8 @@ import contextlib
 import sys
 import time
 
+from kiln.errors import KilnError
+
 
 class Progress:
     def __init__(self, enabled: bool = True, stream=None):
@@ -27,7 +29,9 @@ class Progress:
         start = time.perf_counter()
         try:
             yield holder
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, KilnError) and exc.stage is None:
+                exc.stage = name
             self.timings[name] = time.perf_counter() - start
             self.say(f"  ✗ {name:<10} {self.timings[name]:6.1f}s  failed")
             raise

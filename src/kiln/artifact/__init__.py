@@ -1,7 +1,8 @@
 """The artifact: files, manifest with hashes, atomic publication."""
 
 from kiln.artifact.manifest import MANIFEST_NAME, MANIFEST_SCHEMA, file_entries, load_manifest, write_json
-from kiln.artifact.publish import check_output_path, clean_leftovers, publish, staging_dir
+from kiln.artifact.publish import (check_output_path, clean_leftovers, discard, missing_parents, publish,
+                                   staging_dir)
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_SCHEMA", "check_output_path", "clean_leftovers", "file_entries",
-           "load_manifest", "publish", "staging_dir", "write_json"]
+           "discard", "load_manifest", "missing_parents", "publish", "staging_dir", "write_json"]

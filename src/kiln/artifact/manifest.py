@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from kiln.errors import UsageError
@@ -22,8 +23,25 @@ def file_entries(root: Path, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> lis
     return entries
 
 
+def _plain(value):
+    """Strict JSON: NaN/Inf become null (jq, JavaScript and Go parsers reject them), paths become strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(_plain(data), indent=2, allow_nan=False)
+
+
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    path.write_text(dumps(data) + "\n", encoding="utf-8")
 
 
 def load_manifest(artifact: Path) -> dict:

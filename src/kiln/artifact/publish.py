@@ -32,10 +32,11 @@ def clean_leftovers(out: Path) -> list[Path]:
     removed = []
     if not out.parent.exists():
         return removed
-    for entry in out.parent.glob(f".{out.name}*"):
+    for entry in out.parent.iterdir():
         for tag in (_TMP_TAG, _OLD_TAG):
-            if tag in entry.name:
-                pid = entry.name.split(tag, 1)[1].split("-", 1)[0]
+            prefix = f".{out.name}{tag}"
+            if entry.name.startswith(prefix):
+                pid = entry.name[len(prefix):].split("-", 1)[0]
                 if pid.isdigit() and not _pid_alive(int(pid)):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
@@ -53,11 +54,31 @@ def check_output_path(out: Path) -> None:
         raise UsageError(f"cannot write into {parent}", hint="choose an --out folder you can write to")
 
 
+def missing_parents(out: Path) -> list[Path]:
+    """Parent folders of `out` that do not exist yet, outermost first (to remove them if the run fails)."""
+    missing = []
+    parent = out.absolute().parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    return missing[::-1]
+
+
 def staging_dir(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     return path
+
+
+def discard(staged: Path, created_parents: list[Path]) -> None:
+    """Remove a failed run's staging folder and the parent folders it created, if they are empty."""
+    shutil.rmtree(staged, ignore_errors=True)
+    for parent in reversed(created_parents):
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def _fsync_tree(root: Path) -> None:

@@ -60,7 +60,7 @@ def measure(make_runner, feed: Feed, settings: BenchSettings) -> dict:
     result.update({
         "load_ms": load_s * 1000.0, "first_inference_ms": first_ms, "warmup_runs": settings.warmup,
         "timed_seconds": round(time.perf_counter() - begin, 3),
-        "memory_mb": {"rss_increase_from_load": (rss_peak - rss_before) / 2**20, "rss_peak": rss_peak / 2**20},
+        "memory_mib": {"rss_increase_from_load": (rss_peak - rss_before) / 2**20, "rss_peak": rss_peak / 2**20},
         "batch": batch, "input_shapes": {k: list(v.shape) for k, v in feed.items()},
         "runtime_settings": run_settings,
     })

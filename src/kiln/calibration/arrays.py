@@ -57,6 +57,10 @@ def array_samples(path: Path, context: DataContext, limit: int | None) -> Sample
         feed = {}
         for name, info in wanted.items():
             value = merged[name][i]
+            for axis, size in enumerate(info.shape):
+                if isinstance(size, int) and axis < value.ndim and value.shape[axis] != size:
+                    raise UsageError(f"{path.name}: input '{name}' has shape {list(value.shape)}, the model declares "
+                                     f"{list(info.shape)}", hint="reshape the arrays to the model's static dims")
             want = numpy_dtype(info.dtype)
             if value.dtype != want:
                 raise UsageError(f"{path.name}: input '{name}' is {value.dtype}, the model expects {want}",

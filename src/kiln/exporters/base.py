@@ -21,7 +21,7 @@ class SourceInfo:
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "location": self.location, "sha256": self.sha256, **self.details}
+        return {"kind": self.kind, "location": self.location, "sha256": self.sha256, "details": self.details}
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,11 @@ class ExportRecord:
     opset: int
     attempts: tuple[dict, ...] = ()
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"exporter": self.exporter, "opset": self.opset, "attempts": list(self.attempts),
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "notes": list(self.notes)}
 
 
 class Source(Protocol):

@@ -88,9 +88,8 @@ def export_graph(source: Source, config: ExportConfig, context: DataContext, wor
     signature = read_signature(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), record.opset)
     if opset != record.opset:  # exporters may settle on another opset than asked; record what is in the file
-        record = ExportRecord(record.exporter, opset, record.attempts + ({"note": f"asked opset {record.opset}, "
-                                                                                  f"graph has {opset}"},),
-                              record.seconds)
+        record = ExportRecord(record.exporter, opset, record.attempts, record.seconds,
+                              record.notes + (f"asked for opset {record.opset}, the exporter wrote {opset}",))
     try:
         session = _run_onnx(path)
     except Exception as exc:  # ORT raises its own exception types on load

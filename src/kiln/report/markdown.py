@@ -29,7 +29,7 @@ def render(report: dict) -> str:
                   "| " + " | ".join(_fmt(lat[k]) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max"))
                   + f" | {_fmt(bench['throughput_per_s'])} |", "",
                   f"Load {bench['load_ms']:.1f} ms, first inference {bench['first_inference_ms']:.1f} ms, "
-                  f"memory +{bench['memory_mb']['rss_increase_from_load']:.0f} MB.", ""]
+                  f"memory +{bench['memory_mib']['rss_increase_from_load']:.0f} MiB.", ""]
     else:
         lines += [f"Not measured: {report.get('bench_skipped', 'no measurement')}", ""]
     acc = report.get("accuracy") or {}
@@ -61,5 +61,5 @@ def render(report: dict) -> str:
     if comp.get("quantization"):
         q = comp["quantization"]
         lines.append(f"- Quantization: {q}")
-    lines.append(f"- Size: {report['size']['model_mb']:.2f} MB (model files)")
+    lines.append(f"- Size: {report['size']['model_mib']:.2f} MiB (model files)")
     return "\n".join(lines) + "\n"
