@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SENTENCES = REPO / "data" / "eval_sentences.txt"
+CALIBRATION_SENTENCES = REPO / "data" / "calibration_sentences.txt"
 
 # (x*1 - 127) / 128 written as scale/mean/std for kiln's image preprocessing
 EFFICIENTNET_PREPROCESSING = dict(size=(224, 224), layout="NCHW", scale=1.0, mean=(127.0, 127.0, 127.0),

@@ -112,11 +112,20 @@ def build(count: int = COUNT, seed: int = SEED) -> list[str]:
     return chosen
 
 
+def build_calibration(count: int = 200, seed: int = SEED + 1) -> list[str]:
+    """Sentences disjoint from the evaluation set, so int8 is not calibrated on what it is judged on."""
+    evaluation = set(build())
+    pool = sorted({s for name in MODULES for doc in _docstrings(name) for s in _sentences(doc) if _keep(s)} - evaluation)
+    return random.Random(seed).sample(pool, count)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output file (default: {DEFAULT_OUT})")
+    parser.add_argument("--kind", choices=("eval", "calibration"), default="eval")
+    parser.add_argument("--out", type=Path, help=f"output file (default: data/<kind>_sentences.txt)")
     args = parser.parse_args(argv)
-    sentences = build()
+    args.out = args.out or DEFAULT_OUT.with_name(f"{args.kind}_sentences.txt")
+    sentences = build() if args.kind == "eval" else build_calibration()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
     print(f"wrote {len(sentences)} sentences to {args.out} (Python {sys.version.split()[0]})")

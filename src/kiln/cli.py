@@ -74,8 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--min-cosine", type=float, help="fail (exit 4) if any output's per-sample cosine is lower")
     gate.add_argument("--max-top1-disagreement", type=float, help="fail if top-1 disagrees on more than this fraction")
     gate.add_argument("--max-abs-error", type=float, help="fail if any output's max abs error is larger")
+    gate.add_argument("--gate-output", action="append", default=[], metavar="NAME",
+                      help="outputs the gate applies to (default: the model's primary outputs, else all)")
     gate.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",
                       help="keep nodes whose name contains NODE out of quantization (repeat)")
+    gate.add_argument("--smooth-alpha", type=float, default=0.8,
+                      help="int8 on transformers: SmoothQuant strength from calibration data (0 turns it off)")
     exp = ex.add_argument_group("export")
     exp.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
     exp.add_argument("--opset", type=int, help="ONNX opset (default: 18, or 17 for Hugging Face encoders)")
@@ -128,8 +132,8 @@ def _export_config(args):
             evaluation=DataSpec(path=args.evaluation, limit=args.eval_limit) if args.evaluation else None,
             synthetic_data=args.synthetic_data, sequence_length=args.sequence_length, image_preprocessing=prep,
             budget=AccuracyBudget(min_cosine=args.min_cosine, max_top1_disagreement=args.max_top1_disagreement,
-                                  max_abs_error=args.max_abs_error),
-            keep_fp32=tuple(args.keep_fp32), exporter=args.exporter, opset=args.opset, export_rtol=args.export_rtol,
+                                  max_abs_error=args.max_abs_error, outputs=tuple(args.gate_output)),
+            keep_fp32=tuple(args.keep_fp32), smooth_alpha=args.smooth_alpha, exporter=args.exporter, opset=args.opset, export_rtol=args.export_rtol,
             trust_pickle=args.trust_pickle, trust_remote_code=args.trust_remote_code, threads=args.threads,
             bench=BenchSettings(warmup=args.warmup, min_runs=args.runs, min_seconds=args.min_seconds),
             measure=not args.no_bench,

@@ -132,6 +132,7 @@ class AccuracyBudget(Frozen):
     min_cosine: float | None = Field(default=None, ge=-1.0, le=1.0)
     max_top1_disagreement: float | None = Field(default=None, ge=0.0, le=1.0)
     max_abs_error: float | None = Field(default=None, ge=0.0)
+    outputs: tuple[str, ...] = ()  # outputs the gate applies to; empty: the model's primary outputs, else all
 
     @property
     def active(self) -> bool:
@@ -161,6 +162,7 @@ class ExportConfig(Frozen):
     image_preprocessing: ImagePreprocessing | None = None
     budget: AccuracyBudget = AccuracyBudget()
     keep_fp32: tuple[str, ...] = ()
+    smooth_alpha: float = Field(default=0.8, ge=0.0, le=1.0)  # activation smoothing before int8; 0 turns it off
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
     opset: int | None = Field(default=None, ge=13, le=23)  # None: the exporter's own choice per source
     export_rtol: float = 1e-3
@@ -181,6 +183,7 @@ class QuantizationPlan(Frozen):
     activations: str  # e.g. "uint8, per-tensor, asymmetric, calibrated (MinMax)"
     activation_type: Literal["uint8", "int8"] = "uint8"
     keep_fp32: tuple[str, ...] = ()
+    smooth_alpha: float | None = None  # SmoothQuant strength for transformer MatMuls; None: not applied
 
 
 class Plan(Frozen):

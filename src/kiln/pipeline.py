@@ -45,9 +45,10 @@ class Result:
 
 def _data(config: ExportConfig, plan: Plan, context) -> tuple[Samples, Samples | None]:
     calibration = None
-    if plan.needs_calibration:
-        calibration = (load_samples(config.calibration, context, "calibration") if config.calibration
-                       else synthetic_samples(context, SYNTHETIC_CALIBRATION_SAMPLES, config.seed + 1))
+    if config.calibration is not None and plan.quantization is not None:
+        calibration = load_samples(config.calibration, context, "calibration")
+    elif plan.needs_calibration:
+        calibration = synthetic_samples(context, SYNTHETIC_CALIBRATION_SAMPLES, config.seed + 1)
     if config.evaluation:
         evaluation = load_samples(config.evaluation, context, "evaluation")
     elif config.calibration:
@@ -99,6 +100,7 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
                     default=0.0)
         st.result = f"{graph.record.exporter}, opset {graph.record.opset}, max abs diff vs source {worst:.2g}"
     classifier = getattr(source, "classifier_outputs", None)
+    primary = tuple(getattr(source, "primary_outputs", ()))
     extra_files = dict(source.extra_files)
     source_info = source.info
     del source  # the source framework's model is not needed any more: free it before measuring
@@ -111,7 +113,7 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
                      + (f", int8 {compiled.details['quantization']['mode']}" if "quantization" in compiled.details else ""))
     with progress.stage("validate") as st:
         with backend.runner(compiled.model, compiled.signature, compiled.runtime_settings) as runner:
-            accuracy = validate(runner, evaluation, graph.reference_outputs, config.budget, classifier)
+            accuracy = validate(runner, evaluation, graph.reference_outputs, config.budget, classifier, primary)
             sample_output = runner.infer(example)
         st.result = _accuracy_line(accuracy)
     bench = None

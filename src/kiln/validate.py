@@ -59,25 +59,44 @@ def output_metrics(refs: list[np.ndarray], gots: list[np.ndarray], classes: bool
     return out
 
 
+def _real_tokens(value: np.ndarray, feed: dict) -> np.ndarray:
+    """Token-level outputs ([batch, sequence, ...]) keep only positions the attention mask marks as real:
+    padding positions are computed but meaningless, and their drift would hide or fake a regression."""
+    mask = feed.get("attention_mask")
+    if mask is None or value.ndim < 3 or value.shape[:2] != mask.shape:
+        return value
+    return value[mask.astype(bool)]
+
+
 def validate(runner, samples: Samples, references: tuple[dict, ...], budget: AccuracyBudget,
-             classifier_outputs: dict[str, bool] | None = None) -> dict:
+             classifier_outputs: dict[str, bool] | None = None, primary_outputs: tuple[str, ...] = ()) -> dict:
     """Run every evaluation sample and compare with the source outputs; apply the budget."""
     start = time.perf_counter()
     got_all = [runner.infer(feed) for feed in samples.feeds]
     metrics = {}
     for name in references[0]:
-        refs = [r[name] for r in references]
-        gots = [g[name] for g in got_all]
+        refs = [_real_tokens(r[name], f) for r, f in zip(references, samples.feeds)]
+        gots = [_real_tokens(g[name], f) for g, f in zip(got_all, samples.feeds)]
+        masked = refs[0].shape != references[0][name].shape
         if refs[0].dtype.kind not in "fc":
             metrics[name] = {"samples": len(refs), "exact_match": float(np.mean([np.array_equal(r, g)
                                                                                for r, g in zip(refs, gots)]))}
             continue
         hint = (classifier_outputs or {}).get(name)
-        metrics[name] = output_metrics(refs, gots, is_class_logits(name, refs[0].shape, hint))
-    failures = gate(metrics, budget)
+        metrics[name] = output_metrics(refs, gots, is_class_logits(name, references[0][name].shape, hint))
+        metrics[name]["padding_excluded"] = masked
+    gated = budget.outputs or primary_outputs or tuple(metrics)
+    unknown = [n for n in gated if n not in metrics]
+    if unknown:
+        from kiln.errors import UsageError
+
+        raise UsageError(f"--gate-output names {', '.join(unknown)}, not an output of the model",
+                         hint=f"outputs are {', '.join(metrics)}")
+    failures = gate({n: metrics[n] for n in gated}, budget)
     return {
         "data": samples.to_dict(), "meaningful": not samples.synthetic, "outputs": metrics,
-        "budget": budget.model_dump(), "gate": {"checked": budget.active, "passed": not failures, "failures": failures},
+        "budget": budget.model_dump(),
+        "gate": {"checked": budget.active, "passed": not failures, "failures": failures, "outputs": list(gated)},
         "seconds": round(time.perf_counter() - start, 3),
     }
 

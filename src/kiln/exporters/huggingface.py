@@ -181,6 +181,8 @@ def _text_source(folder, config, model, task, info, files, cfg) -> TorchSource:
     source = TorchSource(_wrapper(model, names, pooling, task), specs, info, output_names=outputs,
                          output_axes=task.output_axes, int_high={"input_ids": int(cfg.get("vocab_size", 100))})
     source.classifier_outputs = {name: task.classifier and name == "logits" for name in outputs}
+    # what a sentence-transformers user consumes; the accuracy gate applies to it unless told otherwise
+    source.primary_outputs = ("sentence_embedding",) if pooling else ()
     _prefer_fusable_export(source)
     source.info.details["pooling"] = {"mode": pooling[0], "normalize": pooling[1]} if pooling else None
     source.extra_files = files

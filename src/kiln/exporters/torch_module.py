@@ -61,6 +61,7 @@ class TorchSource:
         # first; sources with better-measured choices (Hugging Face encoders) override these.
         self.preferred_exporters: tuple[str, ...] = ("dynamo", "torchscript")
         self.default_opset = 18
+        self.primary_outputs: tuple[str, ...] = ()  # outputs the accuracy gate checks by default (empty: all)
         self.text_encoder = None  # set by sources that know their tokenizer
         self.image_preprocessing = None  # set by sources that know their image preprocessing
 

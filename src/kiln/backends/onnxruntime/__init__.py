@@ -15,6 +15,7 @@ from kiln.backends.onnxruntime.quantize import quantize_dynamic_int8, quantize_s
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings
 from kiln.calibration import Samples
 from kiln.config import Plan
+from kiln.passes.smooth_activations import smooth_activations
 from kiln.errors import ExportError, MissingDependencyError
 from kiln.exporters import ExportedGraph
 from kiln.signature import Signature, read_signature
@@ -71,6 +72,13 @@ class OnnxRuntimeBackend:
             details["steps"].append({"step": "transformer fusion", "seconds": round(time.perf_counter() - t0, 3)})
         else:
             details["fusion"] = {"applied": False, "reason": "not a transformer graph"}
+        quant = plan.quantization
+        if quant is not None and quant.smooth_alpha and calibration is not None and looks_like_transformer(model):
+            t0 = time.perf_counter()
+            smoothed = stage / "smoothed.onnx"
+            details["smoothing"] = smooth_activations(current, smoothed, calibration, quant.smooth_alpha)
+            current = smoothed
+            details["steps"].append({"step": "activation smoothing", "seconds": round(time.perf_counter() - t0, 3)})
         target = root / "model.onnx"
         if plan.quantization is not None:
             t0 = time.perf_counter()
