@@ -10,7 +10,7 @@ from kiln.artifact import load_manifest
 from kiln.backends import get_backend
 from kiln.bench import measure
 from kiln.config import BenchSettings
-from kiln.errors import UsageError
+from kiln.errors import UnsupportedTargetError, UsageError
 from kiln.exporters.base import sha256_file
 from kiln.signature import Signature
 from kiln.targets import detect_host, find_target, host_can_run
@@ -28,7 +28,8 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     spec = find_target(manifest["target"]["name"])
     ok, why = host_can_run(spec, detect_host())
     if not ok:
-        raise UsageError(f"this host cannot measure target '{spec.name}': {why}", hint="run kiln bench on the target")
+        raise UnsupportedTargetError(f"this host cannot measure target '{spec.name}': {why}",
+                                     hint="run kiln bench on a machine of that target")
     backend = get_backend(runtime["backend"])
     backend.check_environment(spec)
     run_settings = dict(runtime["settings"])

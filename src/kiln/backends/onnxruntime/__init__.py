@@ -11,10 +11,11 @@ import onnx
 
 from kiln.backends.base import Compiled
 from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer, looks_like_transformer
-from kiln.backends.onnxruntime.quantize import quantize_dynamic_int8, quantize_static_int8
+from kiln.backends.onnxruntime.quantize import matching_nodes, quantize_dynamic_int8, quantize_static_int8
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings
 from kiln.calibration import Samples
 from kiln.config import Plan
+from kiln.passes.bias_correction import correct_biases
 from kiln.passes.smooth_activations import smooth_activations
 from kiln.errors import ExportError, MissingDependencyError
 from kiln.exporters import ExportedGraph
@@ -79,6 +80,13 @@ class OnnxRuntimeBackend:
             details["smoothing"] = smooth_activations(current, smoothed, calibration, quant.smooth_alpha)
             current = smoothed
             details["steps"].append({"step": "activation smoothing", "seconds": round(time.perf_counter() - t0, 3)})
+        if quant is not None and quant.mode == "static" and calibration is not None:
+            t0 = time.perf_counter()
+            corrected = stage / "bias_corrected.onnx"
+            details["bias_correction"] = correct_biases(current, corrected, calibration,
+                                                        set(matching_nodes(model, quant.keep_fp32)))
+            current = corrected
+            details["steps"].append({"step": "bias correction", "seconds": round(time.perf_counter() - t0, 3)})
         target = root / "model.onnx"
         if plan.quantization is not None:
             t0 = time.perf_counter()
