@@ -122,7 +122,7 @@ def build_calibration(count: int = 200, seed: int = SEED + 1) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("eval", "calibration"), default="eval")
-    parser.add_argument("--out", type=Path, help=f"output file (default: data/<kind>_sentences.txt)")
+    parser.add_argument("--out", type=Path, help="output file (default: data/<kind>_sentences.txt)")
     args = parser.parse_args(argv)
     args.out = args.out or DEFAULT_OUT.with_name(f"{args.kind}_sentences.txt")
     sentences = build() if args.kind == "eval" else build_calibration()

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 VENV="${KILN_VENV:-.venv}"
+"$VENV/bin/ruff" check src tests benchmarks scripts
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -7,7 +7,6 @@ Each test runs the real `kiln` command (python -m kiln.cli) in a subprocess, as 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

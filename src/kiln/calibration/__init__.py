@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from kiln.calibration.arrays import array_samples
 from kiln.calibration.images import IMAGE_SUFFIXES, image_samples, list_images

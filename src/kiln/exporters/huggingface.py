@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from kiln._deps import require
-from kiln.calibration.samples import DataContext
 from kiln.config import Dim, ExportConfig, ImagePreprocessing, InputSpec
 from kiln.errors import UsageError
 from kiln.exporters.base import SourceInfo, sha256_tree
@@ -120,6 +119,8 @@ def open_huggingface(folder: Path, config: ExportConfig) -> TorchSource:
     if model_type in DECODER_TYPES or cfg.get("is_decoder"):
         raise UsageError(f"{folder.name} is a decoder-only '{model_type}' model; this exporter handles encoders",
                          hint="decoder (LLM) export with a KV cache is not supported yet")
+    if config.task and config.task not in TASKS:
+        raise UsageError(f"unknown --task '{config.task}'", hint=f"use one of {', '.join(TASKS)}")
     task_name = config.task or infer_task(cfg.get("architectures") or [])
     if task_name not in TASKS:
         raise UsageError(f"cannot tell which task {folder.name} is for (architectures {cfg.get('architectures')})",

@@ -79,7 +79,10 @@ class OnnxFileSource:
 
     def data_context(self, config: ExportConfig) -> DataContext:
         names = {t.name for t in self.signature.inputs}
-        dims: dict[str, int] = {}
+        # every named dynamic dim gets an example size (batch-like 1, others 2), so the export check also
+        # runs at a second shape; --input overrides these
+        dims: dict[str, int] = {d: 1 if "batch" in d.lower() else 2 for t in self.signature.inputs
+                                for d in t.shape if isinstance(d, str)}
         for spec in config.inputs:
             if spec.name not in names:
                 raise UsageError(f"--input names '{spec.name}', which is not an input of {self.path.name}",

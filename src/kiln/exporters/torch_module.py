@@ -112,7 +112,6 @@ class TorchSource:
 
     # -- exporting ------------------------------------------------------------------------------
     def to_onnx(self, path: Path, config: ExportConfig, example: Feed) -> ExportRecord:
-        torch = _torch()
         order = self.preferred_exporters if config.exporter == "auto" else (config.exporter,)
         opset = config.opset or self.default_opset
         args = self._args(example)
@@ -196,14 +195,36 @@ def _name_dims(path: Path, inputs: tuple[InputSpec, ...], output_axes: dict[str,
                     rename[dim.dim_param] = name
                 dim.dim_param = name
                 changed = True
+    inferred = _inferred_output_dims(model, {d.name for s in inputs for d in s.dims if d.name})
     for value in model.graph.output:
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            wanted = output_axes.get(value.name, {}).get(axis) or rename.get(dim.dim_param)
+            wanted = (output_axes.get(value.name, {}).get(axis) or rename.get(dim.dim_param)
+                      or inferred.get((value.name, axis)))
             if wanted and dim.dim_param != wanted:
                 dim.dim_param = wanted
                 changed = True
     if changed:  # external tensors keep their references, so the data file next to it stays valid
         onnx.save_model(model, str(path))
+
+
+def _inferred_output_dims(model, known: set[str]) -> dict[tuple[str, int], str]:
+    """Output dims that shape inference traces back to a named input dim (TorchScript names them
+    `Negoutput_dim_0` and the like)."""
+    import copy
+
+    import onnx
+
+    probe = copy.deepcopy(model)
+    for value in probe.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param and dim.dim_param not in known:
+                dim.Clear()
+    try:
+        probe = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return {}
+    return {(value.name, axis): dim.dim_param for value in probe.graph.output
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim) if dim.dim_param in known}
 
 
 def _weight_bytes(model) -> int:
@@ -303,12 +324,17 @@ def _specs_from_program(program) -> tuple[InputSpec, ...]:
         raise UsageError("the .pt2 program carries no example inputs", hint="give each input with --input")
     flat = list(examples[0]) + list(examples[1].values())
     specs = []
+    symbols: dict[str, str] = {}  # torch's internal symbol (s34) -> a stable name; shared symbols share it
     for name, value in zip(names, flat):
         fake = placeholders[name].meta.get("val")
         dims = []
         for axis, size in enumerate(value.shape):
             symbolic = fake is not None and not str(fake.shape[axis]).isdigit()
-            dims.append(Dim(size=int(size), name=str(fake.shape[axis]) if symbolic else None))
+            if symbolic:
+                symbol = str(fake.shape[axis])
+                symbols.setdefault(symbol, "batch" if axis == 0 and "batch" not in symbols.values()
+                                   else f"{name}_dim{axis}")
+            dims.append(Dim(size=int(size), name=symbols[str(fake.shape[axis])] if symbolic else None))
         specs.append(InputSpec(name=name, dims=tuple(dims), dtype=str(value.dtype).replace("torch.", "")))
     return tuple(specs)
 
