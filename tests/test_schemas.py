@@ -161,7 +161,7 @@ def test_unknown_top_level_key_fails(outputs, run, name):
 
 MANIFEST_BREAKS = {
     "schema version": (lambda m: m.update(schema_version="kiln.manifest/2"), "schema_version"),
-    "precision": (lambda m: m.update(precision="fp16"), "precision"),
+    "precision": (lambda m: m.update(precision="int3"), "precision"),
     "dim": (lambda m: m["io"]["outputs"][0]["shape"].append(2.5), "io.outputs[0].shape[2]"),
     "bytes": (lambda m: m["files"][0].update(bytes=-1), "files[0].bytes"),
     "path escapes": (lambda m: m["files"][0].update(path="../model.onnx"), "files[0].path"),

@@ -20,10 +20,10 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     manifest = load_manifest(root)
     runtime = manifest["runtime"]
     model = root / runtime["model"]
-    recorded = {f["path"]: f["sha256"] for f in manifest["files"]}
-    for rel in (runtime["model"], runtime["model"] + ".data"):
-        if rel in recorded and sha256_file(root / rel) != recorded[rel]:
-            raise UsageError(f"{rel} does not match its sha256 in the manifest",
+    for entry in manifest["files"]:  # measure only what the manifest vouches for
+        path = root / entry["path"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise UsageError(f"{entry['path']} is missing or does not match its sha256 in the manifest",
                              hint="the artifact was modified or damaged; export it again")
     spec = find_target(manifest["target"]["name"])
     ok, why = host_can_run(spec, detect_host())

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from kiln.errors import UsageError
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
-Precision = Literal["fp32", "int8", "int8-dynamic"]
-PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int8-dynamic")
+Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights")
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -178,7 +178,7 @@ class ExportConfig(Frozen):
 class QuantizationPlan(Frozen):
     """How int8 will be produced, decided from the target and the host before any work."""
 
-    mode: Literal["static", "dynamic"]
+    mode: Literal["static", "dynamic", "weights"]
     weights: str = "int8, per-channel, symmetric"
     activations: str  # e.g. "uint8, per-tensor, asymmetric, calibrated (MinMax)"
     activation_type: Literal["uint8", "int8"] = "uint8"

@@ -108,13 +108,13 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
     example = {k: v for k, v in evaluation.feeds[0].items() if k in graph.signature.input_names}
     with progress.stage("compile") as st:
         compiled = backend.compile(graph, plan, work, calibration, example=example)
-        fusion = compiled.details.get("fusion", {})
-        st.result = (f"fusion {'on' if fusion.get('applied') else 'off'}"
-                     + (f", int8 {compiled.details['quantization']['mode']}" if "quantization" in compiled.details else ""))
+        st.result = _compile_line(compiled)
     with progress.stage("validate") as st:
         with backend.runner(compiled.model, compiled.signature, compiled.runtime_settings) as runner:
             accuracy = validate(runner, evaluation, graph.reference_outputs, config.budget, classifier, primary)
             sample_output = runner.infer(example)
+            execution_precision = runner.settings.get("execution_precision")
+            stand_in = runner.settings.pop("stand_in", None)
         st.result = _accuracy_line(accuracy)
     bench = None
     with progress.stage("bench") as st:
@@ -126,8 +126,11 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
         else:
             st.result = plan.measure_reason
     with progress.stage("package") as st:
+        runtime_facts = {"execution_precision": execution_precision, "notes": [
+            f"validated on {stand_in}: the accuracy is the model's on that stand-in, not measured on the target device"
+        ] if stand_in else []}
         report, manifest = _package(config, plan, host, staged, work, graph, compiled, accuracy, bench, extra_files,
-                                    source_info, example, sample_output, progress, started)
+                                    source_info, example, sample_output, progress, started, runtime_facts)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     gate = accuracy["gate"]
     if not gate["passed"]:
@@ -138,6 +141,17 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
                                      f"{rejected}", stage="validate", report=report)
     publish(staged, config.out)
     return Result(config.out, report, manifest)
+
+
+def _compile_line(compiled) -> str:
+    details = compiled.details
+    parts = [compiled.backend]
+    if "fusion" in details:
+        parts.append(f"fusion {'on' if details['fusion'].get('applied') else 'off'}")
+    if "quantization" in details:
+        q = details["quantization"]
+        parts.append(f"{q.get('tool', 'int8')} ({q['mode']})")
+    return ", ".join(parts)
 
 
 def _accuracy_line(accuracy: dict) -> str:
@@ -154,7 +168,8 @@ def _accuracy_line(accuracy: dict) -> str:
 
 
 def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench, extra_files, source_info, example,
-             sample_output, progress, started) -> tuple[dict, dict]:
+             sample_output, progress, started, runtime_facts) -> tuple[dict, dict]:
+    model_bytes = sum(p.stat().st_size for p in compiled.files)
     for path in compiled.files:
         target = staged / path.relative_to(compiled.root)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,10 +184,9 @@ def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench,
                "settings": compiled.runtime_settings}
     write_json(staged / "runtime.json", runtime)
     shutil.rmtree(work, ignore_errors=True)
-    model_bytes = sum(p.stat().st_size for p in staged.glob("model.onnx*"))
     stages = dict(progress.timings)
     stages["package"] = 0.0
-    notes = list(plan.notes)
+    notes = list(plan.notes) + runtime_facts["notes"]
     if not accuracy["meaningful"]:
         notes.append("accuracy was measured on synthetic inputs: the figures say nothing about real data")
     report = {
@@ -190,7 +204,7 @@ def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench,
         "bench": bench, "bench_skipped": None if bench else plan.measure_reason,
         "accuracy": accuracy, "export": {**graph.record.to_dict(), "check": graph.check},
         "compile": compiled.details, "size": {"model_mib": model_bytes / 2**20},
-        "stages_seconds": stages, "notes": notes,
+        "stages_seconds": stages, "notes": notes, "execution_precision": runtime_facts["execution_precision"],
     }
     artifact_bytes = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
     report["size"]["artifact_mib"] = artifact_bytes / 2**20

@@ -26,7 +26,10 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
     elif config.precision == "int8-dynamic":
         quant = QuantizationPlan(mode="dynamic", activation_type="uint8", keep_fp32=config.keep_fp32,
                                  activations="uint8, per-tensor, range computed at run time")
-    if quant is not None:
+    elif config.precision in ("int8-weights", "int4-weights"):
+        quant = QuantizationPlan(mode="weights", keep_fp32=config.keep_fp32,
+                                 weights=f"{config.precision[:4]} weight-only", activations="float (not quantized)")
+    if quant is not None and quant.mode != "weights":
         has_data = config.calibration is not None or quant.mode == "static"
         alpha = config.smooth_alpha if config.smooth_alpha > 0 and has_data else None
         quant = quant.model_copy(update={"smooth_alpha": alpha})
@@ -41,6 +44,9 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
         elif not config.synthetic_data:
             notes.append("no --eval data: validated on synthetic random inputs, so accuracy figures are not "
                          "meaningful; pass --eval PATH for real figures")
+    if spec.required_cpu_flags and config.precision == "bf16" and "avx512_bf16" not in spec.required_cpu_flags \
+            and "amx_bf16" not in spec.required_cpu_flags:
+        notes.append("bf16 on a CPU without AVX512_BF16 or AMX is emulated and slow")
     can_measure, why = host_can_run(spec, host)
     measure = config.measure and can_measure
     reason = "" if measure else ("--no-bench" if not config.measure else f"not measured: {why}")

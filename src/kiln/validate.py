@@ -85,6 +85,8 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
         hint = (classifier_outputs or {}).get(name)
         metrics[name] = output_metrics(refs, gots, is_class_logits(name, references[0][name].shape, hint))
         metrics[name]["padding_excluded"] = masked
+        if samples.labels:  # which input was worst, by name: the first thing anyone asks
+            metrics[name]["worst_sample_label"] = samples.labels[metrics[name]["worst_sample"]]
     gated = budget.outputs or primary_outputs or tuple(metrics)
     unknown = [n for n in gated if n not in metrics]
     if unknown:

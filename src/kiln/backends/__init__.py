@@ -9,6 +9,7 @@ from kiln.errors import UsageError
 
 BACKENDS = {
     "onnxruntime": "kiln.backends.onnxruntime",
+    "openvino": "kiln.backends.openvino",
 }
 
 

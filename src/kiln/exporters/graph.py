@@ -55,6 +55,12 @@ def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], rto
     return rows
 
 
+def looks_like_transformer(model: onnx.ModelProto) -> bool:
+    """Attention (Softmax between MatMuls) plus a normalisation: what transformer-specific passes apply to."""
+    ops = {n.op_type for n in model.graph.node}
+    return "Softmax" in ops and "MatMul" in ops and bool(ops & {"LayerNormalization", "ReduceMean", "Pow", "Sqrt"})
+
+
 def _why(row: dict) -> str:
     if "error" in row:
         return row["error"]
@@ -115,5 +121,6 @@ def export_graph(source: Source, config: ExportConfig, context: DataContext, wor
     references = tuple(source.run(feed) for feed in evaluation.feeds)
     return ExportedGraph(path, signature, record, {"passed": True, "rtol": config.export_rtol,
                                                    "atol": config.export_atol, "checks": report},
-                         references, {k: source.info.details.get(k) for k in ("num_heads", "hidden_size")
-                                      if source.info.details.get(k)}, time.perf_counter() - start)
+                         references, {**{k: source.info.details.get(k) for k in ("num_heads", "hidden_size")
+                                         if source.info.details.get(k)},
+                                      "transformer": looks_like_transformer(model)}, time.perf_counter() - start)

@@ -28,7 +28,9 @@ def render(report: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|",
                   "| " + " | ".join(_fmt(lat[k]) for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max"))
                   + f" | {_fmt(bench['throughput_per_s'])} |", "",
-                  f"Load {bench['load_ms']:.1f} ms, first inference {bench['first_inference_ms']:.1f} ms, "
+                  (f"Execution precision reported by the runtime: {report['execution_precision']}. "
+                   if report.get("execution_precision") else "")
+                  + f"Load {bench['load_ms']:.1f} ms, first inference {bench['first_inference_ms']:.1f} ms, "
                   f"memory +{bench['memory_mib']['rss_increase_from_load']:.0f} MiB.", ""]
     else:
         lines += [f"Not measured: {report.get('bench_skipped', 'no measurement')}", ""]

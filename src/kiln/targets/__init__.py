@@ -14,6 +14,14 @@ def host_can_run(spec: TargetSpec, host: Host) -> tuple[bool, str]:
     missing = [f for f in spec.required_cpu_flags if f not in host.cpu_flags]
     if missing:
         return False, f"host CPU lacks {', '.join(missing)}"
+    if spec.openvino_device:
+        from kiln.backends.openvino.devices import has_device, openvino_devices
+
+        version, devices = openvino_devices()
+        if version is None:
+            return False, "openvino is not installed"
+        if not has_device(spec.openvino_device):
+            return False, f"OpenVINO sees no {spec.openvino_device} here (it sees {', '.join(devices) or 'nothing'})"
     return True, "ok"
 
 

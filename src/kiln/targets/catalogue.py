@@ -58,6 +58,49 @@ CATALOGUE: tuple[TargetSpec, ...] = (
 )
 
 
+_OV_CPU = ("fp32", "bf16", "int8", "int8-weights", "int4-weights")
+_OV_ACCEL = ("fp16", "int8", "int8-weights", "int4-weights")
+
+CATALOGUE += (
+    TargetSpec(
+        name="openvino-cpu",
+        aliases=("openvino", "ov", "intel-cpu"),
+        backend="openvino",
+        description="OpenVINO CPU plugin on any x86-64 CPU (f32 unless bf16 is asked for)",
+        precisions=_OV_CPU,
+        openvino_device="CPU",
+    ),
+    TargetSpec(
+        name="intel-cpu-amx",
+        aliases=("openvino-amx", "xeon-amx"),
+        backend="openvino",
+        arch="x86_64",
+        description="Intel Xeon with AMX (Sapphire Rapids and newer) through OpenVINO: bf16 and int8 on AMX tiles",
+        precisions=_OV_CPU,
+        required_cpu_flags=("avx512f", "avx512_bf16", "amx_bf16", "amx_int8"),
+        openvino_device="CPU",
+    ),
+    TargetSpec(
+        name="intel-igpu",
+        aliases=("openvino-gpu", "intel-gpu"),
+        backend="openvino",
+        device="gpu",
+        description="Intel integrated or Arc GPU through OpenVINO's GPU plugin (fp16 IR)",
+        precisions=_OV_ACCEL,
+        openvino_device="GPU",
+    ),
+    TargetSpec(
+        name="intel-npu",
+        aliases=("openvino-npu", "npu"),
+        backend="openvino",
+        device="npu",
+        description="Intel NPU (Core Ultra) through OpenVINO's NPU plugin (fp16 / int8 IR)",
+        precisions=_OV_ACCEL,
+        openvino_device="NPU",
+    ),
+)
+
+
 def find_target(name: str) -> TargetSpec:
     """Resolve a target name or alias, or fail with the list of known names."""
     key = name.strip().lower()

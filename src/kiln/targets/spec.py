@@ -21,7 +21,7 @@ class TargetSpec(BaseModel):
     precisions: tuple[str, ...]  # what the backend can produce for this target, best first
     required_cpu_flags: tuple[str, ...] = ()  # the target's hardware has these (measured only where host has them)
     int8_activation: Literal["uint8", "int8"] = "uint8"  # QDQ activation type its int8 kernels run fastest
-    default_precision: str = "fp32"
+    openvino_device: str | None = None  # the OpenVINO device that must be present to measure this target
 
     def supports(self, precision: str) -> bool:
         return precision in self.precisions

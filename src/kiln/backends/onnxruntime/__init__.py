@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
-from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer, looks_like_transformer
+from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer
 from kiln.backends.onnxruntime.quantize import matching_nodes, quantize_dynamic_int8, quantize_static_int8
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings
 from kiln.calibration import Samples
@@ -53,7 +53,7 @@ class OnnxRuntimeBackend:
         details: dict = {"steps": []}
         current = graph.path
         model = onnx.load(str(current), load_external_data=False)
-        if looks_like_transformer(model):
+        if graph.hints.get("transformer"):
             t0 = time.perf_counter()
             fused_path = stage / "fused.onnx"
             try:
@@ -74,7 +74,7 @@ class OnnxRuntimeBackend:
         else:
             details["fusion"] = {"applied": False, "reason": "not a transformer graph"}
         quant = plan.quantization
-        if quant is not None and quant.smooth_alpha and calibration is not None and looks_like_transformer(model):
+        if quant is not None and quant.smooth_alpha and calibration is not None and graph.hints.get("transformer"):
             t0 = time.perf_counter()
             smoothed = stage / "smoothed.onnx"
             details["smoothing"] = smooth_activations(current, smoothed, calibration, quant.smooth_alpha)

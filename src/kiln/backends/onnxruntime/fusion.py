@@ -20,11 +20,6 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "Skip
              "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "GemmFastGelu")
 
 
-def looks_like_transformer(model: onnx.ModelProto) -> bool:
-    ops = {n.op_type for n in model.graph.node}
-    return "Softmax" in ops and "MatMul" in ops and bool(ops & {"LayerNormalization", "ReduceMean", "Pow", "Sqrt"})
-
-
 def fuse_transformer(src: Path, dst: Path, *, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
     """Run the BERT fusions and return the counts of fused ops; SkipLayerNorm stays unfused (slow kernel)."""
     from onnxruntime.transformers import optimizer
