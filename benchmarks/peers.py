@@ -34,11 +34,36 @@ def ort_session(path: Path, settings: dict | None = None):
 
 def kiln_session(artifact: Path) -> Callable:
     """The artifact exactly as recorded: its model and runtime settings (runtime.json)."""
+    runtime = json.loads((artifact / "runtime.json").read_text())
+    if runtime["backend"] == "openvino":
+        from kiln.backends.openvino.session import compile_model
+
+        request = compile_model(artifact / runtime["model"], runtime["settings"]).create_infer_request()
+        return lambda feed: request.infer(feed)
     from kiln.backends.onnxruntime.session import make_session
 
-    runtime = json.loads((artifact / "runtime.json").read_text())
     session = make_session(artifact / runtime["model"], runtime["settings"])
     return lambda feed: session.run(None, feed)
+
+
+def openvino_peers(plain: Path, calibration: list[dict]) -> dict:
+    """OpenVINO as its docs show it: convert_model, then nncf.quantize with default settings; and the
+    plain conversion compiled with no precision hint (bf16 on AVX512_BF16/AMX CPUs)."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "2"}
+    default = core.compile_model(ov.convert_model(str(plain)), "CPU", config).create_infer_request()
+    quantized = nncf.quantize(ov.convert_model(str(plain)), nncf.Dataset(calibration), subset_size=len(calibration))
+    int8 = core.compile_model(quantized, "CPU", config).create_infer_request()
+    return {"OpenVINO default (no hint: bf16 here)": lambda feed: [v for v in default.infer(feed).values()],
+            "OpenVINO int8, plain nncf.quantize": lambda feed: [v for v in int8.infer(feed).values()]}
+
+
+def _runs_in(report: dict) -> str:
+    precision = report.get("execution_precision")
+    return f"; executes in {precision}" if precision else ""
 
 
 def _runner(session) -> Callable:
@@ -117,7 +142,9 @@ def minilm(work: Path) -> ModelSpec:
                                             "MatMulConstBOnly": False})
             label = f"ORT int8 dynamic, Optimum avx512_vnni recipe ({'per-channel' if per_channel else 'per-tensor'})"
             out[label] = ort_session(q)
-        return {k: (_runner(s), f"cosine min {min_cosine(_runner(s)):.4f}") for k, s in out.items()}
+        runs = {k: _runner(s) for k, s in out.items()}
+        runs.update(openvino_peers(plain, [encode(s) for s in zoo.CALIBRATION_SENTENCES.read_text().splitlines()[:200]]))
+        return {k: (run, f"cosine min {min_cosine(run):.4f}") for k, run in runs.items()}
 
     def torch_variants() -> dict:
         def eager(feed):
@@ -136,14 +163,17 @@ def minilm(work: Path) -> ModelSpec:
 
     def describe(report: dict) -> str:
         m = report["accuracy"]["outputs"]["sentence_embedding"]
-        return f"cosine min {m['cosine_min']:.4f}"
+        return f"cosine min {m['cosine_min']:.4f}" + _runs_in(report)
 
     common = [str(path), "--eval", str(zoo.EVAL_SENTENCES)]
     return ModelSpec(
         baseline="torch eager fp32",
         kiln_runs={"kiln fp32": common,
                    "kiln int8-dynamic": common + ["--precision", "int8-dynamic", "--calibration",
-                                                  str(zoo.CALIBRATION_SENTENCES)]},
+                                                  str(zoo.CALIBRATION_SENTENCES)],
+                   "kiln openvino int8": common + ["--target", "openvino", "--precision", "int8", "--calibration",
+                                                   str(zoo.CALIBRATION_SENTENCES)],
+                   "kiln openvino int8-weights": common + ["--target", "openvino", "--precision", "int8-weights"]},
         bench_feed=feeds[0], torch_feed={k: torch.from_numpy(v) for k, v in feeds[0].items()}, per_round=30,
         torch_variants=torch_variants, peer_sessions=peers, describe_kiln=describe)
 
@@ -196,7 +226,9 @@ def efficientnet(work: Path) -> ModelSpec:
             quantize_static(str(prepared), str(q), Reader(), quant_format=QuantFormat.QDQ, activation_type=activation,
                             weight_type=QuantType.QInt8, per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax)
             out[f"ORT int8 static QDQ MinMax, {label}"] = ort_session(q)
-        return {k: (_runner(s), agreement(_runner(s))) for k, s in out.items()}
+        runs = {k: _runner(s) for k, s in out.items()}
+        runs.update(openvino_peers(plain, [{"images": x} for x in cals]))
+        return {k: (run, agreement(run)) for k, run in runs.items()}
 
     def torch_variants() -> dict:
         def eager(feed):
@@ -208,13 +240,16 @@ def efficientnet(work: Path) -> ModelSpec:
     def describe(report: dict) -> str:
         m = report["accuracy"]["outputs"]["output"]
         return (f"top-1 agree {m['top1_agreement'] * 100:.1f} % "
-                f"(confident {m['top1_agreement_confident'] * 100:.0f} %)")
+                f"(confident {m['top1_agreement_confident'] * 100:.0f} %)" + _runs_in(report))
 
     common = ["benchmarks.zoo:efficientnet_lite0", *zoo.EFFICIENTNET_CLI, "--eval", str(eval_dir)]
     return ModelSpec(
         baseline="torch eager fp32",
         kiln_runs={"kiln fp32": common,
-                   "kiln int8": common + ["--precision", "int8", "--calibration", str(cal_dir)]},
+                   "kiln int8": common + ["--precision", "int8", "--calibration", str(cal_dir)],
+                   "kiln openvino fp32": common + ["--target", "openvino"],
+                   "kiln openvino int8": common + ["--target", "openvino", "--precision", "int8", "--calibration",
+                                                   str(cal_dir)]},
         bench_feed={"images": evals[0]}, torch_feed=torch.from_numpy(evals[0]), per_round=50,
         torch_variants=torch_variants, peer_sessions=peers, describe_kiln=describe)
 
