@@ -10,14 +10,14 @@ W_q is computed exactly as the quantizer will: symmetric, per output channel, sc
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from kiln.calibration import Samples
+from kiln.passes.probe import reduce_tensors
 
 MAX_SAMPLES = 64
 
@@ -46,24 +46,10 @@ def _targets(model: onnx.ModelProto, weights: dict) -> list[onnx.NodeProto]:
 
 def _input_means(model: onnx.ModelProto, tensors: list[str], samples: Samples) -> dict[str, np.ndarray]:
     """Per-channel mean of each tensor (axis 1; spatial axes averaged) over the samples."""
-    import onnxruntime as ort
-
-    probe = copy.deepcopy(model)
-    known = {o.name for o in probe.graph.output}
-    for name in tensors:
-        if name not in known:
-            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    inputs = {i.name for i in session.get_inputs()}
-    sums: dict[str, np.ndarray] = {}
-    used = samples.feeds[:MAX_SAMPLES]
-    for feed in used:
-        for name, value in zip(tensors, session.run(tensors, {k: v for k, v in feed.items() if k in inputs})):
-            mean = value.mean(axis=tuple(a for a in range(value.ndim) if a != 1))
-            sums[name] = sums[name] + mean if name in sums else mean
-    return {k: v / len(used) for k, v in sums.items()}
+    sums = reduce_tensors(model, tensors, samples, MAX_SAMPLES,
+                          lambda v: v.mean(axis=tuple(a for a in range(v.ndim) if a != 1)), np.add)
+    count = min(len(samples), MAX_SAMPLES)
+    return {k: v / count for k, v in sums.items()}
 
 
 def correct_biases(src: Path, dst: Path, samples: Samples, skip: set[str] = frozenset()) -> dict:
