@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kiln import __version__
 from kiln.artifact.manifest import dumps
+from kiln.config import PRECISIONS
 from kiln.errors import KilnError, UsageError
 
 EPILOG = "exit codes: 0 ok, 1 bug, 2 bad input, 3 missing dependency/unsupported, 4 accuracy gate failed, 5 export failed"
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export, compile, validate and measure a model", epilog=EPILOG)
     ex.add_argument("source", help="an .onnx file, a .pt2 program, a Hugging Face folder, or package.module:callable")
     ex.add_argument("--target", "-t", default="onnxruntime", help="target name or alias (see `kiln targets`)")
-    ex.add_argument("--precision", "-p", default="fp32", help="fp32, bf16, fp16, int8 (static, calibrated), int8-dynamic, int8-weights, int4-weights (what the target runs: kiln targets)")
+    ex.add_argument("--precision", "-p", default="fp32", help=f"one of {', '.join(PRECISIONS)}; int8 is static (calibrated). `kiln targets` lists what each target runs")
     ex.add_argument("--out", "-o", required=True, type=Path, help="artifact folder to write (replaced atomically)")
     ex.add_argument("--input", action="append", default=[], metavar="NAME=DIMS[:DTYPE]",
                     help="an input spec, e.g. x=batch=1,3,224,224:float32 (repeat per input)")
@@ -142,7 +143,7 @@ def _export_config(args):
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
         where = ".".join(str(p) for p in first.get("loc", ()))
         if where == "precision":
-            raise UsageError(f"unknown precision '{args.precision}'", hint="use one of fp32, bf16, fp16, int8, int8-dynamic, int8-weights, int4-weights") from None
+            raise UsageError(f"unknown precision '{args.precision}'", hint=f"use one of {', '.join(PRECISIONS)}") from None
         raise UsageError(f"invalid option {where}: {first['msg']}", hint="see `kiln export --help`") from None
 
 

@@ -45,7 +45,7 @@ class Result:
 
 def _data(config: ExportConfig, plan: Plan, context) -> tuple[Samples, Samples | None]:
     calibration = None
-    if config.calibration is not None and plan.quantization is not None:
+    if config.calibration is not None and plan.quantization is not None and plan.quantization.mode != "weights":
         calibration = load_samples(config.calibration, context, "calibration")
     elif plan.needs_calibration:
         calibration = synthetic_samples(context, SYNTHETIC_CALIBRATION_SAMPLES, config.seed + 1)

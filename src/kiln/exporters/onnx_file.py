@@ -40,7 +40,7 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
     return list(files)
 
 
-def load_onnx(path: Path, *, with_data: bool = True) -> onnx.ModelProto:
+def load_onnx(path: Path, *, with_data: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
     """Load and validate an ONNX file, turning every decode failure into one clear UsageError."""
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -49,10 +49,10 @@ def load_onnx(path: Path, *, with_data: bool = True) -> onnx.ModelProto:
                          hint="the file is corrupt or truncated, or not ONNX; export it again") from None
     if not model.graph.node and not model.graph.output:
         raise UsageError(f"{path.name} holds no ONNX graph", hint="the file is not an ONNX model; export it again")
-    external_data_files(model, path.parent)
+    data_files = external_data_files(model, path.parent)
     if with_data:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    return model
+    return model, data_files
 
 
 class OnnxFileSource:
@@ -60,8 +60,7 @@ class OnnxFileSource:
 
     def __init__(self, path: Path):
         self.path = path
-        self.model = load_onnx(path, with_data=False)
-        self.data_files = external_data_files(self.model, path.parent)
+        self.model, self.data_files = load_onnx(path, with_data=False)
         try:
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as exc:
@@ -124,7 +123,7 @@ class OnnxFileSource:
     def to_onnx(self, path: Path, config: ExportConfig, example: Feed) -> ExportRecord:
         start = time.perf_counter()
         if self.data_files:
-            model = load_onnx(self.path, with_data=True)
+            model, _ = load_onnx(self.path, with_data=True)
             onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=path.name + ".data", size_threshold=1024)
         else:
