@@ -34,7 +34,7 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     backend.check_environment(spec)
     run_settings = dict(runtime["settings"])
     if threads:
-        run_settings["intra_op_num_threads"] = threads
+        run_settings = backend.with_threads(run_settings, threads)
     sample = root / "sample_input.npz"
     if not sample.exists():
         raise UsageError(f"{root} has no sample_input.npz to measure with", hint="export the artifact again")
@@ -42,5 +42,7 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
         feed = {k: data[k] for k in data.files}
     signature = Signature.from_dict(manifest["io"])
     result = measure(lambda: backend.runner(model, signature, run_settings), feed, settings)
+    if settings.throughput_seconds:
+        result["throughput_mode"] = backend.throughput(model, run_settings, feed, settings.throughput_seconds)
     return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
             "precision": manifest["precision"], "recorded": manifest["summary"].get("latency_ms"), **result}

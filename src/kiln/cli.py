@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep nodes whose name contains NODE out of quantization (repeat)")
     gate.add_argument("--smooth-alpha", type=float, default=0.8,
                       help="int8 on transformers: SmoothQuant strength from calibration data (0 turns it off)")
+    wc = ex.add_argument_group("weight-only precisions (int8-weights, int4-weights)")
+    wc.add_argument("--group-size", type=int, help="int4: weights sharing one scale (default 128; -1: per channel)")
+    wc.add_argument("--ratio", type=float, help="int4: share of weight layers in int4, the rest int8 (default 1.0)")
+    sym = wc.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
+                     help="symmetric weights (default for int4)")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false", help="asymmetric weights (default for int8)")
+    ex.add_argument("--compiled-cache", action="store_true",
+                    help="OpenVINO: ship the compiled model for the measured device in the artifact (faster load)")
     exp = ex.add_argument_group("export")
     exp.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
     exp.add_argument("--opset", type=int, help="ONNX opset (default: 18, or 17 for Hugging Face encoders)")
@@ -107,6 +116,8 @@ def _bench_options(parser) -> None:
     group.add_argument("--warmup", type=int, default=10)
     group.add_argument("--runs", type=int, default=50, help="at least this many timed runs")
     group.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
+    group.add_argument("--throughput-seconds", type=float, default=2.0,
+                       help="OpenVINO: also run this long with the THROUGHPUT hint and async requests (0: skip)")
 
 
 def _output_options(parser) -> None:
@@ -116,7 +127,8 @@ def _output_options(parser) -> None:
 
 
 def _export_config(args):
-    from kiln.config import AccuracyBudget, BenchSettings, DataSpec, ExportConfig, ImagePreprocessing, InputSpec
+    from kiln.config import (AccuracyBudget, BenchSettings, DataSpec, ExportConfig, ImagePreprocessing, InputSpec,
+                             WeightCompression)
 
     prep = None
     if any(v is not None for v in (args.image_size, args.resize_shorter, args.layout, args.scale, args.mean, args.std)):
@@ -134,9 +146,13 @@ def _export_config(args):
             synthetic_data=args.synthetic_data, sequence_length=args.sequence_length, image_preprocessing=prep,
             budget=AccuracyBudget(min_cosine=args.min_cosine, max_top1_disagreement=args.max_top1_disagreement,
                                   max_abs_error=args.max_abs_error, outputs=tuple(args.gate_output)),
-            keep_fp32=tuple(args.keep_fp32), smooth_alpha=args.smooth_alpha, exporter=args.exporter, opset=args.opset, export_rtol=args.export_rtol,
+            keep_fp32=tuple(args.keep_fp32), smooth_alpha=args.smooth_alpha,
+            weight_compression=WeightCompression(group_size=args.group_size, ratio=args.ratio, symmetric=args.symmetric),
+            compiled_cache=args.compiled_cache,
+            exporter=args.exporter, opset=args.opset, export_rtol=args.export_rtol,
             trust_pickle=args.trust_pickle, trust_remote_code=args.trust_remote_code, threads=args.threads,
-            bench=BenchSettings(warmup=args.warmup, min_runs=args.runs, min_seconds=args.min_seconds),
+            bench=BenchSettings(warmup=args.warmup, min_runs=args.runs, min_seconds=args.min_seconds,
+                                throughput_seconds=args.throughput_seconds),
             measure=not args.no_bench,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -168,7 +184,8 @@ def _cmd_bench(args) -> int:
     from kiln.config import BenchSettings
 
     result = bench_artifact(args.artifact, BenchSettings(warmup=args.warmup, min_runs=args.runs,
-                                                         min_seconds=args.min_seconds), threads=args.threads)
+                                                         min_seconds=args.min_seconds,
+                                                         throughput_seconds=args.throughput_seconds), threads=args.threads)
     if args.json:
         print(dumps(result))
     else:
@@ -176,11 +193,18 @@ def _cmd_bench(args) -> int:
         print(f"{args.artifact}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, "
               f"mean {lat['mean']:.3f} ± {lat['std']:.3f} ms over {result['runs']} runs; "
               f"{result['throughput_per_s']:.1f}/s; load {result['load_ms']:.0f} ms, "
-              f"first {result['first_inference_ms']:.1f} ms; threads "
-              f"{result['runtime_settings'].get('intra_op_num_threads')}")
+              f"first {result['first_inference_ms']:.1f} ms; threads {_threads(result['runtime_settings'])}")
+        if result.get("throughput_mode"):
+            tm = result["throughput_mode"]
+            print(f"THROUGHPUT hint: {tm['throughput_per_s']:.1f}/s with {tm['streams']} streams and "
+                  f"{tm['infer_requests']} async requests, executes in {tm['execution_precision']}")
         if result.get("recorded"):
             print(f"recorded at export: p50 {result['recorded']['p50']:.3f} ms, p99 {result['recorded']['p99']:.3f} ms")
     return 0
+
+
+def _threads(settings: dict):
+    return settings.get("intra_op_num_threads") or settings.get("config", {}).get("INFERENCE_NUM_THREADS")
 
 
 def _cmd_targets(args) -> int:

@@ -139,11 +139,24 @@ class AccuracyBudget(Frozen):
         return any(v is not None for v in (self.min_cosine, self.max_top1_disagreement, self.max_abs_error))
 
 
+class WeightCompression(Frozen):
+    """Options of weight-only precisions (int8-weights, int4-weights). None: kiln's measured default."""
+
+    group_size: int | None = Field(default=None, ge=-1)  # int4: weights per scale (-1: per output channel)
+    ratio: float | None = Field(default=None, gt=0.0, le=1.0)  # int4: share of layers in int4, the rest int8
+    symmetric: bool | None = None  # default: int8 asymmetric, int4 symmetric
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.group_size, self.ratio, self.symmetric))
+
+
 class BenchSettings(Frozen):
     warmup: int = Field(default=10, ge=0)
     min_runs: int = Field(default=50, ge=1)
     min_seconds: float = Field(default=2.0, ge=0.0)
     max_seconds: float = Field(default=30.0, gt=0.0)
+    throughput_seconds: float = Field(default=2.0, ge=0.0)  # THROUGHPUT-hint run where the backend has one; 0: off
 
 
 class ExportConfig(Frozen):
@@ -163,6 +176,8 @@ class ExportConfig(Frozen):
     budget: AccuracyBudget = AccuracyBudget()
     keep_fp32: tuple[str, ...] = ()
     smooth_alpha: float = Field(default=0.8, ge=0.0, le=1.0)  # activation smoothing before int8; 0 turns it off
+    weight_compression: WeightCompression = WeightCompression()
+    compiled_cache: bool = False  # OpenVINO: ship the compiled-model cache for the measured device
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
     opset: int | None = Field(default=None, ge=13, le=23)  # None: the exporter's own choice per source
     export_rtol: float = 1e-3
@@ -184,6 +199,7 @@ class QuantizationPlan(Frozen):
     activation_type: Literal["uint8", "int8"] = "uint8"
     keep_fp32: tuple[str, ...] = ()
     smooth_alpha: float | None = None  # SmoothQuant strength for transformer MatMuls; None: not applied
+    compression: WeightCompression | None = None  # weight-only modes: the resolved options
 
 
 class Plan(Frozen):
@@ -198,4 +214,5 @@ class Plan(Frozen):
     threads: int
     measure: bool
     measure_reason: str = ""
+    compiled_cache: bool = False
     notes: tuple[str, ...] = ()

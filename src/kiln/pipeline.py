@@ -123,6 +123,13 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
                             example, config.bench)
             lat = bench["latency_ms"]
             st.result = f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, {bench['throughput_per_s']:.1f}/s"
+            if config.bench.throughput_seconds:
+                bench["throughput_mode"] = backend.throughput(compiled.model, compiled.runtime_settings, example,
+                                                              config.bench.throughput_seconds)
+                if bench["throughput_mode"]:
+                    tm = bench["throughput_mode"]
+                    st.result += (f"; THROUGHPUT hint {tm['throughput_per_s']:.1f}/s "
+                                  f"({tm['streams']} streams, {tm['infer_requests']} requests)")
         else:
             st.result = plan.measure_reason
     with progress.stage("package") as st:

@@ -32,6 +32,8 @@ def minilm(tmp_path_factory, minilm_path, eval_sentences):
                        "--calibration-limit", "100", "--min-cosine", "0.99"),
         "int8-weights": export(tmp, "w8", *common, "--precision", "int8-weights"),
         "int4-weights": export(tmp, "w4", *common, "--precision", "int4-weights"),
+        "int4-weights-g64-r80": export(tmp, "w4b", *common, "--precision", "int4-weights", "--group-size", "64",
+                                       "--ratio", "0.8", "--asymmetric"),
     }
 
 
@@ -92,3 +94,51 @@ def test_a_target_whose_device_is_absent_refuses_to_measure_but_compiles(tmp_pat
     assert report["settings"]["runtime_settings"]["device"] == "GPU"
     assert any("validated on CPU (no GPU on this host)" in note for note in report["notes"])
     assert report["accuracy"]["outputs"]["logits"]["cosine_min"] > 0.999
+
+
+def test_weight_compression_options_reach_nncf_and_move_accuracy(minilm):
+    """--group-size 64 --ratio 0.8 --asymmetric: smaller groups and 20 % of layers left in int8 must be
+    recorded as asked and recover accuracy over the default int4 (group 128, all layers int4)."""
+    q = minilm["int4-weights-g64-r80"]["compile"]["quantization"]
+    assert (q["weights"], q["group_size"], q["ratio"], q["symmetric"]) == ("int4_asym", 64, 0.8, False)
+    assert minilm["int4-weights-g64-r80"]["plan"]["quantization"]["compression"]["group_size"] == 64
+    tuned = minilm["int4-weights-g64-r80"]["accuracy"]["outputs"]["sentence_embedding"]["cosine_min"]
+    default = minilm["int4-weights"]["accuracy"]["outputs"]["sentence_embedding"]["cosine_min"]
+    assert tuned > default + 0.01
+    assert minilm["int4-weights-g64-r80"]["size"]["model_mib"] > minilm["int4-weights"]["size"]["model_mib"]
+
+
+def test_throughput_hint_and_compiled_cache(tmp_path, tiny_onnx):
+    """The THROUGHPUT-hint run reports the streams and requests OpenVINO chose; the shipped compiled-model
+    cache is hashed in the manifest, loads faster than a cold compile, and `kiln bench --threads` does not
+    write a second blob into the artifact."""
+    out = tmp_path / "cached"
+    result = run_cli("export", tiny_onnx, "--target", "openvino", "--synthetic-data", "--compiled-cache",
+                     "--min-seconds", "0.2", "--runs", "20", "--throughput-seconds", "0.5", "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    from kiln.schemas import validate_document
+
+    assert validate_document(report, "report") == []
+    assert validate_document(json.loads((out / "manifest.json").read_text()), "manifest") == []
+    tm = report["bench"]["throughput_mode"]
+    assert tm["hint"] == "THROUGHPUT" and tm["streams"] >= 1 and tm["infer_requests"] >= 1
+    assert tm["inferences"] > 10 and tm["throughput_per_s"] > 0 and tm["execution_precision"] == "f32"
+    cache = report["compile"]["compiled_cache"]
+    assert cache["written"] and cache["device"] == "CPU"
+    files = {f["path"] for f in json.loads((out / "manifest.json").read_text())["files"]}
+    assert {f"openvino/cache/{name}" for name in cache["files"]} <= files
+    assert report["settings"]["runtime_settings"]["cache_dir"] == "cache"
+    blobs = sorted((out / "openvino" / "cache").iterdir())
+    bench = run_cli("bench", out, "--threads", "1", "--min-seconds", "0.2", "--runs", "10", "--json")
+    assert bench.returncode == 0, bench.stderr
+    assert sorted((out / "openvino" / "cache").iterdir()) == blobs
+    assert json.loads(bench.stdout)["runtime_settings"]["config"]["INFERENCE_NUM_THREADS"] == "1"
+
+
+def test_weight_options_on_a_precision_without_them_are_refused(tmp_path, tiny_onnx):
+    result = run_cli("export", tiny_onnx, "--target", "openvino", "--precision", "int8-weights", "--group-size", "64",
+                     "--out", tmp_path / "x", "--synthetic-data")
+    assert result.returncode == 2
+    assert "--group-size and --ratio apply to int4-weights" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()

@@ -54,3 +54,9 @@ class Backend(Protocol):
                 example: Feed | None = None) -> Compiled: ...
 
     def runner(self, model: Path, signature: Signature, settings: dict) -> Runner: ...
+
+    def with_threads(self, settings: dict, threads: int) -> dict:
+        """The recorded runtime settings with another intra-op thread count (for `kiln bench --threads`)."""
+
+    def throughput(self, model: Path, settings: dict, feed: Feed, seconds: float) -> dict | None:
+        """The runtime's own throughput mode (streams, async requests), or None where it has none."""

@@ -32,8 +32,19 @@ def render(report: dict) -> str:
                    if report.get("execution_precision") else "")
                   + f"Load {bench['load_ms']:.1f} ms, first inference {bench['first_inference_ms']:.1f} ms, "
                   f"memory +{bench['memory_mib']['rss_increase_from_load']:.0f} MiB.", ""]
+        tm = bench.get("throughput_mode")
+        if tm:
+            lines += [f"Throughput with OpenVINO's THROUGHPUT hint: **{tm['throughput_per_s']:.1f}/s** "
+                      f"({tm['streams']} streams, {tm['infer_requests']} async requests, {tm['threads']} threads, "
+                      f"executes in {tm['execution_precision']}"
+                      + (f", on {tm['stand_in']}" if tm.get("stand_in") else "") + ").", ""]
     else:
         lines += [f"Not measured: {report.get('bench_skipped', 'no measurement')}", ""]
+    cache = (report.get("compile") or {}).get("compiled_cache")
+    if cache:
+        lines += ([f"Compiled-model cache shipped for {cache['device']}: load {cache['compile_ms_cold']:.0f} ms "
+                   f"cold, {cache['compile_ms_from_cache']:.0f} ms from the cache (valid for {cache['valid_for']}).", ""]
+                  if cache["written"] else [f"No compiled-model cache: {cache['reason']}.", ""])
     acc = report.get("accuracy") or {}
     lines += ["## Accuracy against the source model", ""]
     if acc:
@@ -62,6 +73,6 @@ def render(report: dict) -> str:
                      f"({fusion.get('reason', '')}) {fusion.get('fused_ops', '')}")
     if comp.get("quantization"):
         q = comp["quantization"]
-        lines.append(f"- Quantization: {q}")
+        lines.append("- Quantization: " + ", ".join(f"{k} {v}" for k, v in q.items() if v not in (None, [], "")))
     lines.append(f"- Size: {report['size']['model_mib']:.2f} MiB (model files)")
     return "\n".join(lines) + "\n"

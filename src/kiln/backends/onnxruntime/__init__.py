@@ -108,5 +108,12 @@ class OnnxRuntimeBackend:
     def runner(self, model: Path, signature: Signature, settings: dict) -> OrtRunner:
         return OrtRunner(model, signature, settings)
 
+    def with_threads(self, settings: dict, threads: int) -> dict:
+        return {**settings, "intra_op_num_threads": threads}
+
+    def throughput(self, model: Path, settings: dict, feed, seconds: float) -> None:
+        """ONNX Runtime has no throughput mode of its own: the latency run's throughput is the figure."""
+        return None
+
 
 BACKEND = OnnxRuntimeBackend()

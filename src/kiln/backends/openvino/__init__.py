@@ -1,80 +1,44 @@
 """OpenVINO backend: IR from the checked ONNX graph, NNCF int8 (full) or weight compression (int8/int4),
-explicit execution precision on every compiled model, LATENCY-hint runner."""
+explicit execution precision on every compiled model, LATENCY-hint runner and THROUGHPUT-hint measurement,
+and optionally the compiled model cached in the artifact."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 from kiln._deps import require
 from kiln.backends.base import Compiled
-from kiln.backends.openvino.session import OpenVinoRunner, default_settings
-from kiln.calibration import Samples
+from kiln.backends.openvino.convert import CONVERSION, convert_onnx
+from kiln.backends.openvino.quantize import compress_weights, quantize_int8
+from kiln.backends.openvino.session import (CACHE_DIR, OpenVinoRunner, compile_model, default_settings,
+                                            resolved_settings, with_threads)
+from kiln.calibration import Feed, Samples
 from kiln.config import Plan
 from kiln.errors import ExportError
 from kiln.exporters import ExportedGraph
-from kiln.quiet import quiet
 from kiln.signature import Signature, TensorInfo
 from kiln.targets import TargetSpec
 
 DEVICE = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
 
-def _convert(graph: ExportedGraph):
-    ov = require("openvino", why="the OpenVINO backend")
-    try:
-        with quiet():
-            return ov.convert_model(str(graph.path))
-    except Exception as exc:  # OpenVINO's frontends raise OpConversionFailure, GeneralFailure, RuntimeError...
-        text = str(exc)
-        ops = sorted(set(re.findall(r"(?:operation|op(?:erator)?)[^A-Za-z]+([A-Z][A-Za-z0-9]+)", text)))
-        nodes = sorted(set(re.findall(r"node (?:with )?name[:=\s]+['\"]?([^'\"\s,)]+)", text)))[:5]
-        where = (f" (ops: {', '.join(ops)}" + (f"; nodes: {', '.join(nodes)}" if nodes else "") + ")") if ops else ""
-        first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)[:300]
-        raise ExportError(f"OpenVINO cannot convert the ONNX graph{where}: {first}",
-                          hint="use the onnxruntime target for this model, or --exporter to try the other exporter") from None
+def _fill_cache(model: Path, settings: dict) -> dict:
+    """Compile once with CACHE_DIR set (writes the blob), then again to measure the cached load."""
+    device, config, stand_in = resolved_settings(settings, model)
+    if stand_in:
+        return {"written": False, "reason": f"{settings['device']} is not on this host: nothing to cache for it"}
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        compile_model(model, settings, device, config)
+        times.append((time.perf_counter() - start) * 1000.0)
+    files = sorted(p.name for p in (model.parent / CACHE_DIR).glob("*") if p.is_file())
+    import openvino as ov
 
-
-def _nncf_int8(model, plan: Plan, calibration: Samples, transformer: bool) -> dict:
-    nncf = require("nncf", why="int8 quantization with OpenVINO")
-    inputs = {i.get_any_name() for i in model.inputs}
-    dataset = nncf.Dataset([{k: v for k, v in f.items() if k in inputs} for f in calibration.feeds])
-    names = [op.get_friendly_name() for op in model.get_ops()]
-    keep = [n for n in names if any(p == n or p in n for p in plan.quantization.keep_fp32)]
-    kwargs = {}
-    alpha = plan.quantization.smooth_alpha
-    if not transformer:
-        # full bias correction: EfficientNet-Lite0 top-1 agreement 78 % -> 83 % (100 % where fp32 is confident)
-        kwargs["fast_bias_correction"] = False
-    if transformer:
-        # NNCF's transformer default smooths MatMul inputs with alpha 0.95; 0.8 measured better on MiniLM
-        # (minimum sentence cosine 0.984 -> 0.995), as with kiln's own smoothing for ONNX Runtime.
-        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                           AdvancedSmoothQuantParameters)
-
-        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-        if alpha:
-            kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
-    if keep:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
-    with quiet():
-        quantized = nncf.quantize(model, dataset, subset_size=len(calibration), **kwargs)
-    return quantized, {"mode": "static", "tool": "nncf.quantize", "model_type": "transformer" if transformer else "default",
-                       "smooth_quant_alpha": alpha if transformer else None,
-                       "bias_correction": "fast" if transformer else "full",
-                       "calibration_samples": len(calibration), "kept_fp32": keep, "weights": "int8 per-channel symmetric",
-                       "activations": "int8 per-tensor, calibrated"}
-
-
-def _nncf_weights(model, bits: int) -> tuple:
-    nncf = require("nncf", why="weight compression with OpenVINO")
-    mode = nncf.CompressWeightsMode.INT8_ASYM if bits == 8 else nncf.CompressWeightsMode.INT4_SYM
-    kwargs = {} if bits == 8 else {"group_size": 128, "ratio": 1.0}
-    with quiet():
-        compressed = nncf.compress_weights(model, mode=mode, **kwargs)
-    return compressed, {"mode": "weights", "tool": "nncf.compress_weights", "weights": mode.value, **kwargs}
+    return {"written": bool(files), "device": device, "files": files, "openvino": ov.__version__.split("-")[0],
+            "compile_ms_cold": round(times[0], 1), "compile_ms_from_cache": round(times[1], 1),
+            "valid_for": "this OpenVINO version and this device; OpenVINO recompiles (and rewrites it) elsewhere"}
 
 
 class OpenVinoBackend:
@@ -89,22 +53,27 @@ class OpenVinoBackend:
         start = time.perf_counter()
         root = workdir / "ov-compiled"
         (root / "openvino").mkdir(parents=True, exist_ok=True)
-        details: dict = {"steps": [], "conversion": "ov.convert_model from the exported ONNX"}
+        details: dict = {"steps": [], "conversion": CONVERSION}
         t0 = time.perf_counter()
-        model = _convert(graph)
+        model = convert_onnx(graph.path)
         details["steps"].append({"step": "convert", "seconds": round(time.perf_counter() - t0, 3)})
         t0 = time.perf_counter()
         if plan.precision == "int8":
             if calibration is None or not len(calibration):
                 raise ExportError("int8 needs calibration samples and none were loaded", hint="pass --calibration PATH")
-            model, details["quantization"] = _nncf_int8(model, plan, calibration, bool(graph.hints.get("transformer")))
+            model, details["quantization"] = quantize_int8(model, plan, calibration, bool(graph.hints.get("transformer")))
         elif plan.precision in ("int8-weights", "int4-weights"):
-            model, details["quantization"] = _nncf_weights(model, 8 if plan.precision == "int8-weights" else 4)
+            model, details["quantization"] = compress_weights(model, plan)
         if "quantization" in details:
             details["steps"].append({"step": details["quantization"]["tool"], "seconds": round(time.perf_counter() - t0, 3)})
         target = root / "openvino" / "model.xml"
         ov.save_model(model, str(target), compress_to_fp16=plan.precision == "fp16")
         settings = default_settings(DEVICE[plan.device], plan.precision, plan.threads)
+        if plan.compiled_cache:
+            settings["cache_dir"] = CACHE_DIR
+            details["compiled_cache"] = _fill_cache(target, settings)
+            if not details["compiled_cache"]["written"]:
+                del settings["cache_dir"]
         signature = Signature(
             tuple(TensorInfo(t.name, t.dtype, t.shape) for t in graph.signature.inputs),
             tuple(TensorInfo(t.name, t.dtype, t.shape) for t in graph.signature.outputs))
@@ -112,6 +81,14 @@ class OpenVinoBackend:
 
     def runner(self, model: Path, signature: Signature, settings: dict) -> OpenVinoRunner:
         return OpenVinoRunner(model, signature, settings)
+
+    def with_threads(self, settings: dict, threads: int) -> dict:
+        return with_threads(settings, threads)
+
+    def throughput(self, model: Path, settings: dict, feed: Feed, seconds: float) -> dict:
+        from kiln.backends.openvino.throughput import measure_throughput
+
+        return measure_throughput(model, settings, feed, seconds)
 
 
 BACKEND = OpenVinoBackend()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from kiln.signature import Signature
 # on 6 % of EfficientNet inputs): every precision sets the hint explicitly.
 EXECUTION_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32", "int8-weights": "f32",
                        "int4-weights": "f32"}
+CACHE_DIR = "cache"  # beside model.xml, when the artifact ships a compiled-model cache
 
 
 def default_settings(device: str, precision: str, threads: int) -> dict:
@@ -25,14 +27,53 @@ def default_settings(device: str, precision: str, threads: int) -> dict:
     return {"device": device, "config": config}
 
 
-def compile_model(model: Path, settings: dict):
+def with_threads(settings: dict, threads: int) -> dict:
+    """Another thread count. The shipped compiled-model cache is keyed by the settings, so it is not used
+    (OpenVINO would otherwise write a second blob into the artifact)."""
+    changed = {**settings, "config": {**settings.get("config", {}), "INFERENCE_NUM_THREADS": str(threads)}}
+    if changed["config"] != settings.get("config"):
+        changed.pop("cache_dir", None)
+    return changed
+
+
+def resolved_settings(settings: dict, model: Path) -> tuple[str, dict, str | None]:
+    """(device, config, stand-in note) to compile with on this host.
+
+    The target's device may be absent: the same IR then runs on the CPU plugin as a stand-in, so its accuracy
+    is still measured, and the report says it is not the device's.
+    """
+    from kiln.backends.openvino.devices import has_device
+
+    device, config, stand_in = settings["device"], dict(settings.get("config", {})), None
+    if not has_device(device):
+        stand_in = f"CPU (no {device} on this host)"
+        device = "CPU"
+        config = {k: v for k, v in config.items() if k != "INFERENCE_PRECISION_HINT"}
+    if settings.get("cache_dir") and not stand_in:
+        config["CACHE_DIR"] = str(model.parent / settings["cache_dir"])
+    return device, config, stand_in
+
+
+def openvino_message(text: str) -> str:
+    """The informative line of an OpenVINO exception (they open with 'Exception from file:line' lines)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
+    message = (useful or lines or ["unknown error"])[0][:300]
+    node = re.search(r"(?:Operation|node) name:\s*(\S+)", text)
+    if node and node.group(1) not in message:
+        message += f" (node {node.group(1)})"
+    return message
+
+
+def compile_model(model: Path, settings: dict, device: str | None = None, config: dict | None = None):
     ov = require("openvino", why="running an OpenVINO model")
-    core = ov.Core()
+    device = device or settings["device"]
+    config = settings.get("config", {}) if config is None else config
     try:
-        return core.compile_model(str(model), settings["device"], settings.get("config", {}))
+        return ov.Core().compile_model(str(model), device, config)
     except RuntimeError as exc:
-        raise ExportError(f"OpenVINO cannot compile the model for {settings['device']}: {str(exc).splitlines()[0][:300]}",
-                          hint="rerun with --debug for OpenVINO's full message") from None
+        raise ExportError(f"OpenVINO cannot compile the model for {device}: {openvino_message(str(exc))}",
+                          hint="use --target onnxruntime for this model; --debug shows OpenVINO's full message") from None
 
 
 def execution_precision(compiled) -> str:
@@ -55,17 +96,11 @@ class OpenVinoRunner:
         self._request = None
 
     def __enter__(self) -> "OpenVinoRunner":
-        from kiln.backends.openvino.devices import has_device
-
         start = time.perf_counter()
-        settings = self.settings
-        if not has_device(settings["device"]):
-            # The target's device is absent: the same IR runs on the CPU plugin as a stand-in, so the IR's
-            # accuracy is still measured; the report says it is not the device's.
-            settings = {"device": "CPU", "config": {k: v for k, v in settings.get("config", {}).items()
-                                                      if k != "INFERENCE_PRECISION_HINT"}}
-            self.settings["stand_in"] = f"CPU (no {self.settings['device']} on this host)"
-        compiled = compile_model(self.model, settings)
+        device, config, stand_in = resolved_settings(self.settings, self.model)
+        if stand_in:
+            self.settings["stand_in"] = stand_in
+        compiled = compile_model(self.model, self.settings, device, config)
         self.load_seconds = time.perf_counter() - start
         self.settings["execution_precision"] = execution_precision(compiled)
         self._request = compiled.create_infer_request()

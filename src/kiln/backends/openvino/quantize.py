@@ -1,0 +1,63 @@
+"""NNCF on an OpenVINO model: full int8 post-training quantization, or weight-only int8/int4 compression."""
+
+from __future__ import annotations
+
+from kiln._deps import require
+from kiln.calibration import Samples
+from kiln.config import Plan
+from kiln.quiet import quiet
+
+
+def quantize_int8(model, plan: Plan, calibration: Samples, transformer: bool) -> tuple:
+    """nncf.quantize on the calibration set; transformer mode with kiln's SmoothQuant alpha for transformers."""
+    nncf = require("nncf", why="int8 quantization with OpenVINO")
+    inputs = {i.get_any_name() for i in model.inputs}
+    dataset = nncf.Dataset([{k: v for k, v in f.items() if k in inputs} for f in calibration.feeds])
+    names = [op.get_friendly_name() for op in model.get_ops()]
+    keep = [n for n in names if any(p == n or p in n for p in plan.quantization.keep_fp32)]
+    kwargs = {}
+    alpha = plan.quantization.smooth_alpha
+    if not transformer:
+        # full bias correction: EfficientNet-Lite0 top-1 agreement 78 % -> 83 % (100 % where fp32 is confident)
+        kwargs["fast_bias_correction"] = False
+    if transformer:
+        # NNCF's transformer default smooths MatMul inputs with alpha 0.95; 0.8 measured better on MiniLM
+        # (minimum sentence cosine 0.984 -> 0.995), as with kiln's own smoothing for ONNX Runtime.
+        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                           AdvancedSmoothQuantParameters)
+
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        if alpha:
+            kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
+    if keep:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
+    with quiet():
+        quantized = nncf.quantize(model, dataset, subset_size=len(calibration), **kwargs)
+    return quantized, {"mode": "static", "tool": "nncf.quantize", "model_type": "transformer" if transformer else "default",
+                       "smooth_quant_alpha": alpha if transformer else None,
+                       "bias_correction": "fast" if transformer else "full",
+                       "calibration_samples": len(calibration), "kept_fp32": keep, "weights": "int8 per-channel symmetric",
+                       "activations": "int8 per-tensor, calibrated"}
+
+
+def compress_weights(model, plan: Plan) -> tuple:
+    """nncf.compress_weights with the plan's resolved options (bits, symmetry, group size, int4 ratio)."""
+    nncf = require("nncf", why="weight compression with OpenVINO")
+    options = plan.quantization.compression
+    modes = nncf.CompressWeightsMode
+    if plan.precision == "int8-weights":
+        mode = modes.INT8_SYM if options.symmetric else modes.INT8_ASYM
+        kwargs = {}
+    else:
+        mode = modes.INT4_SYM if options.symmetric else modes.INT4_ASYM
+        kwargs = {"group_size": options.group_size, "ratio": options.ratio}
+    names = [op.get_friendly_name() for op in model.get_ops()]
+    keep = [n for n in names if any(p == n or p in n for p in plan.quantization.keep_fp32)]
+    if keep:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
+    with quiet():
+        compressed = nncf.compress_weights(model, mode=mode, **kwargs)
+    return compressed, {"mode": "weights", "tool": "nncf.compress_weights", "weights": mode.value,
+                        "group_size": options.group_size, "ratio": options.ratio, "symmetric": options.symmetric,
+                        "kept_fp32": keep}
