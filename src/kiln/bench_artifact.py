@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.artifact import load_manifest
+from kiln.artifact import load_manifest, verify_files
 from kiln.backends import get_backend
 from kiln.bench import measure
 from kiln.config import BenchSettings
 from kiln.errors import UnsupportedTargetError, UsageError
-from kiln.exporters.base import sha256_file
 from kiln.signature import Signature
 from kiln.targets import detect_host, find_target, host_can_run
 
@@ -20,11 +19,7 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     manifest = load_manifest(root)
     runtime = manifest["runtime"]
     model = root / runtime["model"]
-    for entry in manifest["files"]:  # measure only what the manifest vouches for
-        path = root / entry["path"]
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise UsageError(f"{entry['path']} is missing or does not match its sha256 in the manifest",
-                             hint="the artifact was modified or damaged; export it again")
+    verify_files(root, manifest)  # measure only what the manifest vouches for
     spec = find_target(manifest["target"]["name"])
     ok, why = host_can_run(spec, detect_host())
     if not ok:

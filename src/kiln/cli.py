@@ -90,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false", help="asymmetric weights (default for int8)")
     ex.add_argument("--compiled-cache", action="store_true",
                     help="OpenVINO: ship the compiled model for the measured device in the artifact (faster load)")
+    nv = ex.add_argument_group("NVIDIA targets (TensorRT build kit and engines)")
+    nv.add_argument("--compute-capability", action="append", default=[], metavar="X.Y",
+                    help="tensorrt-rtx: build an engine for this compute capability (repeat; default 8.6, 8.9, 12.0)")
+    nv.add_argument("--profile", action="append", default=[], metavar="NAME=MIN:OPT:MAX",
+                    help="optimization profile for one input, shapes like 1x128 (repeat)")
+    nv.add_argument("--static-shapes", action="store_true", help="build for the example shapes only")
+    nv.add_argument("--max-batch", type=int, default=16, help="default max for batch axes in the profile")
+    nv.add_argument("--workspace-mib", type=int, help="builder workspace memory limit")
+    nv.add_argument("--builder-optimization-level", type=int, default=3, help="0-5 (TensorRT's default 3)")
+    nv.add_argument("--hardware-compatibility", choices=("none", "ampere_plus", "same_compute_capability"),
+                    default="none", help="engines that run on other GPUs of the family (slower)")
+    nv.add_argument("--version-compatible", action="store_true", help="engines later TensorRT versions can run")
     exp = ex.add_argument_group("export")
     exp.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
     exp.add_argument("--opset", type=int, help="ONNX opset (default: 18, or 17 for Hugging Face encoders)")
@@ -104,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("artifact", type=Path)
     _bench_options(be)
     _output_options(be)
+
+    bd = sub.add_parser("build-engine", help="build the TensorRT engine of an NVIDIA artifact, on the device",
+                        epilog=EPILOG)
+    bd.add_argument("artifact", type=Path)
+    bd.add_argument("--builder", choices=("auto", "tensorrt", "tensorrt_rtx"), default="auto")
+    bd.add_argument("--compute-capability", action="append", metavar="X.Y", help="TensorRT-RTX only (repeat)")
+    bd.add_argument("--out", type=Path, help="where engines go (default: ARTIFACT/tensorrt/engines)")
+    _output_options(bd)
 
     ta = sub.add_parser("targets", help="list targets and what this host can run", epilog=EPILOG)
     ta.add_argument("--json", action="store_true")
@@ -128,7 +148,7 @@ def _output_options(parser) -> None:
 
 def _export_config(args):
     from kiln.config import (AccuracyBudget, BenchSettings, DataSpec, ExportConfig, ImagePreprocessing, InputSpec,
-                             WeightCompression)
+                             ShapeRange, TensorRTSettings, WeightCompression)
 
     prep = None
     if any(v is not None for v in (args.image_size, args.resize_shorter, args.layout, args.scale, args.mean, args.std)):
@@ -149,6 +169,12 @@ def _export_config(args):
             keep_fp32=tuple(args.keep_fp32), smooth_alpha=args.smooth_alpha,
             weight_compression=WeightCompression(group_size=args.group_size, ratio=args.ratio, symmetric=args.symmetric),
             compiled_cache=args.compiled_cache,
+            tensorrt=TensorRTSettings(
+                compute_capabilities=tuple(args.compute_capability),
+                profiles=tuple(ShapeRange.parse(p) for p in args.profile), static_shapes=args.static_shapes,
+                max_batch=args.max_batch, workspace_mib=args.workspace_mib,
+                optimization_level=args.builder_optimization_level,
+                hardware_compatibility=args.hardware_compatibility, version_compatible=args.version_compatible),
             exporter=args.exporter, opset=args.opset, export_rtol=args.export_rtol,
             trust_pickle=args.trust_pickle, trust_remote_code=args.trust_remote_code, threads=args.threads,
             bench=BenchSettings(warmup=args.warmup, min_runs=args.runs, min_seconds=args.min_seconds,
@@ -203,6 +229,31 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_build_engine(args) -> int:
+    from kiln.artifact import load_manifest, verify_files
+    from kiln.backends.tensorrt.build_engine import BuildError, build
+    from kiln.errors import ExportError
+
+    manifest = load_manifest(args.artifact)
+    if manifest["target"]["backend"] != "tensorrt":
+        raise UsageError(f"{args.artifact} is a {manifest['target']['backend']} artifact, not a TensorRT one",
+                         hint="export with --target tensorrt (or tensorrt-sm89, tensorrt-rtx, ...)")
+    verify_files(args.artifact, manifest)
+    kit = args.artifact / "tensorrt"
+    try:
+        result = build(kit, args.out or kit / "engines", args.builder, args.compute_capability)
+    except BuildError as exc:
+        raise ExportError(str(exc), hint="install TensorRT on the device (pip install tensorrt) or pass "
+                                         "--builder tensorrt_rtx for RTX GPUs") from None
+    if args.json:
+        print(dumps(result))
+    elif not args.quiet:
+        for engine in result["engines"]:
+            print(f"{engine['file']}: {engine['bytes'] / 2**20:.1f} MiB in {engine['build_seconds']:.1f} s "
+                  f"({result['builder']} {result['tensorrt_version']})")
+    return 0
+
+
 def _threads(settings: dict):
     return settings.get("intra_op_num_threads") or settings.get("config", {}).get("INFERENCE_NUM_THREADS")
 
@@ -233,7 +284,8 @@ def _cmd_targets(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets}[args.command]
+    handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets,
+               "build-engine": _cmd_build_engine}[args.command]
     try:
         return handler(args)
     except KilnError as error:

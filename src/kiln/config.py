@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from kiln.errors import UsageError
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
-Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights")
+Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8")
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -151,6 +151,45 @@ class WeightCompression(Frozen):
         return any(v is not None for v in (self.group_size, self.ratio, self.symmetric))
 
 
+class ShapeRange(Frozen):
+    """A TensorRT optimization-profile range for one input: `NAME=MIN:OPT:MAX`, shapes as 1x128."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "ShapeRange":
+        usage = "write NAME=MIN:OPT:MAX with shapes like 1x128, e.g. input_ids=1x16:1x128:8x512"
+        name, _, spec = text.partition("=")
+        parts = spec.split(":")
+        if not name or len(parts) != 3:
+            raise UsageError(f"profile '{text}' is not NAME=MIN:OPT:MAX", hint=usage)
+        try:
+            shapes = [tuple(int(d) for d in p.lower().split("x")) for p in parts]
+        except ValueError:
+            raise UsageError(f"profile '{text}': shapes must be integers joined by x", hint=usage) from None
+        if len({len(s) for s in shapes}) != 1 or any(a > b for lo, hi in zip(shapes, shapes[1:]) for a, b in zip(lo, hi)) \
+                or any(d < 1 for s in shapes for d in s):
+            raise UsageError(f"profile '{text}': need min <= opt <= max, same rank, dims >= 1", hint=usage)
+        return cls(name=name.strip(), min=shapes[0], opt=shapes[1], max=shapes[2])
+
+
+class TensorRTSettings(Frozen):
+    """Engine build settings for NVIDIA targets; recorded in the build kit (build.json)."""
+
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX: build for these (default: the target's)
+    profiles: tuple[ShapeRange, ...] = ()  # per-input ranges; unnamed dynamic inputs get kiln's defaults
+    static_shapes: bool = False  # min = opt = max = the example shape
+    max_batch: int = Field(default=16, ge=1)  # default max for axes named like a batch
+    workspace_mib: int | None = Field(default=None, ge=1)
+    optimization_level: int = Field(default=3, ge=0, le=5)
+    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = False
+    builder: Literal["tensorrt", "tensorrt-rtx"] = "tensorrt"  # resolved from the target
+
+
 class BenchSettings(Frozen):
     warmup: int = Field(default=10, ge=0)
     min_runs: int = Field(default=50, ge=1)
@@ -178,6 +217,7 @@ class ExportConfig(Frozen):
     smooth_alpha: float = Field(default=0.8, ge=0.0, le=1.0)  # activation smoothing before int8; 0 turns it off
     weight_compression: WeightCompression = WeightCompression()
     compiled_cache: bool = False  # OpenVINO: ship the compiled-model cache for the measured device
+    tensorrt: TensorRTSettings = TensorRTSettings()
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
     opset: int | None = Field(default=None, ge=13, le=23)  # None: the exporter's own choice per source
     export_rtol: float = 1e-3
@@ -215,4 +255,5 @@ class Plan(Frozen):
     measure: bool
     measure_reason: str = ""
     compiled_cache: bool = False
+    tensorrt: TensorRTSettings | None = None  # NVIDIA targets: build settings, capabilities resolved
     notes: tuple[str, ...] = ()

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from kiln.config import ExportConfig, Plan, QuantizationPlan, WeightCompression
+from kiln.config import ExportConfig, Plan, QuantizationPlan, TensorRTSettings, WeightCompression
 from kiln.errors import UnsupportedTargetError, UsageError
-from kiln.targets import Host, find_target, host_can_run
+from kiln.targets import Host, TargetSpec, find_target, host_can_run
+from kiln.targets.catalogue import FP8_MIN_CAPABILITY, RTX_CAPABILITIES
 
 
 def resolve(config: ExportConfig, host: Host) -> Plan:
     spec = find_target(config.target)
+    notes: list[str] = []
+    trt = _tensorrt_settings(config, spec) if spec.backend == "tensorrt" else None
+    if trt is not None:
+        notes.append("accuracy figures are the prepared ONNX graph's, run with ONNX Runtime on CPU; the TensorRT "
+                     "engine's own accuracy and speed are measured only on the GPU")
+    if trt is None and config.tensorrt != TensorRTSettings():
+        raise UsageError(f"TensorRT build options were given but target '{spec.name}' uses {spec.backend}",
+                         hint="drop them, or pass --target tensorrt (see `kiln targets`)")
     if not spec.supports(config.precision):
         raise UnsupportedTargetError(f"target '{spec.name}' cannot run precision '{config.precision}'",
                                      hint=f"it runs {', '.join(spec.precisions)}")
-    notes: list[str] = []
     quant = None
     if config.weight_compression.given and config.precision not in ("int8-weights", "int4-weights"):
         raise UsageError(f"--group-size, --ratio and --symmetric/--asymmetric apply to int8-weights and int4-weights, "
@@ -20,15 +28,21 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
     if config.compiled_cache and spec.backend != "openvino":
         raise UsageError(f"--compiled-cache is an OpenVINO option; target '{spec.name}' uses {spec.backend}",
                          hint="drop --compiled-cache, or use --target openvino")
-    if config.precision == "int8":
+    if config.precision in ("int8", "fp8"):
         if config.calibration is None and not config.synthetic_data:
-            raise UsageError("int8 needs calibration data and none was given",
+            raise UsageError(f"{config.precision} needs calibration data and none was given",
                              hint="pass --calibration PATH (images, .npz, or a text file), or --synthetic-data to "
                                   "calibrate on random inputs (accuracy then means nothing), or use int8-dynamic")
-        quant = QuantizationPlan(
-            mode="static", activation_type=spec.int8_activation, keep_fp32=config.keep_fp32,
-            activations=f"{spec.int8_activation}, per-tensor, asymmetric, calibrated on "
-                        f"{'synthetic data' if config.calibration is None else 'the calibration set'}")
+        data = 'synthetic data' if config.calibration is None else 'the calibration set'
+        if spec.backend == "tensorrt":  # TensorRT: symmetric Q/DQ on Conv/MatMul/Gemm inputs
+            quant = QuantizationPlan(
+                mode="static", activation_type="int8", keep_fp32=config.keep_fp32,
+                weights=f"{config.precision} symmetric, " + ("per channel" if config.precision == "int8" else "per tensor"),
+                activations=f"{config.precision}, per-tensor, symmetric, calibrated on {data}")
+        else:
+            quant = QuantizationPlan(
+                mode="static", activation_type=spec.int8_activation, keep_fp32=config.keep_fp32,
+                activations=f"{spec.int8_activation}, per-tensor, asymmetric, calibrated on {data}")
     elif config.precision == "int8-dynamic":
         quant = QuantizationPlan(mode="dynamic", activation_type="uint8", keep_fp32=config.keep_fp32,
                                  activations="uint8, per-tensor, range computed at run time")
@@ -47,7 +61,7 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
         if config.smooth_alpha > 0 and not has_data:
             notes.append("activation smoothing for transformer MatMuls was skipped: it needs --calibration data "
                          "(it raised MiniLM's minimum cosine from 0.984 to 0.996)")
-    if config.calibration is None and config.precision == "int8":
+    if config.calibration is None and config.precision in ("int8", "fp8"):
         notes.append("calibrated on synthetic random data: accuracy figures are not meaningful")
     if config.evaluation is None:
         if config.calibration is not None:
@@ -63,8 +77,8 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
     reason = "" if measure else ("--no-bench" if not config.measure else f"not measured: {why}")
     threads = config.threads or host.physical_cores
     return Plan(target=spec.name, backend=spec.backend, device=spec.device, precision=config.precision,
-                quantization=quant, needs_calibration=config.precision == "int8", threads=threads,
-                measure=measure, measure_reason=reason, compiled_cache=config.compiled_cache,
+                quantization=quant, needs_calibration=config.precision in ("int8", "fp8"), threads=threads,
+                measure=measure, measure_reason=reason, compiled_cache=config.compiled_cache, tensorrt=trt,
                 notes=tuple(notes))
 
 
@@ -79,3 +93,27 @@ def _compression(config: ExportConfig) -> WeightCompression:
     return WeightCompression(group_size=128 if given.group_size is None else given.group_size,
                              ratio=1.0 if given.ratio is None else given.ratio,
                              symmetric=True if given.symmetric is None else given.symmetric)
+
+
+def _tensorrt_settings(config: ExportConfig, spec: TargetSpec) -> TensorRTSettings:
+    """The capabilities to build for, checked against what the builder and the precision allow."""
+    settings = config.tensorrt
+    capabilities = settings.compute_capabilities or spec.compute_capabilities
+    if settings.compute_capabilities:
+        if spec.engine_builder != "tensorrt-rtx":
+            raise UsageError("--compute-capability chooses what TensorRT-RTX builds for ahead of time; "
+                             f"'{spec.name}' engines are built on the device itself",
+                             hint="use --target tensorrt-rtx, or pick the target of your GPU (e.g. tensorrt-sm89)")
+        unknown = [c for c in capabilities if c not in RTX_CAPABILITIES]
+        if unknown:
+            raise UsageError(f"TensorRT-RTX cannot build for compute capability {', '.join(unknown)}",
+                             hint=f"it builds for {', '.join(RTX_CAPABILITIES)} (no Hopper SM90: use tensorrt-sm90)")
+    if config.precision == "fp8":
+        old = [c for c in capabilities if float(c) < FP8_MIN_CAPABILITY]
+        if not capabilities or old:
+            what = f"compute capability {', '.join(old)}" if old else f"target '{spec.name}' (any NVIDIA GPU)"
+            raise UnsupportedTargetError(f"fp8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
+                                         f"{what} has no fp8 tensor cores",
+                                         hint="use --target tensorrt-sm89/-sm90/-sm100, or tensorrt-rtx with "
+                                              "--compute-capability 8.9 (or 12.0); otherwise --precision int8")
+    return settings.model_copy(update={"compute_capabilities": tuple(capabilities), "builder": spec.engine_builder})

@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 
 _DISTRIBUTIONS = ("onnx", "onnxruntime", "numpy", "torch", "transformers", "onnxscript", "tokenizers",
-                  "openvino", "nncf", "pydantic")
+                  "openvino", "nncf", "pydantic", "tensorrt", "tensorrt-rtx-cu12-bindings", "tensorrt-rtx")
 
 
 def toolchain_versions() -> dict[str, str]:

@@ -58,3 +58,12 @@ def load_manifest(artifact: Path) -> dict:
         raise UsageError(f"{path} has schema '{found}', this kiln reads '{MANIFEST_SCHEMA}'",
                          hint="re-export the artifact with this kiln version")
     return data
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists and matches its sha256, or a one-line error says which does not."""
+    for entry in manifest["files"]:
+        path = root / entry["path"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise UsageError(f"{entry['path']} is missing or does not match its sha256 in the manifest",
+                             hint="the artifact was modified or damaged; export it again")

@@ -10,6 +10,7 @@ from kiln.errors import UsageError
 BACKENDS = {
     "onnxruntime": "kiln.backends.onnxruntime",
     "openvino": "kiln.backends.openvino",
+    "tensorrt": "kiln.backends.tensorrt",
 }
 
 

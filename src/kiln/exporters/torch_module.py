@@ -6,6 +6,7 @@ TorchScript exporter when it fails; the manifest records which one ran and why t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -287,12 +288,15 @@ def from_callable(spec: str, inputs: tuple[InputSpec, ...]) -> TorchSource:
     module_name, _, attr = spec.partition(":")
     if os.getcwd() not in sys.path:  # like uvicorn and gunicorn: the user's own modules resolve from here
         sys.path.insert(0, os.getcwd())
-    try:
-        target = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"cannot import '{spec}': {_first_line(exc)}",
-                         hint="give an importable package.module:callable (is the package installed, or on PYTHONPATH?)") from None
-    model = target() if callable(target) and not isinstance(target, torch.nn.Module) else target
+    # the user's code may print: stdout belongs to kiln's --json output, so its prints go to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            target = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UsageError(f"cannot import '{spec}': {_first_line(exc)}",
+                             hint="give an importable package.module:callable (is the package installed, or on "
+                                  "PYTHONPATH?)") from None
+        model = target() if callable(target) and not isinstance(target, torch.nn.Module) else target
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"'{spec}' gave a {type(model).__name__}, not a torch.nn.Module",
                          hint="point at a callable that returns the model")

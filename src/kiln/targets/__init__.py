@@ -22,6 +22,15 @@ def host_can_run(spec: TargetSpec, host: Host) -> tuple[bool, str]:
             return False, "openvino is not installed"
         if not has_device(spec.openvino_device):
             return False, f"OpenVINO sees no {spec.openvino_device} here (it sees {', '.join(devices) or 'nothing'})"
+    if spec.backend == "tensorrt":
+        from kiln.backends.tensorrt.build_engine import gpu_facts
+
+        gpu = gpu_facts()
+        if not gpu.get("gpu"):
+            return False, ("no NVIDIA GPU on this host: TensorRT engines are measured only on the GPU "
+                           "(the graph's accuracy is measured with ONNX Runtime on CPU)")
+        if spec.compute_capabilities and gpu.get("compute_capability") not in spec.compute_capabilities:
+            return False, f"this host's GPU is {gpu['gpu']} (SM{gpu['compute_capability']}), not the target's"
     return True, "ok"
 
 

@@ -101,6 +101,39 @@ CATALOGUE += (
 )
 
 
+# TensorRT: precision lives in the graph (casts, Q/DQ). fp8 Q/DQ needs Ada (8.9) or newer.
+_TRT = ("fp16", "fp32", "int8")
+_TRT_FP8 = ("fp16", "fp32", "int8", "fp8")
+
+
+def _trt(name: str, cc: str, what: str, aliases: tuple[str, ...] = (), arch: str = "any") -> TargetSpec:
+    return TargetSpec(name=name, aliases=aliases, backend="tensorrt", device="gpu", arch=arch,
+                      description=f"{what} (SM{cc.replace('.', '')}) with TensorRT 10/11",
+                      precisions=_TRT_FP8 if float(cc) >= 8.9 else _TRT, compute_capabilities=(cc,),
+                      engine_builder="tensorrt", int8_activation="int8")
+
+
+CATALOGUE += (
+    TargetSpec(name="tensorrt", aliases=("nvidia", "trt", "cuda"), backend="tensorrt", device="gpu",
+               description="any NVIDIA GPU with TensorRT 10/11: the engine is built on the device from the kit",
+               precisions=_TRT, engine_builder="tensorrt", int8_activation="int8"),
+    _trt("tensorrt-sm80", "8.0", "NVIDIA Ampere datacentre GPU (A100, A30)", ("a100",)),
+    _trt("tensorrt-sm86", "8.6", "NVIDIA Ampere GPU (RTX 30xx, A10, A40)", ("a10", "rtx30")),
+    _trt("tensorrt-sm89", "8.9", "NVIDIA Ada GPU (L4, L40S, RTX 40xx): fp8 tensor cores", ("l4", "ada", "rtx40")),
+    _trt("tensorrt-sm90", "9.0", "NVIDIA Hopper GPU (H100, H200): fp8 tensor cores", ("h100", "hopper")),
+    _trt("tensorrt-sm100", "10.0", "NVIDIA Blackwell datacentre GPU (B200): fp8 tensor cores", ("b200", "blackwell")),
+    _trt("jetson-orin", "8.7", "NVIDIA Jetson Orin edge module (JetPack)", ("orin", "tensorrt-sm87"), "aarch64"),
+    TargetSpec(name="tensorrt-rtx", aliases=("trt-rtx", "rtx"), backend="tensorrt", device="gpu",
+               description="NVIDIA RTX GPUs with TensorRT for RTX: engines built ahead of time here, on any machine, "
+                           "for each compute capability (default SM86, SM89, SM120)",
+               precisions=_TRT_FP8, compute_capabilities=("8.6", "8.9", "12.0"), engine_builder="tensorrt-rtx",
+               int8_activation="int8"),
+)
+
+RTX_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")  # what TensorRT-RTX 1.x builds for (no SM90)
+FP8_MIN_CAPABILITY = 8.9
+
+
 def find_target(name: str) -> TargetSpec:
     """Resolve a target name or alias, or fail with the list of known names."""
     key = name.strip().lower()

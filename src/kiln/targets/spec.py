@@ -22,6 +22,8 @@ class TargetSpec(BaseModel):
     required_cpu_flags: tuple[str, ...] = ()  # the target's hardware has these (measured only where host has them)
     int8_activation: Literal["uint8", "int8"] = "uint8"  # QDQ activation type its int8 kernels run fastest
     openvino_device: str | None = None  # the OpenVINO device that must be present to measure this target
+    compute_capabilities: tuple[str, ...] = ()  # NVIDIA: the GPU architectures the target means ("8.9")
+    engine_builder: Literal["tensorrt", "tensorrt-rtx"] | None = None  # NVIDIA: which TensorRT builds its engines
 
     def supports(self, precision: str) -> bool:
         return precision in self.precisions

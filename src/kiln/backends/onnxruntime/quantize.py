@@ -29,7 +29,7 @@ def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[st
     return [n for n in names if any(p == n or p in n for p in patterns)]
 
 
-class _Reader:
+class CalibrationReader:
     """ORT's CalibrationDataReader protocol over our samples."""
 
     def __init__(self, samples: Samples, input_names: set[str]):
@@ -68,7 +68,7 @@ def quantize_dynamic_int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict:
             "kept_fp32": excluded}
 
 
-def _prepare(src: Path, dst: Path) -> None:
+def prepare_for_quantization(src: Path, dst: Path) -> None:
     """ORT's recommended pre-processing (symbolic shape inference, basic optimisation) before calibration."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -88,11 +88,11 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
     with tempfile.TemporaryDirectory(prefix="kiln-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         with quiet():
-            _prepare(src, prepared)
+            prepare_for_quantization(src, prepared)
         try:
             with quiet():
                 quantize_static(
-                    str(prepared), str(dst), _Reader(calibration, inputs), quant_format=QuantFormat.QDQ,
+                    str(prepared), str(dst), CalibrationReader(calibration, inputs), quant_format=QuantFormat.QDQ,
                     activation_type=activation, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
                     calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS),
                     nodes_to_exclude=excluded, use_external_data_format=_external(src),

@@ -1,0 +1,130 @@
+"""TensorRT backend: precision put into the ONNX graph (fp16 casts, int8/fp8 symmetric Q/DQ), checked on CPU
+with ONNX Runtime, a build kit in every artifact, and real engines where a builder exists: TensorRT-RTX
+ahead of time on any machine, full TensorRT 10/11 on a machine with an NVIDIA GPU."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import onnx
+
+from kiln.backends.base import Compiled
+from kiln.backends.onnxruntime.session import OrtRunner, default_settings
+from kiln.calibration import Feed, Samples
+from kiln.config import Plan
+from kiln.errors import ExportError, MissingDependencyError
+from kiln.exporters import ExportedGraph
+from kiln.signature import Signature, read_signature
+from kiln.targets import TargetSpec
+
+KIT = "tensorrt"
+
+
+def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
+                   calibration: Samples | None) -> dict:
+    """The graph TensorRT will build, with its precision decided: copied (fp32), cast (fp16), or Q/DQ."""
+    if plan.precision == "fp32":
+        shutil.copyfile(graph.path, target)
+        return {"pass": "none (fp32 graph)"}
+    if plan.precision == "fp16":
+        from kiln.passes.half_precision import to_fp16
+
+        return to_fp16(graph.path, target, plan.quantization.keep_fp32 if plan.quantization else ())
+    if calibration is None or not len(calibration):
+        raise ExportError(f"{plan.precision} needs calibration samples and none were loaded",
+                          hint="pass --calibration PATH")
+    from kiln.passes.explicit_qdq import quantize_for_tensorrt
+
+    current, steps = graph.path, []
+    quant = plan.quantization
+    if graph.hints.get("transformer") and quant.smooth_alpha:
+        from kiln.passes.smooth_activations import smooth_activations
+
+        smoothed = stage / "smoothed.onnx"
+        steps.append({"smoothing": smooth_activations(current, smoothed, calibration, quant.smooth_alpha)})
+        current = smoothed
+    elif plan.precision == "int8" and not graph.hints.get("transformer"):
+        from kiln.passes.bias_correction import correct_biases
+
+        corrected = stage / "bias_corrected.onnx"
+        steps.append({"bias_correction": correct_biases(current, corrected, calibration)})
+        current = corrected
+    details = quantize_for_tensorrt(current, target, calibration, plan.precision, quant.keep_fp32)
+    return {**details, "before": steps}
+
+
+def _build_engines(kit: Path, plan: Plan) -> dict:
+    """Build with whichever builder the target uses, if it is installed (and, for full TensorRT, a GPU)."""
+    from kiln.backends.tensorrt.build_engine import BuildError, build, gpu_facts, import_builder
+
+    which = "tensorrt_rtx" if plan.tensorrt.builder == "tensorrt-rtx" else "tensorrt"
+    try:
+        import_builder(which)
+    except BuildError:
+        package = "tensorrt-rtx (pip install 'modelkiln[tensorrt-rtx]')" if which == "tensorrt_rtx" else "tensorrt"
+        return {"built": False, "reason": f"{package} is not installed here: the kit builds the engine on the device"}
+    if which == "tensorrt" and not gpu_facts().get("gpu"):
+        return {"built": False, "reason": "no NVIDIA GPU here: TensorRT builds engines on the GPU they run on; "
+                                          "run `kiln build-engine ARTIFACT` (or the kit's build_engine.py) there"}
+    try:
+        result = build(kit, kit / "engines", which, list(plan.tensorrt.compute_capabilities) or None)
+    except BuildError as exc:
+        raise ExportError(str(exc), hint="keep the failing node out of low precision with --keep-fp32 NAME, or "
+                                         "export with --precision fp32 to see whether the op itself is the problem") from None
+    return {"built": True, **result}
+
+
+class TensorRtBackend:
+    name = "tensorrt"
+
+    def check_environment(self, target: TargetSpec) -> None:
+        try:
+            import onnxruntime  # noqa: F401  (the prepared graph is checked on CPU with it)
+        except ImportError as exc:
+            raise MissingDependencyError("onnxruntime is needed to check the TensorRT graph on CPU",
+                                         hint='pip install "modelkiln"') from exc
+
+    def compile(self, graph: ExportedGraph, plan: Plan, workdir: Path, calibration: Samples | None,
+                example: Feed | None = None) -> Compiled:
+        from kiln.backends.tensorrt.kit import profile_for, write_kit
+
+        start = time.perf_counter()
+        root = workdir / "trt-compiled"
+        kit = root / KIT
+        stage = workdir / "trt-stage"
+        kit.mkdir(parents=True, exist_ok=True)
+        stage.mkdir(parents=True, exist_ok=True)
+        details: dict = {"steps": []}
+        t0 = time.perf_counter()
+        target = kit / "model.onnx"
+        details["graph_precision"] = _prepare_graph(graph, plan, stage, target, calibration)
+        details["steps"].append({"step": f"{plan.precision} graph", "seconds": round(time.perf_counter() - t0, 3)})
+        if plan.quantization is not None:
+            details["quantization"] = {"mode": "static", "tool": details["graph_precision"].get("tool", ""),
+                                       **{k: details["graph_precision"].get(k) for k in ("weights", "activations")}}
+        signature = read_signature(onnx.load(str(target), load_external_data=False))
+        profile = profile_for(signature, example or {}, plan)
+        details["build_settings"] = write_kit(kit, target.name, plan, profile, details["graph_precision"])
+        t0 = time.perf_counter()
+        details["engine"] = _build_engines(kit, plan)
+        details["steps"].append({"step": "engine build", "seconds": round(time.perf_counter() - t0, 3)})
+        shutil.rmtree(stage, ignore_errors=True)
+        settings = {**default_settings(plan.threads), "graph_check": "ONNX Runtime CPU runs the prepared graph"}
+        if plan.precision == "fp8":  # ORT 1.32's ClipQuantFusion rejects float8 zero points: run the graph as written
+            settings["graph_optimization_level"] = "ORT_DISABLE_ALL"
+        return Compiled("tensorrt", root, target, signature, settings, details, time.perf_counter() - start)
+
+    def runner(self, model: Path, signature: Signature, settings: dict) -> OrtRunner:
+        """The prepared graph on ONNX Runtime CPU: the graph's accuracy, not the engine's."""
+        return OrtRunner(model, signature, {k: v for k, v in settings.items() if k != "graph_check"})
+
+    def with_threads(self, settings: dict, threads: int) -> dict:
+        return {**settings, "intra_op_num_threads": threads}
+
+    def throughput(self, model: Path, settings: dict, feed: Feed, seconds: float) -> None:
+        return None
+
+
+BACKEND = TensorRtBackend()

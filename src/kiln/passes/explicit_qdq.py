@@ -1,0 +1,151 @@
+"""Explicit quantization for TensorRT: symmetric Q/DQ pairs where TensorRT fuses them.
+
+TensorRT 11 has no INT8 calibrator: an int8 or fp8 engine comes from QuantizeLinear/DequantizeLinear nodes
+in the graph. TensorRT wants them symmetric (zero point 0), per output channel on weights, and on the inputs
+of the layers it runs in low precision (Conv, MatMul, Gemm), not around Softmax or normalisations, where
+they would force precision changes it cannot fuse. Activation scales are calibrated on CPU with ONNX
+Runtime over the calibration set; the resulting graph runs on ONNX Runtime too, which gives the graph's
+accuracy before any GPU is involved.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from kiln.backends.onnxruntime.quantize import CalibrationReader, matching_nodes, prepare_for_quantization
+from kiln.calibration import Samples
+from kiln.errors import ExportError
+from kiln.quiet import quiet
+
+QDQ_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# Activations TensorRT fuses into the preceding Conv: Q/DQ after them lets the int8 Conv write int8 output.
+# Measured on EfficientNet-Lite0 (graph on ONNX Runtime): Q/DQ on Conv/Gemm inputs only, 34 % top-1
+# agreement with fp32; with Clip (ReLU6) included, 85 %.
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str = "int8",
+                          keep_fp32: tuple[str, ...] = ()) -> dict:
+    """kind int8: int8 symmetric activations (MinMax) and per-channel weights; kind fp8: float8 e4m3fn."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(src), load_external_data=False)
+    src_path = src
+    excluded = matching_nodes(model, keep_fp32)
+    inputs = {i.name for i in model.graph.input}
+    # int8 amax: the 99.99th percentile of |x| (MiniLM minimum cosine 0.70 with MinMax -> 0.957;
+    # EfficientNet top-1 agreement 87.5 % -> 89.3 %). fp8 reuses the same ranges, rescaled to e4m3's 448
+    # (ONNX Runtime's own float8 path, calibrated by distribution, gave 9 % agreement on EfficientNet).
+    qtype, method = QuantType.QInt8, CalibrationMethod.Percentile
+    op_types = list(QDQ_OPS + FUSED_ACTIVATIONS)
+    with tempfile.TemporaryDirectory(prefix="kiln-qdq-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        if kind == "fp8" and _opset(model) < 19:  # float8 Q/DQ exist from opset 19
+            from onnx import version_converter
+
+            src = Path(tmp) / "opset19.onnx"
+            onnx.save(version_converter.convert_version(onnx.load(str(src_path)), 19), str(src))
+        with quiet():
+            prepare_for_quantization(src, prepared)
+        excluded += activation_matmuls(onnx.load(str(prepared), load_external_data=False))
+        try:
+            with quiet():
+                quantize_static(
+                    str(prepared), str(dst), CalibrationReader(calibration, inputs), quant_format=QuantFormat.QDQ,
+                    activation_type=qtype, weight_type=qtype, per_channel=True, reduce_range=False,
+                    calibrate_method=method, op_types_to_quantize=op_types,
+                    nodes_to_exclude=excluded,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": True, "CalibPercentile": 99.99,
+                                   "DefaultTensorType": onnx.TensorProto.FLOAT, "AddQDQPairToWeight": False,
+                                   "QuantizeBias": False,  # TensorRT: int32 bias DQ is not accepted
+                                   "MatMulConstBOnly": True})  # attention MatMuls stay float: no Q/DQ at Softmax
+        except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
+            raise ExportError(f"{kind} Q/DQ quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
+                              hint="exclude the failing node with --keep-fp32 NAME, or use fp16") from None
+    quantized = onnx.load(str(dst))
+    if kind == "fp8":
+        int8_to_fp8(quantized)
+        onnx.save(quantized, str(dst))
+    return {"pass": f"{kind} explicit Q/DQ", "tool": "onnxruntime.quantization (QDQ, symmetric)",
+            "op_types": op_types, "weights": f"{kind} symmetric, per channel",
+            "activations": f"{kind} symmetric per tensor, amax = 99.99th percentile over {len(calibration)} "
+                           "calibration samples" + (" (e4m3: scale = amax / 448)" if kind == "fp8" else ""),
+            "calibration_samples": len(calibration), "kept_fp32": excluded, "opset": _opset(quantized), **qdq_structure(quantized)}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
+
+
+def int8_to_fp8(model: onnx.ModelProto) -> None:
+    """Turn a symmetric int8 Q/DQ graph into float8 e4m3fn with the same ranges: scale * 127 / 448,
+    zero points float8 zeros, weights re-rounded to e4m3 (saturating)."""
+    import ml_dtypes
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    rescaled: set[str] = set()
+    replace: dict[str, onnx.TensorProto] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale_name = node.input[1]
+        if scale_name not in rescaled:
+            scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32)
+            if node.op_type == "DequantizeLinear" and node.input[0] in inits:  # int8 weights -> fp8 weights
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+                shape = [1] * q.ndim
+                if scale.ndim:
+                    shape[axis] = -1
+                new_scale = scale * 127.0 / FP8_MAX
+                w = np.clip(q * scale.reshape(shape) / new_scale.reshape(shape), -FP8_MAX, FP8_MAX)
+                replace[node.input[0]] = numpy_helper.from_array(w.astype(ml_dtypes.float8_e4m3fn), node.input[0])
+            replace[scale_name] = numpy_helper.from_array(scale * np.float32(127.0 / FP8_MAX), scale_name)
+            rescaled.add(scale_name)
+        if len(node.input) > 2 and node.input[2] in inits and node.input[2] not in replace:
+            zero = numpy_helper.to_array(inits[node.input[2]])
+            replace[node.input[2]] = numpy_helper.from_array(np.zeros(zero.shape, ml_dtypes.float8_e4m3fn),
+                                                             node.input[2])
+    for i, init in enumerate(model.graph.initializer):
+        if init.name in replace:
+            model.graph.initializer[i].CopyFrom(replace[init.name])
+    for value in list(model.graph.value_info):  # int8 types recorded by shape inference are stale now
+        if value.type.tensor_type.elem_type == onnx.TensorProto.INT8:
+            model.graph.value_info.remove(value)
+
+
+def activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls of two activations (attention scores, probabilities x values): kept float, so no Q/DQ pair
+    sits at a Softmax and attention keeps its precision."""
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name and n.input[1] not in weights]
+
+
+def qdq_structure(model: onnx.ModelProto) -> dict:
+    """Where the Q/DQ pairs are: counts, quantized op types, and whether any touches a Softmax."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    quantized_ops: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QDQ_OPS and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                                        for i in n.input):
+            quantized_ops[n.op_type] = quantized_ops.get(n.op_type, 0) + 1
+    softmax_touched = sum(
+        1 for n in model.graph.node if n.op_type == "Softmax" and (
+            any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)
+            or any(c.op_type == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))))
+    return {"quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
+            "dequantize_nodes": sum(n.op_type == "DequantizeLinear" for n in model.graph.node),
+            "quantized_ops": quantized_ops, "softmax_with_qdq": softmax_touched}

@@ -1,0 +1,55 @@
+"""fp16 in the graph: weights and activations cast to float16, numerically fragile ops kept in fp32.
+
+TensorRT 11 (and 10.x strongly typed networks) run each layer in the type the graph gives it, so this is
+where fp16 is decided. A naive cast of every op overflows (attention masks of -3.4e38, sums of squares in
+normalisations) or loses the small differences Softmax and exp/pow depend on: these ops stay fp32, with
+Casts around them; model inputs and outputs keep their types. Float constants beyond fp16's range are
+clamped to +-65504 by ONNX Runtime's converter, which does the rewriting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from kiln.errors import ExportError
+from kiln.quiet import quiet
+
+# normalisations, Softmax, reductions, exp/pow and friends: fp32 keeps them finite and accurate
+FRAGILE_OPS = ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+               "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+               "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1",
+               "ReduceLogSumExp", "ReduceProd", "ReduceMax", "ReduceMin", "Exp", "Log", "Pow", "Sqrt",
+               "Reciprocal", "Erf", "CumSum", "Range")
+
+
+def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = ()) -> dict:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    keep = [n.name for n in model.graph.node if n.name and any(p == n.name or p in n.name for p in keep_nodes)]
+    try:
+        with quiet():
+            half = convert_float_to_float16(model, keep_io_types=True,
+                                            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS)),
+                                            node_block_list=keep)
+    except Exception as exc:  # the converter raises plain exceptions on graphs it cannot type
+        raise ExportError(f"fp16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
+                          hint="keep the failing node in fp32 with --keep-fp32 NAME, or use fp32") from None
+    onnx.save(half, str(dst))
+    kept = sorted({n.op_type for n in half.graph.node if n.op_type in FRAGILE_OPS})
+    counts = count_types(half)
+    return {"pass": "fp16 casts", "tool": "onnxruntime.transformers.float16", "kept_fp32_ops": kept,
+            "kept_fp32_nodes": keep, "casts": sum(1 for n in half.graph.node if n.op_type == "Cast"), **counts}
+
+
+def count_types(model: onnx.ModelProto) -> dict:
+    """How many weights are stored in each float type (what the engine will load)."""
+    names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+    counts: dict[str, int] = {}
+    for init in model.graph.initializer:
+        if init.data_type in names:
+            key = names[init.data_type]
+            counts[key] = counts.get(key, 0) + 1
+    return {"weights_by_type": counts}
