@@ -240,6 +240,12 @@ def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench,
         },
         "files": file_entries(staged),
     }
+    engine = compiled.details.get("engine")
+    if engine is not None:
+        trt = plan.tensorrt
+        manifest["engine"] = {k: v for k, v in engine.items() if k not in ("schema_version", "warnings")}
+        manifest["engine"]["compatibility"] = {"hardware_compatibility": trt.hardware_compatibility,
+                                               "version_compatible": trt.version_compatible}
     write_json(staged / MANIFEST_NAME, manifest)
     return report, manifest
 

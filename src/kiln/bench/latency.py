@@ -54,6 +54,9 @@ def measure(make_runner, feed: Feed, settings: BenchSettings) -> dict:
             if len(times) % 50 == 0:
                 rss_peak = max(rss_peak, _rss())
         rss_peak = max(rss_peak, _rss())
+        device = None
+        if hasattr(runner, "device_latency_ms"):  # GPU engines: compute alone, without host<->device copies
+            device = summarise([int(t * 1e6) for t in runner.device_latency_ms(feed)], 1)["latency_ms"]
         run_settings = dict(runner.settings)
     batch = next(iter(feed.values())).shape[0] if feed else 1
     result = summarise(times, batch)
@@ -64,4 +67,6 @@ def measure(make_runner, feed: Feed, settings: BenchSettings) -> dict:
         "batch": batch, "input_shapes": {k: list(v.shape) for k, v in feed.items()},
         "runtime_settings": run_settings,
     })
+    if device is not None:
+        result["device_latency_ms"] = device
     return result

@@ -74,5 +74,26 @@ def render(report: dict) -> str:
     if comp.get("quantization"):
         q = comp["quantization"]
         lines.append("- Quantization: " + ", ".join(f"{k} {v}" for k, v in q.items() if v not in (None, [], "")))
+    lines += _tensorrt_lines(comp)
     lines.append(f"- Size: {report['size']['model_mib']:.2f} MiB (model files)")
     return "\n".join(lines) + "\n"
+
+
+def _tensorrt_lines(comp: dict) -> list[str]:
+    """Graph precision, build kit and engines of an NVIDIA artifact."""
+    graph, engine = comp.get("graph_precision"), comp.get("engine")
+    if graph is None or engine is None:
+        return []
+    lines = [f"- Graph precision: {graph.get('pass')}"
+             + (f"; kept fp32: {', '.join(graph['kept_fp32_ops'])}" if graph.get("kept_fp32_ops") else "")
+             + (f"; Q/DQ on {graph['quantized_ops']}" if graph.get("quantized_ops") else ""),
+             "- Build kit: `tensorrt/model.onnx`, `build.json`, `build_engine.py`, `trtexec.txt` "
+             "(`kiln build-engine ARTIFACT` on the device)"]
+    if engine.get("built"):
+        for e in engine["engines"]:
+            lines.append(f"- Engine `{e['file']}` for SM{str(e['compute_capability']).replace('.', '')}: "
+                         f"{e['bytes'] / 2**20:.1f} MiB, built in {e['build_seconds']:.2f} s with {engine['builder']} "
+                         f"{engine['tensorrt_version']} (not run here: engine latency is measured only on the GPU)")
+    else:
+        lines.append(f"- No engine built: {engine.get('reason')}")
+    return lines

@@ -112,12 +112,20 @@ class TensorRtBackend:
         details["steps"].append({"step": "engine build", "seconds": round(time.perf_counter() - t0, 3)})
         shutil.rmtree(stage, ignore_errors=True)
         settings = {**default_settings(plan.threads), "graph_check": "ONNX Runtime CPU runs the prepared graph"}
+        engine = details["engine"]
+        if engine.get("built") and engine.get("builder") == "tensorrt":  # built on this GPU: run the engine itself
+            settings["engine"] = f"engines/{engine['engines'][0]['file']}"
         if plan.precision == "fp8":  # ORT 1.32's ClipQuantFusion rejects float8 zero points: run the graph as written
             settings["graph_optimization_level"] = "ORT_DISABLE_ALL"
         return Compiled("tensorrt", root, target, signature, settings, details, time.perf_counter() - start)
 
-    def runner(self, model: Path, signature: Signature, settings: dict) -> OrtRunner:
-        """The prepared graph on ONNX Runtime CPU: the graph's accuracy, not the engine's."""
+    def runner(self, model: Path, signature: Signature, settings: dict):
+        """The engine on the GPU where full TensorRT built one here; otherwise the prepared graph on ONNX
+        Runtime CPU (the graph's accuracy, not the engine's)."""
+        if settings.get("engine"):
+            from kiln.backends.tensorrt.engine_runner import EngineRunner
+
+            return EngineRunner(model.parent / settings["engine"], signature, settings)
         return OrtRunner(model, signature, {k: v for k, v in settings.items() if k != "graph_check"})
 
     def with_threads(self, settings: dict, threads: int) -> dict:

@@ -96,8 +96,8 @@ def parse_errors(parser) -> list[dict]:
 
 
 def _network(trt, builder, kind: str):
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if kind == "tensorrt" and major_version(trt) < 11:
+        flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
         if flag is None:
             raise BuildError(f"TensorRT {trt.__version__} has no strongly typed networks: TensorRT 10.0 or newer needed")
         return builder.create_network(1 << int(flag))
@@ -115,6 +115,8 @@ def _apply_settings(trt, builder, config, network, settings: dict, kind: str, ca
     if settings.get("profile"):
         config.add_optimization_profile(profile)
     if kind == "tensorrt":
+        if hasattr(trt, "ProfilingVerbosity"):  # layer precisions readable by the engine inspector
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         level = settings.get("hardware_compatibility", "none")
         if level != "none":
             config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level.upper())
@@ -150,7 +152,7 @@ def build(kit: Path, out: Path, which: str = "auto", capabilities: list[str] | N
         if not parser.parse_from_file(str(onnx_path)):
             errors = parse_errors(parser)
             where = "; ".join(f"node {e.get('node_name') or e.get('node', '?')} ({e.get('op_type', '?')}): "
-                              f"{e['message'].splitlines()[0][:200]}" for e in errors[:3])
+                              f"{e['message'][:200] or 'no description'}" for e in errors[:3]) or "no parser errors reported"
             raise BuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name}: {where}")
         parse_s = time.perf_counter() - start
         config = builder.create_builder_config()
@@ -158,8 +160,8 @@ def build(kit: Path, out: Path, which: str = "auto", capabilities: list[str] | N
         cache_used = False
         if cache_file is not None and kind == "tensorrt":  # TensorRT-RTX: timing cache calls are no-ops
             blob = cache_file.read_bytes() if cache_file.exists() else b""
-            cache_used = bool(blob)
-            config.set_timing_cache(config.create_timing_cache(blob), False)
+            accepted = config.set_timing_cache(config.create_timing_cache(blob), False)
+            cache_used = bool(blob) and accepted is not False  # False: rejected (another GPU or version)
         start = time.perf_counter()
         plan = builder.build_serialized_network(network, config)
         build_s = time.perf_counter() - start
