@@ -95,8 +95,8 @@ def test_fp16_graph_keeps_fragile_ops_in_fp32_and_matches_the_source(effnet, min
     fragile = [n for n in model.graph.node if n.op_type in ("Softmax", "LayerNormalization")]
     assert len(fragile) == 6 + 13  # 6 attention softmaxes, 2 LayerNorms per layer + the embeddings' one
     assert all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in fragile)
-    matmul_weights = [i for i in model.graph.initializer if i.name.endswith("weight") or i.dims and len(i.dims) == 2]
-    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in matmul_weights) >= 36
+    matrices = [i for i in model.graph.initializer if len(i.dims) == 2]  # 36 MatMul weights + embedding tables
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in matrices) >= 36
     # inputs and outputs keep their types: a device feeding int64 ids and reading float32 needs no change
     assert {o.type.tensor_type.elem_type for o in model.graph.output} == {onnx.TensorProto.FLOAT}
 
@@ -136,8 +136,7 @@ def test_fp8_graph_on_an_ada_target(minilm):
     report = minilm["fp8"]
     assert report["accuracy"]["outputs"]["sentence_embedding"]["cosine_min"] >= 0.93
     assert report["compile"]["engine"]["built"] is False  # full TensorRT is not installable here
-    assert "kiln build-engine" in report["compile"]["engine"]["reason"] or "not installed" in \
-        report["compile"]["engine"]["reason"]
+    assert report["compile"]["engine"]["reason"].startswith("tensorrt is not installed here")
     model = onnx.load(report["_out"] / "tensorrt" / "model.onnx")
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
     fp8 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT8E4M3FN]

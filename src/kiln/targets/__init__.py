@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 from kiln.targets.catalogue import CATALOGUE, find_target
 from kiln.targets.host import Host, detect_host
 from kiln.targets.spec import TargetSpec
+
+
+@functools.cache
+def nvidia_gpu() -> dict:
+    """nvidia-smi's facts, asked once per process (`kiln targets` checks every NVIDIA target)."""
+    from kiln.backends.tensorrt.build_engine import gpu_facts
+
+    return gpu_facts()
 
 
 def host_can_run(spec: TargetSpec, host: Host) -> tuple[bool, str]:
@@ -23,9 +33,7 @@ def host_can_run(spec: TargetSpec, host: Host) -> tuple[bool, str]:
         if not has_device(spec.openvino_device):
             return False, f"OpenVINO sees no {spec.openvino_device} here (it sees {', '.join(devices) or 'nothing'})"
     if spec.backend == "tensorrt":
-        from kiln.backends.tensorrt.build_engine import gpu_facts
-
-        gpu = gpu_facts()
+        gpu = nvidia_gpu()
         if not gpu.get("gpu"):
             return False, ("no NVIDIA GPU on this host: TensorRT engines are measured only on the GPU "
                            "(the graph's accuracy is measured with ONNX Runtime on CPU)")
@@ -34,4 +42,4 @@ def host_can_run(spec: TargetSpec, host: Host) -> tuple[bool, str]:
     return True, "ok"
 
 
-__all__ = ["CATALOGUE", "Host", "TargetSpec", "detect_host", "find_target", "host_can_run"]
+__all__ = ["CATALOGUE", "Host", "TargetSpec", "detect_host", "find_target", "host_can_run", "nvidia_gpu"]

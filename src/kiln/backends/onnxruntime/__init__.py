@@ -12,7 +12,7 @@ import onnx
 from kiln.backends.base import Compiled
 from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer
 from kiln.backends.onnxruntime.quantize import matching_nodes, quantize_dynamic_int8, quantize_static_int8
-from kiln.backends.onnxruntime.session import OrtRunner, default_settings
+from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
 from kiln.calibration import Samples
 from kiln.config import Plan
 from kiln.passes.bias_correction import correct_biases
@@ -109,7 +109,7 @@ class OnnxRuntimeBackend:
         return OrtRunner(model, signature, settings)
 
     def with_threads(self, settings: dict, threads: int) -> dict:
-        return {**settings, "intra_op_num_threads": threads}
+        return with_threads(settings, threads)
 
     def throughput(self, model: Path, settings: dict, feed, seconds: float) -> None:
         """ONNX Runtime has no throughput mode of its own: the latency run's throughput is the figure."""

@@ -30,6 +30,10 @@ def default_settings(threads: int) -> dict:
     }
 
 
+def with_threads(settings: dict, threads: int) -> dict:
+    return {**settings, "intra_op_num_threads": threads}
+
+
 def make_session(model: Path | bytes, settings: dict, *, profile_prefix: str | None = None):
     import onnxruntime as ort
 

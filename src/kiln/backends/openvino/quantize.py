@@ -8,13 +8,18 @@ from kiln.config import Plan
 from kiln.quiet import quiet
 
 
+def kept_nodes(model, patterns: tuple[str, ...]) -> list[str]:
+    """Op names equal to, or containing, any of the user's --keep-fp32 patterns."""
+    names = [op.get_friendly_name() for op in model.get_ops()]
+    return [n for n in names if any(p == n or p in n for p in patterns)]
+
+
 def quantize_int8(model, plan: Plan, calibration: Samples, transformer: bool) -> tuple:
     """nncf.quantize on the calibration set; transformer mode with kiln's SmoothQuant alpha for transformers."""
     nncf = require("nncf", why="int8 quantization with OpenVINO")
     inputs = {i.get_any_name() for i in model.inputs}
     dataset = nncf.Dataset([{k: v for k, v in f.items() if k in inputs} for f in calibration.feeds])
-    names = [op.get_friendly_name() for op in model.get_ops()]
-    keep = [n for n in names if any(p == n or p in n for p in plan.quantization.keep_fp32)]
+    keep = kept_nodes(model, plan.quantization.keep_fp32)
     kwargs = {}
     alpha = plan.quantization.smooth_alpha
     if not transformer:
@@ -52,8 +57,7 @@ def compress_weights(model, plan: Plan) -> tuple:
     else:
         mode = modes.INT4_SYM if options.symmetric else modes.INT4_ASYM
         kwargs = {"group_size": options.group_size, "ratio": options.ratio}
-    names = [op.get_friendly_name() for op in model.get_ops()]
-    keep = [n for n in names if any(p == n or p in n for p in plan.quantization.keep_fp32)]
+    keep = kept_nodes(model, plan.quantization.keep_fp32)
     if keep:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
     with quiet():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kiln.backends.openvino.session import execution_precision, resolved_settings
+from kiln.backends.openvino.session import compile_model, execution_precision, resolved_settings
 from kiln.calibration import Feed
 
 
@@ -25,9 +25,7 @@ def measure_throughput(model: Path, settings: dict, feed: Feed, seconds: float) 
     import openvino as ov
 
     device, config, stand_in = resolved_settings(settings, model)
-    config = {**config, "PERFORMANCE_HINT": "THROUGHPUT"}
-    core = ov.Core()
-    compiled = core.compile_model(str(model), device, config)
+    compiled = compile_model(model, settings, device, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
     requests = _int_property(compiled, "OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1
     queue = ov.AsyncInferQueue(compiled, requests)
     inputs = {p.get_any_name(): feed[p.get_any_name()] for p in compiled.inputs}

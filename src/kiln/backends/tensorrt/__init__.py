@@ -11,13 +11,13 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
-from kiln.backends.onnxruntime.session import OrtRunner, default_settings
+from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
 from kiln.calibration import Feed, Samples
 from kiln.config import Plan
 from kiln.errors import ExportError, MissingDependencyError
 from kiln.exporters import ExportedGraph
 from kiln.signature import Signature, read_signature
-from kiln.targets import TargetSpec
+from kiln.targets import TargetSpec, nvidia_gpu
 
 KIT = "tensorrt"
 
@@ -57,7 +57,7 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
 
 def _build_engines(kit: Path, plan: Plan) -> dict:
     """Build with whichever builder the target uses, if it is installed (and, for full TensorRT, a GPU)."""
-    from kiln.backends.tensorrt.build_engine import BuildError, build, gpu_facts, import_builder
+    from kiln.backends.tensorrt.build_engine import BuildError, build, import_builder
 
     which = "tensorrt_rtx" if plan.tensorrt.builder == "tensorrt-rtx" else "tensorrt"
     try:
@@ -65,7 +65,7 @@ def _build_engines(kit: Path, plan: Plan) -> dict:
     except BuildError:
         package = "tensorrt-rtx (pip install 'modelkiln[tensorrt-rtx]')" if which == "tensorrt_rtx" else "tensorrt"
         return {"built": False, "reason": f"{package} is not installed here: the kit builds the engine on the device"}
-    if which == "tensorrt" and not gpu_facts().get("gpu"):
+    if which == "tensorrt" and not nvidia_gpu().get("gpu"):
         return {"built": False, "reason": "no NVIDIA GPU here: TensorRT builds engines on the GPU they run on; "
                                           "run `kiln build-engine ARTIFACT` (or the kit's build_engine.py) there"}
     try:
@@ -129,7 +129,7 @@ class TensorRtBackend:
         return OrtRunner(model, signature, {k: v for k, v in settings.items() if k != "graph_check"})
 
     def with_threads(self, settings: dict, threads: int) -> dict:
-        return {**settings, "intra_op_num_threads": threads}
+        return with_threads(settings, threads)
 
     def throughput(self, model: Path, settings: dict, feed: Feed, seconds: float) -> None:
         return None
