@@ -6,4 +6,17 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 VENV="${KILN_VENV:-.venv}"
 "$VENV/bin/ruff" check src tests benchmarks scripts
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+before=""
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  before="$(git status --porcelain --untracked-files=all)"
+fi
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# Nothing kiln or its tools run may write into the checkout (it once left 90 MB shape-inference files here)
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  after="$(git status --porcelain --untracked-files=all)"
+  if [ "$after" != "$before" ]; then
+    echo "test.sh: the test run left files in the checkout:" >&2
+    diff <(echo "$before") <(echo "$after") >&2 || true
+    exit 1
+  fi
+fi

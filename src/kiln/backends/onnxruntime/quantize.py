@@ -70,12 +70,20 @@ def quantize_dynamic_int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict:
 
 def prepare_for_quantization(src: Path, dst: Path) -> None:
     """ORT's recommended pre-processing (symbolic shape inference, basic optimisation) before calibration."""
+    import contextlib
+
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, save_as_external_data=_external(src))
-    except Exception:  # symbolic shape inference fails on some graphs; ONNX shape inference is enough then
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=_external(src))
+    src, dst = src.resolve(), dst.resolve()
+    external = _external(src)
+    # When symbolic shape inference gives up (it does on MiniLM), ORT saves its partial model as
+    # sym_shape_infer_temp.onnx plus a 90 MB external-data file in the working directory: run it in a
+    # scratch one so nothing lands in the user's folder.
+    with tempfile.TemporaryDirectory(prefix="kiln-shape-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, save_as_external_data=external)
+        except Exception:  # symbolic shape inference fails on some graphs; ONNX shape inference is enough then
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=external)
 
 
 def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibration: Samples) -> dict:
