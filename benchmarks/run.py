@@ -25,14 +25,14 @@ from benchmarks import peers, zoo
 THREADS = 2
 
 
-def kiln_export(out: Path, args: list[str]) -> dict:
-    """The whole `kiln export` as a user runs it, timed; returns its report."""
+def kiln_export(out: Path, args: list[str], name: str = "report.json") -> dict:
+    """The whole `kiln export` as a user runs it, timed; returns its report (or comparison.json for a matrix)."""
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "kiln.cli", "export", *args, "--out", str(out), "--quiet"],
                             capture_output=True, text=True, cwd=zoo.REPO)
     if result.returncode != 0:
         raise SystemExit(f"kiln export failed: {result.stderr}")
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / name).read_text())
     report["_wall_seconds"] = time.perf_counter() - start
     return report
 

@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 VENV="${KILN_VENV:-.venv}"
+# report.html is checked in a real headless browser: Debian's chromium, installed here when missing
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
+  echo "test: installing chromium (Debian) for the report.html browser test" >&2
+  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null; } || echo "test: could not install chromium; the browser tests will say so" >&2
+fi
 "$VENV/bin/ruff" check src tests benchmarks scripts
 before=""
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then

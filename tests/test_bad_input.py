@@ -374,3 +374,24 @@ def test_refused_run_creates_no_parent_folders_for_out(tmp_path):
     result = export(tmp_path / "nope.onnx", out)
     assert result.returncode == USAGE
     assert not (tmp_path / "new").exists()
+
+
+def test_matrix_with_an_unknown_target_is_refused_before_any_cell(tiny_onnx, out):
+    result = export(tiny_onnx, out, "--target", "onnxruntime,tpu-v9", "--precision", "fp32,int8-dynamic")
+    assert_refused(result, USAGE, "kiln: error: unknown target 'tpu-v9'", out)
+
+
+def test_matrix_with_an_unknown_precision_is_refused_before_any_cell(tiny_onnx, out):
+    result = export(tiny_onnx, out, "--target", "onnxruntime,openvino", "--precision", "fp32,int3")
+    assert_refused(result, USAGE, "kiln: error: unknown precision 'int3'", out)
+
+
+@pytest.mark.parametrize("sizes", ["0,1", "1,x", ","])
+def test_batch_sizes_must_be_positive_integers(tiny_onnx, out, sizes):
+    result = export(tiny_onnx, out, "--batch-sizes", sizes)
+    assert_refused(result, USAGE, "kiln: error: argument --batch-sizes", out, contains=("batch sizes",))
+
+
+def test_negative_price_per_hour_is_an_invalid_option(tiny_onnx, out):
+    result = export(tiny_onnx, out, "--price-per-hour", "-1")
+    assert_refused(result, USAGE, "kiln: error: invalid option price_per_hour: Input should be greater than 0", out)

@@ -90,7 +90,7 @@ def test_missing_jsonschema_names_the_install(monkeypatch):
 # --- real outputs validate -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@pytest.mark.parametrize("name", ["manifest", "report"])
 @pytest.mark.parametrize("run", ["fp32", "int8", "rejected"])
 def test_real_artifact_validates(outputs, run, name):
     assert validate_document(outputs[run][name], name) == []

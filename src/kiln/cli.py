@@ -43,6 +43,16 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of batch sizes like 1,2,4,8") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of positive batch sizes like 1,2,4,8")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kiln", description="Turn a trained model into a measured, deployable artifact.",
                      epilog=EPILOG)
@@ -110,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face folders' own Python code")
     _bench_options(ex)
     ex.add_argument("--no-bench", action="store_true", help="skip latency measurement")
+    rep = ex.add_argument_group("report (runs after the timed runs, in sessions of its own)")
+    rep.add_argument("--no-analysis", action="store_true",
+                     help="skip the source-model baseline, the runtime profile, the roofline and the batch sweep")
+    rep.add_argument("--batch-sizes", type=_sizes, default=(1, 2, 4, 8, 16, 32), metavar="1,2,4,...",
+                     help="batch sizes swept where the model has a dynamic batch axis")
+    rep.add_argument("--latency-budget-ms", type=float, help="batch sweep: the largest batch whose p99 stays within this")
+    rep.add_argument("--price-per-hour", type=float, help="the machine's price per hour: cost per 1M inferences")
+    rep.add_argument("--profile-runs", type=int, default=20, help="profiled inferences per artifact")
     _output_options(ex)
 
     be = sub.add_parser("bench", help="re-measure an artifact with its recorded runtime settings", epilog=EPILOG)
@@ -148,7 +166,7 @@ def _output_options(parser) -> None:
 
 def _export_config(args):
     from kiln.config import (AccuracyBudget, BenchSettings, DataSpec, ExportConfig, ImagePreprocessing, InputSpec,
-                             ShapeRange, TensorRTSettings, WeightCompression)
+                             ReportSettings, ShapeRange, TensorRTSettings, WeightCompression)
 
     prep = None
     if any(v is not None for v in (args.image_size, args.resize_shorter, args.layout, args.scale, args.mean, args.std)):
@@ -179,6 +197,9 @@ def _export_config(args):
             trust_pickle=args.trust_pickle, trust_remote_code=args.trust_remote_code, threads=args.threads,
             bench=BenchSettings(warmup=args.warmup, min_runs=args.runs, min_seconds=args.min_seconds,
                                 throughput_seconds=args.throughput_seconds),
+            report=ReportSettings(analysis=not args.no_analysis, batch_sizes=args.batch_sizes,
+                                  latency_budget_ms=args.latency_budget_ms, price_per_hour=args.price_per_hour,
+                                  profile_runs=args.profile_runs),
             measure=not args.no_bench,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -190,9 +211,15 @@ def _export_config(args):
 
 
 def _cmd_export(args) -> int:
+    from kiln.matrix import split_list
     from kiln.pipeline import run
     from kiln.progress import Progress
 
+    targets, precisions = split_list(args.target), split_list(args.precision)
+    if not targets or not precisions:
+        raise UsageError("--target and --precision need at least one value", hint="e.g. --target onnxruntime,openvino")
+    if len(targets) * len(precisions) > 1:
+        return _cmd_matrix(args, targets, precisions)
     config = _export_config(args)
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {config.source} → {config.target} ({config.precision})")
@@ -203,6 +230,31 @@ def _cmd_export(args) -> int:
         print((result.out / "report.md").read_text(encoding="utf-8"))
         progress.say(f"artifact: {result.out}")
     return 0
+
+
+def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
+    """Several targets or precisions: one artifact per cell under --out, one comparison table."""
+    from kiln.matrix import exit_code, run_matrix
+    from kiln.progress import Progress
+    from kiln.targets import find_target
+
+    for target in targets:
+        find_target(target)  # an unknown name is bad input for the whole command, not a refused cell
+    args.target, args.precision = targets[0], precisions[0]
+    config = _export_config(args)
+    progress = Progress(enabled=not args.quiet)
+    progress.say(f"kiln {__version__}: {config.source} → {len(targets)} targets x {len(precisions)} precisions")
+    comparison = run_matrix(config, targets, precisions, progress=progress, debug=args.debug)
+    if args.json:
+        print(dumps(comparison))
+    elif not args.quiet:
+        print((config.out / "comparison.md").read_text(encoding="utf-8"))
+        progress.say(f"artifacts and report.html: {config.out}")
+    code = exit_code(comparison)
+    if code:
+        print(f"kiln: error: no artifact within the accuracy budget"
+              f"{'' if code == 4 else ' (none could be built)'}; see {config.out / 'comparison.md'}", file=sys.stderr)
+    return code
 
 
 def _cmd_bench(args) -> int:

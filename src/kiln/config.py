@@ -198,6 +198,23 @@ class BenchSettings(Frozen):
     throughput_seconds: float = Field(default=2.0, ge=0.0)  # THROUGHPUT-hint run where the backend has one; 0: off
 
 
+class ReportSettings(Frozen):
+    """What the report adds around the timed runs; all of it runs apart from them."""
+
+    analysis: bool = True  # source baseline, runtime profile, roofline, batch sweep
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # swept where the model has a dynamic batch axis
+    latency_budget_ms: float | None = Field(default=None, gt=0.0)
+    price_per_hour: float | None = Field(default=None, gt=0.0)  # the machine's price: cost per 1M inferences
+    profile_runs: int = Field(default=20, ge=1)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if not sizes or any(b < 1 for b in sizes):
+            raise ValueError("batch sizes must be positive integers, e.g. 1,2,4,8")
+        return tuple(sorted(set(sizes)))
+
+
 class ExportConfig(Frozen):
     """Everything a user can ask of `kiln export`. Recorded in the manifest."""
 
@@ -226,6 +243,7 @@ class ExportConfig(Frozen):
     trust_remote_code: bool = False
     threads: int | None = Field(default=None, ge=1)
     bench: BenchSettings = BenchSettings()
+    report: ReportSettings = ReportSettings()
     measure: bool = True
     seed: int = 0
 

@@ -20,6 +20,8 @@ from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, check_output_path, cl
                            file_entries, missing_parents, publish, staging_dir, write_json)
 from kiln.backends import get_backend
 from kiln.bench import measure
+from kiln.bench.analysis import analyse, analysis_line, report_extras
+from kiln.bench.source_baseline import measure_source
 from kiln.calibration import Samples, load_samples, synthetic_samples
 from kiln.config import ExportConfig, Plan
 from kiln.errors import AccuracyGateError, KilnError
@@ -27,6 +29,7 @@ from kiln.exporters import open_source
 from kiln.exporters.graph import export_graph
 from kiln.progress import Progress
 from kiln.report import REPORT_SCHEMA, render
+from kiln.report.html import render_html
 from kiln.resolve import resolve
 from kiln.targets import detect_host, find_target
 from kiln.toolchain import toolchain_versions
@@ -43,16 +46,38 @@ class Result:
     manifest: dict
 
 
-def _data(config: ExportConfig, plan: Plan, context) -> tuple[Samples, Samples | None]:
-    calibration = None
+@dataclass(frozen=True)
+class Prepared:
+    """What every plan for one source shares: the checked graph, the data, the source model's speed."""
+
+    graph: Any
+    evaluation: Samples
+    calibration: dict  # "real" / "synthetic" -> Samples, loaded only if some plan needs it
+    classifier: Any
+    primary: tuple
+    extra_files: dict
+    source_info: Any
+    example: dict
+    source_bench: dict | None
+
+
+def _calibration_kind(config: ExportConfig, plan: Plan) -> str | None:
     if config.calibration is not None and plan.quantization is not None and plan.quantization.mode != "weights":
-        calibration = load_samples(config.calibration, context, "calibration")
-    elif plan.needs_calibration:
-        calibration = synthetic_samples(context, SYNTHETIC_CALIBRATION_SAMPLES, config.seed + 1)
+        return "real"
+    return "synthetic" if plan.needs_calibration else None
+
+
+def _data(config: ExportConfig, plans: list[Plan], context) -> tuple[Samples, dict]:
+    kinds = {_calibration_kind(config, plan) for plan in plans}
+    calibration: dict = {}
+    if "real" in kinds:
+        calibration["real"] = load_samples(config.calibration, context, "calibration")
+    if "synthetic" in kinds:
+        calibration["synthetic"] = synthetic_samples(context, SYNTHETIC_CALIBRATION_SAMPLES, config.seed + 1)
     if config.evaluation:
         evaluation = load_samples(config.evaluation, context, "evaluation")
     elif config.calibration:
-        evaluation = calibration or load_samples(config.calibration, context, "calibration")
+        evaluation = calibration.get("real") or load_samples(config.calibration, context, "calibration")
     else:
         evaluation = synthetic_samples(context, SYNTHETIC_EVAL_SAMPLES, config.seed)
     return evaluation, calibration
@@ -64,10 +89,7 @@ def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
     started = time.perf_counter()
     host = detect_host()
     with progress.stage("resolve") as st:
-        plan = resolve(config, host)
-        spec = find_target(config.target)
-        backend = get_backend(plan.backend)
-        backend.check_environment(spec)
+        plan, backend = resolve_plan(config, host)
         check_output_path(config.out)
         check_output_path(rejected_path(config.out))
         clean_leftovers(config.out)
@@ -75,10 +97,19 @@ def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
     created = missing_parents(config.out)
     staged = staging_dir(config.out)
     try:
-        return _build(config, plan, backend, host, staged, module, example_inputs, progress, started)
+        prepared = prepare(config, [plan], staged / ".work", module, example_inputs, progress)
+        return build(config, plan, backend, host, staged, prepared, progress, started)
     except BaseException:
         discard(staged, created)
         raise
+
+
+def resolve_plan(config: ExportConfig, host) -> tuple[Plan, Any]:
+    """The plan and its backend, or the error that says why this target cannot do it (before any work)."""
+    plan = resolve(config, host)
+    backend = get_backend(plan.backend)
+    backend.check_environment(find_target(config.target))
+    return plan, backend
 
 
 def rejected_path(out: Path) -> Path:
@@ -86,32 +117,45 @@ def rejected_path(out: Path) -> Path:
     return out.with_name(out.name + ".rejected")
 
 
-def _build(config, plan, backend, host, staged, module, example_inputs, progress, started) -> Result:
-    work = staged / ".work"
+def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example_inputs, progress) -> Prepared:
+    """Load the source and the data, export and check the graph, and time the source model: once for all plans."""
     with progress.stage("load") as st:
         source = open_source(config, module, example_inputs)
         context = source.data_context(config)
-        evaluation, calibration = _data(config, plan, context)
-        st.result = f"{source.info.kind}; eval {evaluation.kind} x{len(evaluation)}" + (
-            f"; calibration {calibration.kind} x{len(calibration)}" if calibration else "")
+        evaluation, calibration = _data(config, plans, context)
+        st.result = f"{source.info.kind}; eval {evaluation.kind} x{len(evaluation)}" + "".join(
+            f"; calibration {c.kind} x{len(c)}" for c in calibration.values())
     with progress.stage("export") as st:
         graph = export_graph(source, config, context, work / "export", evaluation)
         worst = max((r.get("max_abs_error", 0.0) for c in graph.check["checks"] for r in c["outputs"].values()),
                     default=0.0)
         st.result = f"{graph.record.exporter}, opset {graph.record.opset}, max abs diff vs source {worst:.2g}"
-    classifier = getattr(source, "classifier_outputs", None)
-    primary = tuple(getattr(source, "primary_outputs", ()))
-    extra_files = dict(source.extra_files)
-    source_info = source.info
+    example = {k: v for k, v in evaluation.feeds[0].items() if k in graph.signature.input_names}
+    source_bench = None
+    if config.report.analysis and any(p.measure for p in plans):
+        with progress.stage("baseline") as st:
+            source_bench = measure_source(source, example, plans[0].threads, config.bench)
+            st.result = f"{source_bench['runtime']}: p50 {source_bench['latency_ms']['p50']:.2f} ms"
+    prepared = Prepared(graph, evaluation, calibration, getattr(source, "classifier_outputs", None),
+                        tuple(getattr(source, "primary_outputs", ())), dict(source.extra_files), source.info,
+                        example, source_bench)
     del source  # the source framework's model is not needed any more: free it before measuring
     gc.collect()
-    example = {k: v for k, v in evaluation.feeds[0].items() if k in graph.signature.input_names}
+    return prepared
+
+
+def build(config, plan, backend, host, staged, prepared: Prepared, progress, started) -> Result:
+    """Compile, validate, measure and package one plan into `staged`, then publish it to config.out."""
+    work = staged / ".work"
+    graph, example = prepared.graph, prepared.example
+    calibration = prepared.calibration.get(_calibration_kind(config, plan))
     with progress.stage("compile") as st:
         compiled = backend.compile(graph, plan, work, calibration, example=example)
         st.result = _compile_line(compiled)
     with progress.stage("validate") as st:
         with backend.runner(compiled.model, compiled.signature, compiled.runtime_settings) as runner:
-            accuracy = validate(runner, evaluation, graph.reference_outputs, config.budget, classifier, primary)
+            accuracy = validate(runner, prepared.evaluation, graph.reference_outputs, config.budget,
+                                prepared.classifier, prepared.primary)
             sample_output = runner.infer(example)
             execution_precision = runner.settings.get("execution_precision")
             stand_in = runner.settings.pop("stand_in", None)
@@ -132,12 +176,17 @@ def _build(config, plan, backend, host, staged, module, example_inputs, progress
                                   f"({tm['streams']} streams, {tm['infer_requests']} requests)")
         else:
             st.result = plan.measure_reason
+    analysis = {}
+    if bench is not None and config.report.analysis:
+        with progress.stage("analyse") as st:
+            analysis = analyse(backend, compiled, example, plan, config.report, bench)
+            st.result = analysis_line(analysis)
     with progress.stage("package") as st:
         runtime_facts = {"execution_precision": execution_precision, "notes": [
             f"validated on {stand_in}: the accuracy is the model's on that stand-in, not measured on the target device"
         ] if stand_in else []}
-        report, manifest = _package(config, plan, host, staged, work, graph, compiled, accuracy, bench, extra_files,
-                                    source_info, example, sample_output, progress, started, runtime_facts)
+        report, manifest = _package(config, plan, host, staged, work, prepared, compiled, accuracy, bench, analysis,
+                                    sample_output, progress, started, runtime_facts)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     gate = accuracy["gate"]
     if not gate["passed"]:
@@ -174,8 +223,10 @@ def _accuracy_line(accuracy: dict) -> str:
     return "; ".join(parts) + verdict + ("" if accuracy["meaningful"] else " (synthetic data)")
 
 
-def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench, extra_files, source_info, example,
-             sample_output, progress, started, runtime_facts) -> tuple[dict, dict]:
+def _package(config, plan, host, staged, work, prepared, compiled, accuracy, bench, analysis, sample_output, progress,
+             started, runtime_facts) -> tuple[dict, dict]:
+    graph, extra_files, source_info, example = (prepared.graph, prepared.extra_files, prepared.source_info,
+                                                prepared.example)
     model_bytes = sum(p.stat().st_size for p in compiled.files)
     for path in compiled.files:
         target = staged / path.relative_to(compiled.root)
@@ -212,6 +263,7 @@ def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench,
         "accuracy": accuracy, "export": {**graph.record.to_dict(), "check": graph.check},
         "compile": compiled.details, "size": {"model_mib": model_bytes / 2**20},
         "stages_seconds": stages, "notes": notes, "execution_precision": runtime_facts["execution_precision"],
+        **report_extras(prepared.source_bench, bench, analysis, config.report),
     }
     artifact_bytes = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
     report["size"]["artifact_mib"] = artifact_bytes / 2**20
@@ -219,6 +271,7 @@ def _package(config, plan, host, staged, work, graph, compiled, accuracy, bench,
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     write_json(staged / "report.json", report)
     (staged / "report.md").write_text(render(report), encoding="utf-8")
+    (staged / "report.html").write_text(render_html(report), encoding="utf-8")
     manifest = {
         "schema_version": MANIFEST_SCHEMA, "kiln_version": __version__,
         "source": source_info.to_dict(),

@@ -60,3 +60,7 @@ class Backend(Protocol):
 
     def throughput(self, model: Path, settings: dict, feed: Feed, seconds: float) -> dict | None:
         """The runtime's own throughput mode (streams, async requests), or None where it has none."""
+
+    def profile(self, model: Path, settings: dict, feed: Feed, runs: int):
+        """Per-node time from the runtime's own profiler (a `kiln.bench.profiling.Profile`), in a session of its
+        own; or a one-line reason string where the backend cannot profile."""

@@ -30,6 +30,16 @@ def summarise(times_ns: list[int], batch: int) -> dict:
     return {"latency_ms": stats, "runs": len(ms), "throughput_per_s": batch * 1000.0 / stats["mean"]}
 
 
+def histogram(times_ns: list[int], bins: int = 30) -> dict:
+    """Counts of the timed runs in equal bins up to the 99.5th percentile (the tail beyond is one last bin)."""
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    top = float(np.percentile(ms, 99.5))
+    edges = np.linspace(float(ms.min()), top if top > ms.min() else float(ms.min()) + 1e-3, bins + 1)
+    counts, _ = np.histogram(np.minimum(ms, edges[-1]), bins=edges)
+    return {"edges_ms": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts],
+            "tail_from_ms": round(top, 5), "max_ms": float(ms.max())}
+
+
 def measure(make_runner, feed: Feed, settings: BenchSettings) -> dict:
     """Load a runner (timed), run it cold once, warm up, then time it; returns the report's `bench` block."""
     rss_before = _rss()
@@ -60,6 +70,7 @@ def measure(make_runner, feed: Feed, settings: BenchSettings) -> dict:
         run_settings = dict(runner.settings)
     batch = next(iter(feed.values())).shape[0] if feed else 1
     result = summarise(times, batch)
+    result["latency_histogram"] = histogram(times)
     result.update({
         "load_ms": load_s * 1000.0, "first_inference_ms": first_ms, "warmup_runs": settings.warmup,
         "timed_seconds": round(time.perf_counter() - begin, 3),

@@ -40,6 +40,7 @@ def render(report: dict) -> str:
                       + (f", on {tm['stand_in']}" if tm.get("stand_in") else "") + ").", ""]
     else:
         lines += [f"Not measured: {report.get('bench_skipped', 'no measurement')}", ""]
+    lines += _analysis_lines(report)
     cache = (report.get("compile") or {}).get("compiled_cache")
     if cache:
         lines += ([f"Compiled-model cache shipped for {cache['device']}: load {cache['compile_ms_cold']:.0f} ms "
@@ -96,4 +97,74 @@ def _tensorrt_lines(comp: dict) -> list[str]:
                          f"{engine['tensorrt_version']} (not run here: engine latency is measured only on the GPU)")
     else:
         lines.append(f"- No engine built: {engine.get('reason')}")
+    return lines
+
+
+def _skipped(block) -> str | None:
+    if block is None:
+        return "not run (--no-analysis, or nothing was timed)"
+    return block.get("skipped")
+
+
+def _analysis_lines(report: dict) -> list[str]:
+    """Source baseline, where the time goes, roofline verdict, batch sweep and cost."""
+    lines: list[str] = []
+    src = report.get("source_bench")
+    if src:
+        lines += [f"Source model ({src['runtime']}, {src['threads']} threads, same process): p50 "
+                  f"{src['latency_ms']['p50']:.3g} ms, {src['throughput_per_s']:.1f}/s; this artifact is "
+                  f"**{report['speedup_vs_source']:.2f}x** faster at p50.", ""]
+    lines += ["## Where the time goes", ""]
+    profile = report.get("profile")
+    if _skipped(profile):
+        lines += [f"Not measured: {_skipped(profile)}.", ""]
+    else:
+        lines += [f"{profile['method']}: {profile['node_ms']:.3g} ms in {profile['nodes']} kernels per inference, "
+                  f"{profile['overhead_ms']:.3g} ms between them.", "",
+                  "| op type | nodes | ms | share | GFLOP | MB moved |", "|---|---|---|---|---|---|"]
+        for row in profile["by_op_type"][:10]:
+            lines.append(f"| {row['op_type']} | {row['count']} | {row['ms']:.3f} | {row['share']:.1%} | "
+                         f"{row['flops'] / 1e9:.3g} | {row['bytes'] / 1e6:.3g} |")
+        lines += ["", "| top node | op | ms | share | FLOP/byte | bound | efficiency |", "|---|---|---|---|---|---|---|"]
+        for n in profile["top_nodes"][:10]:
+            eff = "–" if n.get("efficiency") is None else f"{n['efficiency']:.0%}"
+            lines.append(f"| `{n['name'][-60:]}` | {n['op_type']} | {n['ms']:.3f} | {n['share']:.1%} | "
+                         f"{n['intensity']:.3g} | {n.get('bound', '–')} | {eff} |")
+        lines.append("")
+    roof = report.get("roofline")
+    if roof and not roof.get("skipped"):
+        m, p, split = roof["model"], roof["peaks"], roof["time_split"]
+        int8 = f", int8 {p['int8_gops']:.0f} GOP/s" if p.get("int8_gops") else ""
+        bf16 = f", bf16 {p['bf16_gflops']:.0f} GFLOP/s" if p.get("bf16_gflops") else ""
+        lines += [f"Host peaks ({p['runtime']}, {p['threads']} threads{', cached' if p.get('cached') else ''}): "
+                  f"fp32 {p['fp32_gflops']:.0f} GFLOP/s{int8}{bf16}, memory {p['memory_gbps']:.1f} GB/s.",
+                  f"The model: {m['flops'] / 1e9:.3g} GFLOP and {m['bytes'] / 1e6:.3g} MB moved per inference "
+                  f"({m['intensity']:.3g} FLOP/byte; ridge point {m['ridge_intensity']:.3g}); roofline bound "
+                  f"{m['bound_ms']:.3g} ms against {m['measured_ms']:.3g} ms measured: **{m['efficiency']:.0%} "
+                  f"efficiency**. Time: compute {split['compute_share']:.0%}, memory {split['memory_share']:.0%}, "
+                  f"overhead {split['overhead_share']:.0%}.", "", f"**Verdict: {roof['verdict']}.**", ""]
+        lines += [f"- {a}" for a in roof["advice"]] + [""]
+        if roof.get("peaks_note"):
+            lines += [f"> **Note:** {roof['peaks_note']}", ""]
+    sweep = report.get("batch_sweep")
+    lines += ["## Batch sweep", ""]
+    if _skipped(sweep):
+        lines += [f"Not measured: {_skipped(sweep)}.", ""]
+    else:
+        lines += ["| batch | p50 ms | p99 ms | throughput /s |", "|---|---|---|---|"]
+        lines += [f"| {pt['batch']} | {pt['p50_ms']:.3g} | {pt['p99_ms']:.3g} | {pt['throughput_per_s']:.1f} |"
+                  for pt in sweep["points"]]
+        budget = sweep.get("latency_budget_ms")
+        if budget:
+            best = sweep.get("best_batch")
+            lines += ["", f"Largest-throughput batch within the {budget:g} ms p99 budget: "
+                          + (f"**{best}**." if best else "none (batch 1 already exceeds it).")]
+        lines.append("")
+    cost = report.get("cost")
+    if cost:
+        src_cost = cost.get("source_per_million")
+        lines += ["## Cost", "", f"At {cost['price_per_hour']:g}/hour: **{cost['artifact_per_million']:.4g} per million "
+                  f"inferences** at batch 1" + (f" (source model: {src_cost:.4g})" if src_cost else "")
+                  + (f"; {cost['best_batch_per_million']:.4g} at the sweep's best batch" if cost.get("best_batch_per_million")
+                     else "") + ".", ""]
     return lines

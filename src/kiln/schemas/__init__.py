@@ -1,6 +1,7 @@
 """JSON Schemas (draft 2020-12) for kiln's machine-readable outputs, shipped as package data.
 
 - manifest: manifest.json of an artifact (schema_version "kiln.manifest/1")
+- comparison: comparison.json of a multi-target export (schema_version "kiln.comparison/1")
 - report: report.json of an artifact and `kiln export --json` output, including the failure report
   printed when a command fails (schema_version "kiln.report/1")
 
@@ -16,7 +17,7 @@ from importlib import resources
 
 from kiln.errors import MissingDependencyError
 
-SCHEMA_NAMES = ("manifest", "report")
+SCHEMA_NAMES = ("manifest", "report", "comparison")
 
 
 @functools.cache
@@ -25,7 +26,7 @@ def _schema_text(name: str) -> str:
 
 
 def load_schema(name: str) -> dict:
-    """The JSON Schema for `name` ("manifest" or "report"), as a fresh dict."""
+    """The JSON Schema for `name` ("manifest", "report" or "comparison"), as a fresh dict."""
     if name not in SCHEMA_NAMES:
         raise ValueError(f"unknown schema '{name}': kiln publishes {', '.join(SCHEMA_NAMES)}")
     return json.loads(_schema_text(name))

@@ -115,5 +115,10 @@ class OnnxRuntimeBackend:
         """ONNX Runtime has no throughput mode of its own: the latency run's throughput is the figure."""
         return None
 
+    def profile(self, model: Path, settings: dict, feed, runs: int):
+        from kiln.backends.onnxruntime.profile import profile_session
+
+        return profile_session(model, settings, feed, runs=runs)
+
 
 BACKEND = OnnxRuntimeBackend()

@@ -34,7 +34,8 @@ def with_threads(settings: dict, threads: int) -> dict:
     return {**settings, "intra_op_num_threads": threads}
 
 
-def make_session(model: Path | bytes, settings: dict, *, profile_prefix: str | None = None):
+def make_session(model: Path | bytes, settings: dict, *, profile_prefix: str | None = None,
+                 optimized_path: Path | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -50,6 +51,8 @@ def make_session(model: Path | bytes, settings: dict, *, profile_prefix: str | N
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
+    if optimized_path is not None:  # the graph ORT runs after its own fusions: node names match the profile
+        options.optimized_model_filepath = str(optimized_path)
     try:
         return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
                                     providers=settings.get("providers", ["CPUExecutionProvider"]),

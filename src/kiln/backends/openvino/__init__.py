@@ -90,5 +90,10 @@ class OpenVinoBackend:
 
         return measure_throughput(model, settings, feed, seconds)
 
+    def profile(self, model: Path, settings: dict, feed: Feed, runs: int):
+        from kiln.backends.openvino.profile import profile_compiled
+
+        return profile_compiled(model, settings, feed, runs=runs)
+
 
 BACKEND = OpenVinoBackend()

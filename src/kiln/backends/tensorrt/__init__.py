@@ -134,5 +134,9 @@ class TensorRtBackend:
     def throughput(self, model: Path, settings: dict, feed: Feed, seconds: float) -> None:
         return None
 
+    def profile(self, model: Path, settings: dict, feed: Feed, runs: int) -> str:
+        return ("per-layer engine profiling is not implemented: run `trtexec --loadEngine=... --dumpProfile` "
+                "on the device")
+
 
 BACKEND = TensorRtBackend()
