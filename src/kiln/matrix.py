@@ -151,7 +151,8 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
             discard(root, created)
     comparison = {
         "schema_version": COMPARISON_SCHEMA, "kiln_version": __version__,
-        "model": {"name": prepared.source_info.location if prepared else config.source,
+        "model": {"name": (Path(prepared.source_info.location).name or prepared.source_info.location) if prepared
+                  else config.source,
                   "source_kind": prepared.source_info.kind if prepared else None},
         "source_bench": prepared.source_bench if prepared else None,
         "budget": budget, "price_per_hour": config.report.price_per_hour,

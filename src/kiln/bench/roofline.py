@@ -100,11 +100,11 @@ def advice(verdict: str, model: dict, split: dict, peaks: dict, context: dict) -
     out = []
     eff = model["efficiency"] or 0.0
     if verdict == "compute-bound":
-        if precision in ("fp32", "bf16", "fp16", "int8-weights", "int4-weights", "int8-dynamic") and peaks.get("int8_gops"):
+        if precision in ("fp32", "bf16", "fp16", "int8-weights", "int4-weights") and peaks.get("int8_gops"):
             ratio = peaks["int8_gops"] / peaks["fp32_gflops"]
             out.append(f"int8 activations: `--precision int8` (static, calibrated) runs the MatMuls/Convs on the int8 "
                        f"units, whose measured peak here is {ratio:.1f}x the fp32 peak")
-        elif precision == "int8":
+        elif precision in ("int8", "int8-dynamic"):
             out.append(f"already int8: the arithmetic runs at {eff:.0%} of its roofline bound; what remains is kernel "
                        "efficiency, or a smaller model")
         if backend == "onnxruntime" and peaks.get("bf16_gflops") is None:
