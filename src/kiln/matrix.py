@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from kiln import __version__
-from kiln.artifact import check_output_path, clean_leftovers, discard, missing_parents, staging_dir, write_json
+from kiln.artifact import check_output_path, clean_leftovers, discard, missing_parents, staging_dir
+from kiln.artifact.manifest import dumps
 from kiln.config import ExportConfig
 from kiln.errors import AccuracyGateError, KilnError, MissingDependencyError, UnsupportedTargetError, UsageError
 from kiln.pipeline import build, prepare, rejected_path, resolve_plan
@@ -195,8 +196,7 @@ def write_comparison(root: Path, comparison: dict) -> None:
     from kiln.report.comparison import render_comparison_markdown
     from kiln.report.html import render_comparison_html
 
-    write_json(root / f".comparison.json.{os.getpid()}.tmp", comparison)
-    os.replace(root / f".comparison.json.{os.getpid()}.tmp", root / "comparison.json")
+    _write_atomic(root / "comparison.json", dumps(comparison) + "\n")
     _write_atomic(root / "comparison.md", render_comparison_markdown(comparison))
     reports = {cell["report"]: json.loads((root / cell["report"]).read_text(encoding="utf-8"))
                for cell in comparison["cells"] if cell["report"] and (root / cell["report"]).is_file()}

@@ -27,12 +27,11 @@ class CallableRunner:
 
 
 def _onnx_runner(path: str, threads: int) -> CallableRunner:
-    import onnxruntime as ort
+    from pathlib import Path
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    from kiln.backends.onnxruntime.session import make_session
+
+    session = make_session(Path(path), {"intra_op_num_threads": threads, "inter_op_num_threads": 1})
     names = [i.name for i in session.get_inputs()]
     return CallableRunner(lambda feed: session.run(None, {k: feed[k] for k in names}),
                           {"runtime": "onnxruntime (source ONNX, default settings)", "threads": threads})
