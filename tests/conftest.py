@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,20 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     """Run the real `kiln` command in a subprocess, as a build script would."""
     return subprocess.run([sys.executable, "-m", "kiln.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stage_cache(tmp_path_factory) -> Path:
+    """One stage cache per test session (exports in subprocesses inherit it): tests never see, or fill, the
+    user's ~/.cache/kiln, and a session still reuses what an earlier test of it exported."""
+    root = tmp_path_factory.mktemp("kiln-cache")
+    previous = os.environ.get("KILN_CACHE_DIR")
+    os.environ["KILN_CACHE_DIR"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("KILN_CACHE_DIR", None)
+    else:
+        os.environ["KILN_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,7 @@ def test_real_outputs_cover_both_branches(outputs):
     assert fp32["status"] == "ok" and set(fp32["latency_ms"]) == {"p50", "p90", "p95", "p99", "mean", "std", "min", "max"}
     assert fp32["bench"]["runs"] >= 5
     assert int8["status"] == "ok" and int8["latency_ms"] is None and int8["throughput_per_s"] is None
-    assert int8["bench_skipped"] == "--no-bench" and outputs["int8"]["manifest"]["summary"]["latency_ms"] is None
+    assert int8["bench_skipped"] == "--no-bench" and "latency_ms" not in outputs["int8"]["manifest"]["summary"]
     assert rejected["status"] == "rejected" and rejected["accuracy"]["gate"]["failures"]
     assert outputs["rejected"]["manifest"]["summary"]["status"] == "rejected"
 
@@ -160,7 +160,11 @@ def test_unknown_top_level_key_fails(outputs, run, name):
 
 
 MANIFEST_BREAKS = {
-    "schema version": (lambda m: m.update(schema_version="kiln.manifest/2"), "schema_version"),
+    "schema version": (lambda m: m.update(schema_version="kiln.manifest/1"), "schema_version"),
+    "measured latency": (lambda m: m["summary"].update(latency_ms={"p50": 1.0}), "summary"),
+    "report listed": (lambda m: m["files"].append({"path": "report.json", "sha256": "0" * 64, "bytes": 1}),
+                      "files["),
+    "reproducibility": (lambda m: m.pop("reproducibility"), "(document)"),
     "precision": (lambda m: m.update(precision="int3"), "precision"),
     "dim": (lambda m: m["io"]["outputs"][0]["shape"].append(2.5), "io.outputs[0].shape[2]"),
     "bytes": (lambda m: m["files"][0].update(bytes=-1), "files[0].bytes"),

@@ -17,6 +17,7 @@ _EXTRAS = {
     "PIL": "images",
     "openvino": "openvino",
     "nncf": "openvino",
+    "cryptography": "sign",
 }
 
 

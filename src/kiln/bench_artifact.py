@@ -40,4 +40,15 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     if settings.throughput_seconds:
         result["throughput_mode"] = backend.throughput(model, run_settings, feed, settings.throughput_seconds)
     return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
-            "precision": manifest["precision"], "recorded": manifest["summary"].get("latency_ms"), **result}
+            "precision": manifest["precision"], "recorded": _recorded(root), **result}
+
+
+def _recorded(root: Path) -> dict | None:
+    """p50/p99 measured at export, from report.json (measurements are not in the manifest)."""
+    import json
+
+    try:
+        latency = json.loads((root / "report.json").read_text(encoding="utf-8")).get("latency_ms")
+    except (OSError, ValueError):
+        return None
+    return {k: latency[k] for k in ("p50", "p99")} if isinstance(latency, dict) else None

@@ -12,7 +12,8 @@ from kiln.artifact.manifest import dumps
 from kiln.config import PRECISIONS
 from kiln.errors import KilnError, UsageError
 
-EPILOG = "exit codes: 0 ok, 1 bug, 2 bad input, 3 missing dependency/unsupported, 4 accuracy gate failed, 5 export failed"
+EPILOG = ("exit codes: 0 ok, 1 bug, 2 bad input, 3 missing dependency/unsupported, 4 a gate failed (accuracy budget, "
+          "regression), 5 export failed, 6 verification failed")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face folders' own Python code")
     _bench_options(ex)
     ex.add_argument("--no-bench", action="store_true", help="skip latency measurement")
+    de = ex.add_argument_group("delivery")
+    de.add_argument("--bundle", nargs="?", const=True, metavar="PATH",
+                    help="also write a reproducible .tar.gz of the artifact (default: OUT.tar.gz)")
+    de.add_argument("--sign-key", type=Path, metavar="PEM", help="sign manifest.json with this Ed25519 private key")
+    de.add_argument("--no-cache", action="store_true",
+                    help="neither reuse nor store stage results (cache: $KILN_CACHE_DIR or ~/.cache/kiln)")
     rep = ex.add_argument_group("report (runs after the timed runs, in sessions of its own)")
     rep.add_argument("--no-analysis", action="store_true",
                      help="skip the source-model baseline, the runtime profile, the roofline and the batch sweep")
@@ -142,6 +149,41 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--compute-capability", action="append", metavar="X.Y", help="TensorRT-RTX only (repeat)")
     bd.add_argument("--out", type=Path, help="where engines go (default: ARTIFACT/tensorrt/engines)")
     _output_options(bd)
+
+    ve = sub.add_parser("verify", help="check an artifact folder or bundle against its manifest (and signature)",
+                        epilog=EPILOG)
+    ve.add_argument("artifact", type=Path, help="an artifact folder or a --bundle .tar.gz")
+    ve.add_argument("--public-key", type=Path, metavar="PEM", help="require a valid Ed25519 signature by this key")
+    ve.add_argument("--extract", type=Path, metavar="DIR", help="after verifying a bundle, unpack it into DIR")
+    _output_options(ve)
+
+    co = sub.add_parser("compare", help="regression gate: a new report against a baseline report", epilog=EPILOG)
+    co.add_argument("new", type=Path, help="report.json (or the artifact folder holding it) of the new build")
+    co.add_argument("--baseline", type=Path, required=True, help="report.json (or folder) to compare against")
+    co.add_argument("--max-slowdown", type=float, default=0.10, metavar="FRACTION",
+                    help="allowed p50 slowdown beyond the measurement noise (default 0.10)")
+    co.add_argument("--max-cosine-drop", type=float, default=0.002, help="allowed drop of the worst cosine")
+    co.add_argument("--max-top1-drop", type=float, default=0.01, help="allowed drop of top-1 agreement")
+    co.add_argument("--max-size-growth", type=float, default=0.05, metavar="FRACTION",
+                    help="allowed growth of the model files")
+    co.add_argument("--remeasure", action="store_true",
+                    help="re-measure both artifact folders here, interleaved, instead of trusting recorded latency "
+                         "(use when the baseline was measured on another machine)")
+    co.add_argument("--markdown", type=Path, metavar="FILE", help="also write the Markdown summary here")
+    _output_options(co)
+
+    ca = sub.add_parser("cache", help="list or prune the stage cache", epilog=EPILOG)
+    ca_sub = ca.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    cl = ca_sub.add_parser("list", help="entries, newest use last")
+    cl.add_argument("--json", action="store_true")
+    cp = ca_sub.add_parser("prune", help="remove entries (those in use by a running export are kept)")
+    cp.add_argument("--older-than", type=float, metavar="DAYS", help="entries not used for this many days")
+    cp.add_argument("--max-size", type=float, metavar="GIB", help="then least recently used until this size")
+    cp.add_argument("--all", action="store_true", help="every entry")
+    cp.add_argument("--json", action="store_true")
+
+    kg = sub.add_parser("keygen", help="create an Ed25519 key pair for --sign-key / --public-key", epilog=EPILOG)
+    kg.add_argument("path", type=Path, help="private key file to create (PATH.pub gets the public key)")
 
     ta = sub.add_parser("targets", help="list targets and what this host can run", epilog=EPILOG)
     ta.add_argument("--json", action="store_true")
@@ -201,6 +243,7 @@ def _export_config(args):
                                   latency_budget_ms=args.latency_budget_ms, price_per_hour=args.price_per_hour,
                                   profile_runs=args.profile_runs),
             measure=not args.no_bench,
+            bundle=_bundle_path(args), sign_key=args.sign_key, cache=not args.no_cache,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
@@ -208,6 +251,12 @@ def _export_config(args):
         if where == "precision":
             raise UsageError(f"unknown precision '{args.precision}'", hint=f"use one of {', '.join(PRECISIONS)}") from None
         raise UsageError(f"invalid option {where}: {first['msg']}", hint="see `kiln export --help`") from None
+
+
+def _bundle_path(args) -> Path | None:
+    if args.bundle is None:
+        return None
+    return args.out.with_name(args.out.name + ".tar.gz") if args.bundle is True else Path(args.bundle)
 
 
 def _cmd_export(args) -> int:
@@ -238,6 +287,9 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     from kiln.progress import Progress
     from kiln.targets import find_target
 
+    if args.bundle is not None:
+        raise UsageError("--bundle writes one artifact's bundle, and this is a matrix of several",
+                         hint="export the recommended cell again with one --target and --precision and --bundle")
     for target in targets:
         find_target(target)  # an unknown name is bad input for the whole command, not a refused cell
     args.target, args.precision = targets[0], precisions[0]
@@ -306,6 +358,88 @@ def _cmd_build_engine(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from kiln.artifact.bundle import extract_bundle
+    from kiln.artifact.verify import verify
+
+    result = verify(args.artifact, args.public_key)
+    if args.extract is not None:
+        if result["kind"] != "bundle":
+            raise UsageError("--extract unpacks a bundle, and this is a folder", hint="give the .tar.gz")
+        extract_bundle(args.artifact, args.extract)
+        result["extracted_to"] = str(args.extract)
+    if args.json:
+        print(dumps(result))
+    elif not args.quiet:
+        print(f"{args.artifact}: ok, {result['files']} files ({result['bytes'] / 2**20:.1f} MiB) match the manifest; "
+              f"signature {result['signature']}" + (f"; unpacked into {args.extract}" if args.extract else ""))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from kiln.compare import Thresholds, compare_reports, load_report_file, remeasure, render_markdown
+    from kiln.errors import RegressionError
+
+    thresholds = Thresholds(max_slowdown=args.max_slowdown, max_cosine_drop=args.max_cosine_drop,
+                            max_top1_drop=args.max_top1_drop, max_size_growth=args.max_size_growth)
+    new, old = load_report_file(args.new), load_report_file(args.baseline)
+    measured = remeasure(args.new, args.baseline) if args.remeasure else None
+    result = compare_reports(new, old, thresholds, measured)
+    text = render_markdown(result)
+    if args.markdown:
+        args.markdown.write_text(text, encoding="utf-8")
+    if args.json:
+        print(dumps(result))
+    elif not args.quiet:
+        print(text)
+    if result["regressions"]:
+        raise RegressionError(f"{len(result['regressions'])} regression(s): " + "; ".join(result["regressions"]),
+                              hint="fix them, or loosen the thresholds (--max-slowdown, --max-cosine-drop, ...) "
+                                   "if the change is intended")
+    return 0
+
+
+def _cmd_cache(args) -> int:
+    import time
+
+    from kiln.artifact.cache import Cache
+
+    cache = Cache()
+    if args.cache_command == "prune":
+        if args.older_than is None and args.max_size is None and not args.all:
+            raise UsageError("kiln cache prune needs --older-than DAYS, --max-size GIB or --all",
+                             hint="e.g. kiln cache prune --older-than 30")
+        rows = cache.prune(args.older_than, None if args.max_size is None else int(args.max_size * 2**30), args.all)
+        verb = "removed"
+    else:
+        rows, verb = cache.entries(), "holds"
+    if args.json:
+        print(json.dumps({"schema_version": "kiln.cache/1", "root": str(cache.root), "action": args.cache_command,
+                          "entries": rows, "bytes": sum(r["bytes"] for r in rows)}, indent=2))
+        return 0
+    now = time.time()
+    for r in sorted(rows, key=lambda r: r["last_used"]):
+        print(f"{r['stage']:<9} {r['key'][:12]}  {r['bytes'] / 2**20:9.1f} MiB  used {_age(now - r['last_used']):>6} ago"
+              f"  {r['describe']}")
+    print(f"{cache.root} {verb} {len(rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _cmd_keygen(args) -> int:
+    from kiln.artifact.signing import keygen
+
+    private, public = keygen(args.path)
+    print(f"private key {private} (keep it secret; --sign-key), public key {public} (--public-key)")
+    return 0
+
+
 def _threads(settings: dict):
     return settings.get("intra_op_num_threads") or settings.get("config", {}).get("INFERENCE_NUM_THREADS")
 
@@ -337,7 +471,8 @@ def _cmd_targets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets,
-               "build-engine": _cmd_build_engine}[args.command]
+               "build-engine": _cmd_build_engine, "verify": _cmd_verify, "compare": _cmd_compare, "cache": _cmd_cache,
+               "keygen": _cmd_keygen}[args.command]
     try:
         return handler(args)
     except KilnError as error:

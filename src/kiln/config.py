@@ -246,6 +246,17 @@ class ExportConfig(Frozen):
     report: ReportSettings = ReportSettings()
     measure: bool = True
     seed: int = 0
+    # Where and how the artifact is written: not part of what it is, so neither in the manifest nor in cache keys.
+    bundle: Path | None = None  # also write this reproducible .tar.gz
+    sign_key: Path | None = None  # Ed25519 private key (PEM): sign manifest.json
+    cache: bool = True  # reuse and store stage results in the cache (KILN_CACHE_DIR, default ~/.cache/kiln)
+
+    def recorded(self) -> dict:
+        """The request as the manifest records it."""
+        return self.model_dump(mode="json", exclude=WRITE_OPTIONS)
+
+
+WRITE_OPTIONS = {"out", "bundle", "sign_key", "cache"}
 
 
 class QuantizationPlan(Frozen):

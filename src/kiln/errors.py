@@ -50,17 +50,36 @@ class UnsupportedTargetError(KilnError):
     kind = "unsupported"
 
 
-class AccuracyGateError(KilnError):
+class GateError(KilnError):
+    """A gate the user set failed: the accuracy budget of an export, or the regression gate of `kiln compare`."""
+
+    exit_code = 4
+    kind = "gate"
+
+
+class AccuracyGateError(GateError):
     """The compiled model is further from the source model than the accuracy budget allows.
 
     It carries the full report (status "rejected"), which `--json` prints: CI wants the numbers."""
 
-    exit_code = 4
     kind = "accuracy_gate"
 
     def __init__(self, message: str, hint: str | None = None, *, stage: str | None = None, report: dict | None = None):
         super().__init__(message, hint, stage=stage)
         self.report = report
+
+
+class RegressionError(GateError):
+    """`kiln compare`: the new report is slower, less accurate or larger than the baseline allows."""
+
+    kind = "regression"
+
+
+class VerificationError(KilnError):
+    """`kiln verify`: a file, the manifest or its signature is not what the artifact claims."""
+
+    exit_code = 6
+    kind = "verify_failed"
 
 
 class ExportError(KilnError):

@@ -9,14 +9,16 @@ from __future__ import annotations
 import gc
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kiln import __version__
-from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, check_output_path, clean_leftovers, discard,
+from kiln.artifact.bundle import write_bundle
+from kiln.artifact.reproducibility import reproducibility
+from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, SIGNATURE_NAME, check_output_path, clean_leftovers, discard,
                            file_entries, missing_parents, publish, staging_dir, write_json)
 from kiln.backends import get_backend
 from kiln.bench import measure
@@ -24,13 +26,16 @@ from kiln.bench.analysis import analyse, analysis_line, report_extras
 from kiln.bench.source_baseline import measure_source
 from kiln.calibration import Samples, load_samples, synthetic_samples
 from kiln.config import ExportConfig, Plan
-from kiln.errors import AccuracyGateError, KilnError
+from kiln.errors import AccuracyGateError, KilnError, UsageError
 from kiln.exporters import open_source
 from kiln.exporters.graph import export_graph
 from kiln.progress import Progress
 from kiln.report import REPORT_SCHEMA, render
+from kiln.report import plots
 from kiln.report.html import render_html
 from kiln.resolve import resolve
+from kiln.stage_cache import (StageCache, compile_key, derived_key, export_key, load_compiled, load_prepared,
+                               open_cache, save_compiled, save_prepared)
 from kiln.targets import detect_host, find_target
 from kiln.toolchain import toolchain_versions
 from kiln.validate import validate
@@ -59,6 +64,8 @@ class Prepared:
     source_info: Any
     example: dict
     source_bench: dict | None
+    stages: StageCache = field(default_factory=lambda: StageCache(None, "not opened"))
+    export_key: str | None = None  # the cache key every later stage's key derives from
 
 
 def _calibration_kind(config: ExportConfig, plan: Plan) -> str | None:
@@ -93,6 +100,7 @@ def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
         check_output_path(config.out)
         check_output_path(rejected_path(config.out))
         clean_leftovers(config.out)
+        _check_delivery(config)
         st.result = f"{plan.target}, {plan.precision}, {plan.threads} threads"
     created = missing_parents(config.out)
     staged = staging_dir(config.out)
@@ -102,6 +110,22 @@ def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
     except BaseException:
         discard(staged, created)
         raise
+
+
+def _check_delivery(config: ExportConfig) -> None:
+    """A bad signing key or bundle path fails before any work, not after minutes of it."""
+    if config.sign_key is not None:
+        from kiln.artifact.signing import load_private_key
+
+        load_private_key(config.sign_key)
+    if config.bundle is not None:
+        if config.bundle.is_dir():
+            raise UsageError(f"bundle path {config.bundle} is a folder", hint="give a file path ending in .tar.gz")
+        if config.bundle.resolve() == config.out.resolve() or config.out.resolve() in config.bundle.resolve().parents:
+            raise UsageError(f"bundle path {config.bundle} is inside the artifact folder",
+                             hint="write the bundle beside the artifact, e.g. OUT.tar.gz")
+        check_output_path(config.bundle.parent / ".kiln-bundle-probe")
+        clean_leftovers(config.bundle)
 
 
 def resolve_plan(config: ExportConfig, host) -> tuple[Plan, Any]:
@@ -118,69 +142,117 @@ def rejected_path(out: Path) -> Path:
 
 
 def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example_inputs, progress) -> Prepared:
-    """Load the source and the data, export and check the graph, and time the source model: once for all plans."""
-    with progress.stage("load") as st:
-        source = open_source(config, module, example_inputs)
-        context = source.data_context(config)
-        evaluation, calibration = _data(config, plans, context)
-        st.result = f"{source.info.kind}; eval {evaluation.kind} x{len(evaluation)}" + "".join(
-            f"; calibration {c.kind} x{len(c)}" for c in calibration.values())
-    with progress.stage("export") as st:
-        graph = export_graph(source, config, context, work / "export", evaluation)
-        worst = max((r.get("max_abs_error", 0.0) for c in graph.check["checks"] for r in c["outputs"].values()),
-                    default=0.0)
-        st.result = f"{graph.record.exporter}, opset {graph.record.opset}, max abs diff vs source {worst:.2g}"
-    example = {k: v for k, v in evaluation.feeds[0].items() if k in graph.signature.input_names}
+    """Load the source and the data, export and check the graph, and time the source model: once for all plans.
+
+    Each of these is reused from the stage cache when its inputs are unchanged (see kiln.stage_cache)."""
+    stages, fingerprint = open_cache(config, module)
+    synthetic = any(_calibration_kind(config, plan) == "synthetic" for plan in plans)
+    key = export_key(config, fingerprint, synthetic)
+    opened: dict = {}
+
+    def compute() -> Prepared:
+        with progress.stage("load") as st:
+            source = opened["source"] = open_source(config, module, example_inputs)
+            context = source.data_context(config)
+            evaluation, calibration = _data(config, plans, context)
+            st.result = f"{source.info.kind}; eval {evaluation.kind} x{len(evaluation)}" + "".join(
+                f"; calibration {c.kind} x{len(c)}" for c in calibration.values())
+        with progress.stage("export") as st:
+            graph = export_graph(source, config, context, work / "export", evaluation)
+            worst = max((r.get("max_abs_error", 0.0) for c in graph.check["checks"] for r in c["outputs"].values()),
+                        default=0.0)
+            st.result = f"{graph.record.exporter}, opset {graph.record.opset}, max abs diff vs source {worst:.2g}"
+        example = {k: v for k, v in evaluation.feeds[0].items() if k in graph.signature.input_names}
+        return Prepared(graph, evaluation, calibration, getattr(source, "classifier_outputs", None),
+                        tuple(getattr(source, "primary_outputs", ())), dict(source.extra_files), source.info,
+                        example, None)
+
+    started = time.perf_counter()
+    prepared = stages.run("export", key, f"{config.source} (export)", compute, save_prepared,
+                          lambda entry: load_prepared(entry, Prepared, work))
+    if stages.outcome["export"] == "hit":
+        progress.timings["export"] = time.perf_counter() - started
+        progress.say(f"  ✓ {'export':<10} {progress.timings['export']:6.1f}s  from the cache ({key[:12]}): "
+                     f"{prepared.graph.record.exporter}, opset {prepared.graph.record.opset}")
     source_bench = None
     if config.report.analysis and any(p.measure for p in plans):
+        def measure_baseline() -> dict:
+            source = opened.get("source") or open_source(config, module, example_inputs)
+            return measure_source(source, prepared.example, plans[0].threads, config.bench)
+
         with progress.stage("baseline") as st:
-            source_bench = measure_source(source, example, plans[0].threads, config.bench)
-            st.result = f"{source_bench['runtime']}: p50 {source_bench['latency_ms']['p50']:.2f} ms"
-    prepared = Prepared(graph, evaluation, calibration, getattr(source, "classifier_outputs", None),
-                        tuple(getattr(source, "primary_outputs", ())), dict(source.extra_files), source.info,
-                        example, source_bench)
-    del source  # the source framework's model is not needed any more: free it before measuring
+            bench_key = derived_key("baseline", key, threads=plans[0].threads, bench=config.bench.model_dump(),
+                                    host=detect_host().fingerprint())
+            source_bench = stages.run("baseline", bench_key, f"{config.source} (source model timing)",
+                                      measure_baseline, lambda value, files: value, lambda entry: entry.meta)
+            st.result = (f"{source_bench['runtime']}: p50 {source_bench['latency_ms']['p50']:.2f} ms"
+                         + _cached(stages, "baseline"))
+    opened.clear()  # the source framework's model is not needed any more: free it before measuring
     gc.collect()
-    return prepared
+    return replace(prepared, source_bench=source_bench, stages=stages, export_key=key)
 
 
 def build(config, plan, backend, host, staged, prepared: Prepared, progress, started) -> Result:
     """Compile, validate, measure and package one plan into `staged`, then publish it to config.out."""
     work = staged / ".work"
-    graph, example = prepared.graph, prepared.example
-    calibration = prepared.calibration.get(_calibration_kind(config, plan))
+    graph, example, stages = prepared.graph, prepared.example, prepared.stages
+    kind = _calibration_kind(config, plan)
+    calibration = prepared.calibration.get(kind)
+    compile_id = compile_key(prepared.export_key, plan, kind, config)
     with progress.stage("compile") as st:
-        compiled = backend.compile(graph, plan, work, calibration, example=example)
-        st.result = _compile_line(compiled)
-    with progress.stage("validate") as st:
+        compiled = stages.run("compile", compile_id, f"{config.source} -> {plan.target} {plan.precision}",
+                              lambda: backend.compile(graph, plan, work, calibration, example=example),
+                              save_compiled, lambda entry: load_compiled(entry, work))
+        st.result = _compile_line(compiled) + _cached(stages, "compile")
+
+    def validate_now() -> dict:
         with backend.runner(compiled.model, compiled.signature, compiled.runtime_settings) as runner:
             accuracy = validate(runner, prepared.evaluation, graph.reference_outputs, config.budget,
                                 prepared.classifier, prepared.primary)
-            sample_output = runner.infer(example)
-            execution_precision = runner.settings.get("execution_precision")
-            stand_in = runner.settings.pop("stand_in", None)
-        st.result = _accuracy_line(accuracy)
+            return {"accuracy": accuracy, "sample_output": runner.infer(example),
+                    "execution_precision": runner.settings.get("execution_precision"),
+                    "stand_in": runner.settings.pop("stand_in", None)}
+
+    def save_validation(value: dict, files: Path) -> dict:
+        np.savez(files / "sample_output.npz", **value["sample_output"])
+        return {k: v for k, v in value.items() if k != "sample_output"}
+
+    def load_validation(entry) -> dict:
+        with np.load(entry.file("sample_output.npz")) as data:
+            return {**entry.meta, "sample_output": {k: data[k] for k in data.files}}
+
+    with progress.stage("validate") as st:
+        checked = stages.run("validate", derived_key("validate", compile_id, budget=config.budget.model_dump()),
+                             f"{config.source} -> {plan.target} {plan.precision} (accuracy)", validate_now,
+                             save_validation, load_validation)
+        accuracy, sample_output = checked["accuracy"], checked["sample_output"]
+        execution_precision, stand_in = checked["execution_precision"], checked["stand_in"]
+        st.result = _accuracy_line(accuracy) + _cached(stages, "validate")
     bench = None
+    measured = {"host": host.fingerprint(), "bench": config.bench.model_dump()}
+    bench_id = derived_key("bench", compile_id, **measured)
     with progress.stage("bench") as st:
         if plan.measure:
-            bench = measure(lambda: backend.runner(compiled.model, compiled.signature, compiled.runtime_settings),
-                            example, config.bench)
+            bench = stages.run("bench", bench_id, f"{config.source} -> {plan.target} {plan.precision} (latency)",
+                               lambda: _measure(backend, compiled, example, config), lambda value, files: value,
+                               lambda entry: entry.meta)
             lat = bench["latency_ms"]
             st.result = f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, {bench['throughput_per_s']:.1f}/s"
-            if config.bench.throughput_seconds:
-                bench["throughput_mode"] = backend.throughput(compiled.model, compiled.runtime_settings, example,
-                                                              config.bench.throughput_seconds)
-                if bench["throughput_mode"]:
-                    tm = bench["throughput_mode"]
-                    st.result += (f"; THROUGHPUT hint {tm['throughput_per_s']:.1f}/s "
-                                  f"({tm['streams']} streams, {tm['infer_requests']} requests)")
+            if bench.get("throughput_mode"):
+                tm = bench["throughput_mode"]
+                st.result += (f"; THROUGHPUT hint {tm['throughput_per_s']:.1f}/s "
+                              f"({tm['streams']} streams, {tm['infer_requests']} requests)")
+            st.result += _cached(stages, "bench")
         else:
             st.result = plan.measure_reason
     analysis = {}
     if bench is not None and config.report.analysis:
         with progress.stage("analyse") as st:
-            analysis = analyse(backend, compiled, example, plan, config.report, bench)
-            st.result = analysis_line(analysis)
+            analysis = stages.run("analyse", derived_key("analyse", bench_id, report=config.report.model_dump()),
+                                  f"{config.source} -> {plan.target} {plan.precision} (analysis)",
+                                  lambda: analyse(backend, compiled, example, plan, config.report, bench),
+                                  lambda value, files: value, lambda entry: entry.meta)
+            st.result = analysis_line(analysis) + _cached(stages, "analyse")
     with progress.stage("package") as st:
         runtime_facts = {"execution_precision": execution_precision, "notes": [
             f"validated on {stand_in}: the accuracy is the model's on that stand-in, not measured on the target device"
@@ -196,7 +268,24 @@ def build(config, plan, backend, host, staged, prepared: Prepared, progress, sta
                                 hint=f"not published to {config.out}; the rejected artifact and its report are in "
                                      f"{rejected}", stage="validate", report=report)
     publish(staged, config.out)
+    if config.bundle is not None:
+        with progress.stage("bundle") as st:
+            write_bundle(config.out, manifest, config.bundle)
+            st.result = f"{config.bundle} ({config.bundle.stat().st_size / 2**20:.1f} MiB)"
     return Result(config.out, report, manifest)
+
+
+def _measure(backend, compiled, example, config) -> dict:
+    bench = measure(lambda: backend.runner(compiled.model, compiled.signature, compiled.runtime_settings),
+                    example, config.bench)
+    if config.bench.throughput_seconds:
+        bench["throughput_mode"] = backend.throughput(compiled.model, compiled.runtime_settings, example,
+                                                      config.bench.throughput_seconds)
+    return bench
+
+
+def _cached(stages, stage: str) -> str:
+    return " (from the cache)" if stages.outcome.get(stage) == "hit" else ""
 
 
 def _compile_line(compiled) -> str:
@@ -241,6 +330,8 @@ def _package(config, plan, host, staged, work, prepared, compiled, accuracy, ben
     runtime = {"backend": compiled.backend, "model": compiled.model.relative_to(compiled.root).as_posix(),
                "settings": compiled.runtime_settings}
     write_json(staged / "runtime.json", runtime)
+    if compiled.backend in ("onnxruntime", "openvino"):
+        shutil.copyfile(Path(__file__).parent / "artifact" / "device_runner.py", staged / "run.py")
     shutil.rmtree(work, ignore_errors=True)
     stages = dict(progress.timings)
     stages["package"] = 0.0
@@ -261,7 +352,7 @@ def _package(config, plan, host, staged, work, prepared, compiled, accuracy, ben
         "throughput_per_s": bench["throughput_per_s"] if bench else None,
         "bench": bench, "bench_skipped": None if bench else plan.measure_reason,
         "accuracy": accuracy, "export": {**graph.record.to_dict(), "check": graph.check},
-        "compile": compiled.details, "size": {"model_mib": model_bytes / 2**20},
+        "compile": compiled.details, "size": {"model_mib": model_bytes / 2**20}, "cache": prepared.stages.summary(),
         "stages_seconds": stages, "notes": notes, "execution_precision": runtime_facts["execution_precision"],
         **report_extras(prepared.source_bench, bench, analysis, config.report),
     }
@@ -271,15 +362,16 @@ def _package(config, plan, host, staged, work, prepared, compiled, accuracy, ben
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     write_json(staged / "report.json", report)
     (staged / "report.md").write_text(render(report), encoding="utf-8")
-    (staged / "report.html").write_text(render_html(report), encoding="utf-8")
+    with plots.memo(prepared.stages.cache.root.parent / "plots" if prepared.stages.on else None):
+        (staged / "report.html").write_text(render_html(report), encoding="utf-8")
     manifest = {
         "schema_version": MANIFEST_SCHEMA, "kiln_version": __version__,
         "source": source_info.to_dict(),
         "target": {"name": plan.target, "backend": plan.backend, "device": plan.device},
         "precision": plan.precision, "plan": plan.model_dump(),
-        "config": config.model_dump(mode="json"),
+        "config": config.recorded(),
         "io": compiled.signature.to_dict(),
-        "export": graph.record.to_dict(),
+        "export": graph.record.to_dict(timings=False),
         "runtime": runtime,
         "toolchain": toolchain_versions(), "host": host.fingerprint(),
         "summary": {
@@ -287,19 +379,26 @@ def _package(config, plan, host, staged, work, prepared, compiled, accuracy, ben
             "accuracy": {n: {k: m.get(k) for k in ("cosine_min", "max_abs_error", "top1_agreement")}
                          for n, m in accuracy["outputs"].items()},
             "accuracy_meaningful": accuracy["meaningful"],
-            "latency_ms": {k: bench["latency_ms"][k] for k in ("p50", "p99")} if bench else None,
-            "throughput_per_s": bench["throughput_per_s"] if bench else None,
             "model_mib": report["size"]["model_mib"],
         },
+        "reproducibility": reproducibility(plan, compiled.details.get("engine")),
         "files": file_entries(staged),
     }
     engine = compiled.details.get("engine")
     if engine is not None:
         trt = plan.tensorrt
         manifest["engine"] = {k: v for k, v in engine.items() if k not in ("schema_version", "warnings")}
+        if "engines" in engine:  # build timings are measurements: in report.json, not in the manifest
+            manifest["engine"]["engines"] = [{k: v for k, v in e.items() if not k.endswith("_seconds")}
+                                             for e in engine["engines"]]
         manifest["engine"]["compatibility"] = {"hardware_compatibility": trt.hardware_compatibility,
                                                "version_compatible": trt.version_compatible}
     write_json(staged / MANIFEST_NAME, manifest)
+    if config.sign_key is not None:
+        from kiln.artifact.signing import sign
+
+        (staged / SIGNATURE_NAME).write_text(sign((staged / MANIFEST_NAME).read_bytes(), config.sign_key),
+                                             encoding="utf-8")
     return report, manifest
 
 

@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 
+from kiln import faults
 from kiln.errors import KilnError
 
 
@@ -24,6 +25,7 @@ class Progress:
     def stage(self, name: str, what: str = ""):
         """Time a stage; the body may set `.result` on the yielded object to a short summary."""
         holder = type("StageResult", (), {"result": ""})()
+        faults.point(name)
         if self.enabled and self._tty:
             print(f"  … {name:<10} {what}", end="\r", file=self.stream, flush=True)
         start = time.perf_counter()

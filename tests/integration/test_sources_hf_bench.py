@@ -231,7 +231,7 @@ def test_bench_remeasures_with_recorded_settings_and_refuses_a_tampered_model(tm
     assert result.returncode == OK, result.stderr
     manifest, report = read_artifact(out)
     assert report["bench"] is not None and report["bench"]["runs"] >= 20
-    assert manifest["summary"]["latency_ms"]["p50"] == report["latency_ms"]["p50"]
+    assert "latency_ms" not in manifest["summary"]  # measurements live in report.json, the manifest is reproducible
     recorded = manifest["runtime"]["settings"]
     assert recorded["intra_op_num_threads"] == manifest["plan"]["threads"]
 
@@ -246,7 +246,7 @@ def test_bench_remeasures_with_recorded_settings_and_refuses_a_tampered_model(tm
     assert data["throughput_per_s"] == pytest.approx(data["batch"] * 1000.0 / lat["mean"], rel=1e-9)
     assert data["runtime_settings"] == recorded
     assert data["runtime_settings"]["intra_op_num_threads"] == recorded["intra_op_num_threads"]
-    assert data["recorded"] == manifest["summary"]["latency_ms"]
+    assert data["recorded"] == {k: report["latency_ms"][k] for k in ("p50", "p99")}
     assert data["target"] == manifest["target"] and data["precision"] == "fp32"
     with np.load(out / "sample_input.npz") as sample:
         assert data["input_shapes"] == {k: list(sample[k].shape) for k in sample.files}

@@ -9,11 +9,15 @@ from pathlib import Path
 from kiln.errors import UsageError
 from kiln.exporters.base import sha256_file
 
-MANIFEST_SCHEMA = "kiln.manifest/1"
+MANIFEST_SCHEMA = "kiln.manifest/2"
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.json.sig"
+# What was measured on this run: different on every run, so not hashed in the manifest and not bundled.
+MEASUREMENT_FILES = ("report.json", "report.md", "report.html")
+UNLISTED = (MANIFEST_NAME, SIGNATURE_NAME, *MEASUREMENT_FILES)
 
 
-def file_entries(root: Path, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> list[dict]:
+def file_entries(root: Path, exclude: tuple[str, ...] = UNLISTED) -> list[dict]:
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()

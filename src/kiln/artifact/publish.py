@@ -11,6 +11,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from kiln import faults
 from kiln.errors import UsageError
 
 _TMP_TAG = ".kiln-tmp-"
@@ -28,17 +29,25 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_leftovers(out: Path) -> list[Path]:
-    """Remove staging folders of earlier runs into `out` whose process has died."""
+    """Remove staging folders of earlier runs into `out` whose process has died.
+
+    A run killed between moving the previous artifact aside and renaming the new one into place left
+    `out` empty: the previous artifact is put back rather than removed."""
     removed = []
     if not out.parent.exists():
         return removed
-    for entry in out.parent.iterdir():
+    for entry in sorted(out.parent.iterdir()):
         for tag in (_TMP_TAG, _OLD_TAG):
             prefix = f".{out.name}{tag}"
             if entry.name.startswith(prefix):
                 pid = entry.name[len(prefix):].split("-", 1)[0]
                 if pid.isdigit() and not _pid_alive(int(pid)):
-                    shutil.rmtree(entry, ignore_errors=True)
+                    if tag == _OLD_TAG and not out.exists() and (entry / "manifest.json").is_file():
+                        os.rename(entry, out)
+                    elif entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)  # a bundle being written
                     removed.append(entry)
     return removed
 
@@ -95,6 +104,7 @@ def publish(staged: Path, out: Path) -> None:
     if out.exists():
         old = out.parent / f".{out.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(out, old)
+        faults.point("publish-swap")
     os.rename(staged, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -34,7 +34,11 @@ class ExportRecord:
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self, timings: bool = True) -> dict:
+        """Without timings for the manifest, which must not change from run to run."""
+        if not timings:
+            attempts = [{k: v for k, v in a.items() if k != "seconds"} for a in self.attempts]
+            return {"exporter": self.exporter, "opset": self.opset, "attempts": attempts, "notes": list(self.notes)}
         return {"exporter": self.exporter, "opset": self.opset, "attempts": list(self.attempts),
                 "seconds": round(self.seconds, 3), "notes": list(self.notes)}
 

@@ -7,12 +7,17 @@ line style and direct labels, never by colour alone, so the plots read in greysc
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import io
+import json
 import math
+import os
 import re
 import sys
+from pathlib import Path
 
 NEED_LINE = 'plots need `pip install "modelkiln[report]"`'
 INK, MID, LIGHT, FAINT = "#1a1a1a", "#5c5c5c", "#9a9a9a", "#d9d9d9"
@@ -43,12 +48,58 @@ def _pyplot():
     return plt
 
 
+_MEMO: contextvars.ContextVar[Path | None] = contextvars.ContextVar("kiln_plot_memo", default=None)
+
+
+@contextlib.contextmanager
+def memo(folder: Path | None):
+    """Within this block, plots are kept in `folder` keyed by their data: an unchanged export (a cache hit)
+    renders its page without drawing (drawing costs about a second)."""
+    token = _MEMO.set(folder)
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _memo_file(fn, args, kwargs) -> Path | None:
+    folder = _MEMO.get()
+    if folder is None:
+        return None
+    try:
+        text = json.dumps([fn.__qualname__, args, kwargs, _version()], sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError):
+        return None
+    return folder / (hashlib.sha256(text.encode()).hexdigest() + ".svg")
+
+
+@functools.cache
+def _version() -> str:
+    from importlib import metadata
+
+    import kiln
+
+    try:
+        return f"{kiln.__version__}/{metadata.version('matplotlib')}"
+    except metadata.PackageNotFoundError:
+        return kiln.__version__
+
+
 def _styled(fn):
     """Draw in the report style without changing the caller's own matplotlib settings (kiln is also a library)."""
     @functools.wraps(fn)
     def draw(*args, **kwargs):
+        kept = _memo_file(fn, args, kwargs)
+        if kept is not None and kept.is_file():
+            return kept.read_text(encoding="utf-8")
         with _pyplot().rc_context(STYLE):
-            return fn(*args, **kwargs)
+            svg = fn(*args, **kwargs)
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
+            partial.write_text(svg, encoding="utf-8")
+            os.replace(partial, kept)
+        return svg
     return draw
 
 

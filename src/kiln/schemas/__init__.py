@@ -1,6 +1,6 @@
 """JSON Schemas (draft 2020-12) for kiln's machine-readable outputs, shipped as package data.
 
-- manifest: manifest.json of an artifact (schema_version "kiln.manifest/1")
+- manifest: manifest.json of an artifact (schema_version "kiln.manifest/2")
 - comparison: comparison.json of a multi-target export (schema_version "kiln.comparison/1")
 - report: report.json of an artifact and `kiln export --json` output, including the failure report
   printed when a command fails (schema_version "kiln.report/1")
