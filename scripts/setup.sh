@@ -17,4 +17,4 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
   "${PIP[@]}" install -c constraints.txt "torch==2.13.0"
 fi
 echo "setup: installing kiln with its extras" >&2
-"${PIP[@]}" install -c constraints.txt -e ".[huggingface,openvino,tensorrt-rtx,report,dev,models]"
+"${PIP[@]}" install -c constraints.txt -e ".[huggingface,openvino,tensorrt-rtx,report,sign,dev,models]"

@@ -388,14 +388,16 @@ def _cmd_compare(args) -> int:
     text = render_markdown(result)
     if args.markdown:
         args.markdown.write_text(text, encoding="utf-8")
-    if args.json:
-        print(dumps(result))
-    elif not args.quiet:
+    if not args.json and not args.quiet:
         print(text)
     if result["regressions"]:
-        raise RegressionError(f"{len(result['regressions'])} regression(s): " + "; ".join(result["regressions"]),
-                              hint="fix them, or loosen the thresholds (--max-slowdown, --max-cosine-drop, ...) "
-                                   "if the change is intended")
+        error = RegressionError(f"{len(result['regressions'])} regression(s): " + "; ".join(result["regressions"]),
+                                hint="fix them, or loosen the thresholds (--max-slowdown, --max-cosine-drop, ...) "
+                                     "if the change is intended")
+        error.report = result  # --json prints the comparison itself: CI wants the numbers
+        raise error
+    if args.json:
+        print(dumps(result))
     return 0
 
 

@@ -36,29 +36,40 @@ def load_report_file(path: Path) -> dict:
                          hint="give the report.json that `kiln export` wrote (or `kiln export --json` printed)")
     try:
         report = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise UsageError(f"{file} is not valid JSON ({str(exc)[:120]})", hint="give a kiln report.json") from None
     if not isinstance(report, dict) or report.get("schema_version") != REPORT_SCHEMA:
         found = report.get("schema_version") if isinstance(report, dict) else type(report).__name__
-        raise UsageError(f"{file} has schema '{found}', kiln compare reads '{REPORT_SCHEMA}'",
+        raise UsageError(f"{file} has schema '{str(found)[:40]}', kiln compare reads '{REPORT_SCHEMA}'",
                          hint="give a report.json written by kiln export")
     if report.get("status") not in ("ok", "rejected"):
-        raise UsageError(f"{file} is a report of a failed export (status '{report.get('status')}')",
+        raise UsageError(f"{file} is a report of a failed export (status '{str(report.get('status'))[:20]}')",
                          hint="compare reports of exports that built an artifact")
-    for key, kind in (("accuracy", dict), ("size", dict), ("target", dict)):
-        if not isinstance(report.get(key), kind):
-            raise UsageError(f"{file} has no '{key}' section", hint="the report is damaged; export again")
+    from kiln.schemas import validate_document
+
+    problems = validate_document(report, "report")
+    if problems:
+        raise UsageError(f"{file} breaks the report schema: {problems[0][:200]}",
+                         hint="give the report.json kiln export wrote, unedited")
     return report
+
+
+def _num(value) -> float | None:
+    """A finite float, or None: reports are read defensively, whatever the schema allowed through."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _median_error(report: dict) -> float | None:
     """Relative standard error of the p50: 1.2533 * std / sqrt(runs) / p50."""
-    latency, bench = report.get("latency_ms"), report.get("bench") or {}
-    try:
-        p50, std, runs = float(latency["p50"]), float(latency["std"]), int(bench.get("runs") or 0)
-    except (TypeError, KeyError, ValueError):
-        return None
-    if p50 <= 0 or runs < 2 or not math.isfinite(std):
+    latency, bench = report.get("latency_ms") or {}, report.get("bench") or {}
+    p50, std, runs = _num(latency.get("p50")), _num(latency.get("std")), _num(bench.get("runs"))
+    if p50 is None or std is None or runs is None or p50 <= 0 or runs < 2:
         return None
     return 1.2533 * std / math.sqrt(runs) / p50
 
@@ -67,11 +78,11 @@ def _latency(new: dict, old: dict, t: Thresholds) -> dict:
     row = {"check": "latency p50", "baseline": None, "new": None, "change": None, "allowed": None, "status": "skipped"}
     if not (isinstance(new.get("latency_ms"), dict) and isinstance(old.get("latency_ms"), dict)):
         return {**row, "note": "not measured in one of the reports"}
-    row["baseline"], row["new"] = old["latency_ms"]["p50"], new["latency_ms"]["p50"]
+    row["baseline"], row["new"] = _num(old["latency_ms"].get("p50")), _num(new["latency_ms"].get("p50"))
     if new.get("host") != old.get("host"):
         return {**row, "note": "measured on different hosts: not comparable (measure both on the same runner)"}
-    if not row["baseline"] or row["baseline"] <= 0:
-        return {**row, "note": "baseline p50 is zero"}
+    if row["new"] is None or not row["baseline"] or row["baseline"] <= 0:
+        return {**row, "note": "p50 missing or zero"}
     errors = [e for e in (_median_error(new), _median_error(old)) if e is not None]
     noise = 2.0 * math.sqrt(sum(e * e for e in errors)) if len(errors) == 2 else 0.0
     change = row["new"] / row["baseline"] - 1.0
@@ -82,10 +93,10 @@ def _latency(new: dict, old: dict, t: Thresholds) -> dict:
 
 def _accuracy(new: dict, old: dict, t: Thresholds) -> list[dict]:
     rows = []
-    new_out, old_out = new["accuracy"].get("outputs", {}), old["accuracy"].get("outputs", {})
+    new_out, old_out = new["accuracy"].get("outputs") or {}, old["accuracy"].get("outputs") or {}
     for name in sorted(set(new_out) & set(old_out)):
         for metric, limit in (("cosine_min", t.max_cosine_drop), ("top1_agreement", t.max_top1_drop)):
-            a, b = old_out[name].get(metric), new_out[name].get(metric)
+            a, b = _num((old_out[name] or {}).get(metric)), _num((new_out[name] or {}).get(metric))
             if a is None or b is None:
                 continue
             drop = a - b
@@ -99,7 +110,7 @@ def _accuracy(new: dict, old: dict, t: Thresholds) -> list[dict]:
 
 
 def _size(new: dict, old: dict, t: Thresholds) -> dict:
-    a, b = old["size"].get("model_mib"), new["size"].get("model_mib")
+    a, b = _num(old["size"].get("model_mib")), _num(new["size"].get("model_mib"))
     if not a or b is None:
         return {"check": "model size MiB", "baseline": a, "new": b, "change": None, "allowed": None, "status": "skipped"}
     change = b / a - 1.0
@@ -156,9 +167,9 @@ def compare_reports(new: dict, old: dict, thresholds: Thresholds, measured: tupl
     regressions = [f"{c['check']} {_fmt_change(c)}" for c in checks if c["status"] == "regression"]
     return {"schema_version": COMPARE_SCHEMA, "thresholds": asdict(thresholds), "checks": checks,
             "regressions": regressions, "passed": not regressions, "notes": notes,
-            "new": {"model": new.get("model", {}).get("name"), "target": new["target"].get("name"),
+            "new": {"model": (new.get("model") or {}).get("name"), "target": new["target"].get("name"),
                     "precision": new.get("precision"), "kiln_version": new.get("kiln_version")},
-            "baseline": {"model": old.get("model", {}).get("name"), "target": old["target"].get("name"),
+            "baseline": {"model": (old.get("model") or {}).get("name"), "target": old["target"].get("name"),
                          "precision": old.get("precision"), "kiln_version": old.get("kiln_version")}}
 
 

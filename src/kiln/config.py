@@ -13,12 +13,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kiln.errors import UsageError
+from kiln.errors import one_line as _shown
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8")
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # used with fullmatch: `$` would accept a trailing newline
 
 
 class Frozen(BaseModel):
@@ -70,14 +71,15 @@ class InputSpec(Frozen):
         usage = ("write it as NAME=DIM,DIM,...[:DTYPE], a DIM being a size (224), a dynamic axis "
                  "name (batch) or a name with its example size (batch=1), e.g. "
                  "--input pixel_values=batch=1,3,224,224:float32")
+        shown = _shown(text)
         name, sep, rest = text.partition("=")
-        if not sep or not _IDENT.match(name.strip()) or not rest.strip():
-            raise UsageError(f"input spec '{text}' is malformed", hint=usage)
+        if not sep or not _IDENT.fullmatch(name.strip()) or not rest.strip():
+            raise UsageError(f"input spec '{shown}' is malformed", hint=usage)
         dtype = "float32"
         head, colon, tail = rest.rpartition(":")
         if colon:
             if tail.strip() not in DTYPES:
-                raise UsageError(f"input spec '{text}' has unknown dtype '{tail.strip()}'",
+                raise UsageError(f"input spec '{shown}' has unknown dtype '{_shown(tail.strip())}'",
                                  hint=f"use one of {', '.join(DTYPES)}")
             dtype, rest = tail.strip(), head
         dims = []
@@ -87,14 +89,14 @@ class InputSpec(Frozen):
             try:
                 if raw.isdigit():
                     dims.append(Dim(size=int(raw)))
-                elif eq and _IDENT.match(dim_name) and size.isdigit():
+                elif eq and _IDENT.fullmatch(dim_name) and size.isdigit():
                     dims.append(Dim(size=int(size), name=dim_name))
-                elif not eq and _IDENT.match(raw):
+                elif not eq and _IDENT.fullmatch(raw):
                     dims.append(Dim(size=2, name=raw))
                 else:
                     raise ValueError
             except ValueError:
-                raise UsageError(f"input spec '{text}': dimension '{raw}' is not valid", hint=usage) from None
+                raise UsageError(f"input spec '{shown}': dimension '{_shown(raw)}' is not valid", hint=usage) from None
         return cls(name=name.strip(), dims=tuple(dims), dtype=dtype)
 
 
@@ -163,17 +165,18 @@ class ShapeRange(Frozen):
     def parse(cls, text: str) -> "ShapeRange":
         usage = "write NAME=MIN:OPT:MAX with shapes like 1x128, e.g. input_ids=1x16:1x128:8x512"
         name, _, spec = text.partition("=")
+        name = name.strip()
         parts = spec.split(":")
         if not name or len(parts) != 3:
-            raise UsageError(f"profile '{text}' is not NAME=MIN:OPT:MAX", hint=usage)
+            raise UsageError(f"profile '{_shown(text)}' is not NAME=MIN:OPT:MAX", hint=usage)
         try:
             shapes = [tuple(int(d) for d in p.lower().split("x")) for p in parts]
         except ValueError:
-            raise UsageError(f"profile '{text}': shapes must be integers joined by x", hint=usage) from None
+            raise UsageError(f"profile '{_shown(text)}': shapes must be integers joined by x", hint=usage) from None
         if len({len(s) for s in shapes}) != 1 or any(a > b for lo, hi in zip(shapes, shapes[1:]) for a, b in zip(lo, hi)) \
                 or any(d < 1 for s in shapes for d in s):
-            raise UsageError(f"profile '{text}': need min <= opt <= max, same rank, dims >= 1", hint=usage)
-        return cls(name=name.strip(), min=shapes[0], opt=shapes[1], max=shapes[2])
+            raise UsageError(f"profile '{_shown(text)}': need min <= opt <= max, same rank, dims >= 1", hint=usage)
+        return cls(name=name, min=shapes[0], opt=shapes[1], max=shapes[2])
 
 
 class TensorRTSettings(Frozen):

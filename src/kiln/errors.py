@@ -7,6 +7,15 @@ that CI scripts rely on, so they live here, in one place.
 from __future__ import annotations
 
 
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """`text` with every character Python splits lines at shown as its escape: user input quoted in an error
+    must not break the one-line contract."""
+    return text.translate(_LINE_BREAKS)
+
+
 class KilnError(Exception):
     """An expected failure: `message` says what went wrong, `hint` what to do about it."""
 
@@ -20,9 +29,10 @@ class KilnError(Exception):
         self.stage = stage
 
     def one_line(self) -> str:
+        """One line whatever the input quoted in it: line breaks become visible escapes."""
         where = f"{self.stage}: " if self.stage else ""
         fix = f" ({self.hint})" if self.hint else ""
-        return f"{where}{self.message}{fix}"
+        return one_line(f"{where}{self.message}{fix}")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "stage": self.stage, "message": self.message,

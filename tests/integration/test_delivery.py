@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kiln.schemas import validate_document
 from tests.conftest import REPO, run_cli, tiny_mlp_onnx
 
 FAST = ("--runs", "10", "--min-seconds", "0.05", "--warmup", "2", "--throughput-seconds", "0", "--quiet")
@@ -48,6 +49,7 @@ def test_an_unchanged_rebuild_reuses_every_stage_and_one_changed_setting_recompu
     again = export(data["model"], tmp_path / "a", *args, cache_dir=cache)
     report = json.loads(again.stdout)
     assert set(report["cache"]["stages"].values()) == {"hit"}
+    assert validate_document(report, "report") == []
     assert (tmp_path / "a" / "manifest.json").read_bytes() == manifest_a  # the same bytes, reused
     assert report["latency_ms"] == json.loads(first.stdout)["latency_ms"]  # the stored measurement, said so
 

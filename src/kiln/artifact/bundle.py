@@ -143,10 +143,21 @@ def read_members(path: Path) -> tuple[dict[str, bytes | None], dict[str, tuple[s
                         buffer.write(block)
                 digests[name] = (digest.hexdigest(), member.size)
                 contents[name] = buffer.getvalue() if buffer is not None else None
+            _check_end(tar, path)
         except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
             raise UsageError(f"{path} is truncated or corrupt ({exc})", hint="download or export the bundle again") \
                 from None
     return contents, digests
+
+
+def _check_end(tar: tarfile.TarFile, path: Path) -> None:
+    """Only zero blocks may follow the last member: tarfile stops quietly at a damaged header, and whatever
+    comes after it (members GNU tar would still unpack) must not hide from verification."""
+    tar.fileobj.seek(tar.offset)
+    while block := tar.fileobj.read(1 << 20):
+        if block.strip(b"\0"):
+            raise UsageError(f"{path} has data after its last readable entry",
+                             hint="refusing it: a damaged header can hide entries from verification")
 
 
 def extract_bundle(path: Path, dest: Path) -> Path:
@@ -161,6 +172,8 @@ def extract_bundle(path: Path, dest: Path) -> Path:
             for member in tar:
                 check_member(member)
                 target = partial / safe_name(member.name)
+                if target.exists() and not member.isdir():
+                    raise UsageError(f"bundle entry '{member.name}' appears twice", hint="refusing it")
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue

@@ -55,19 +55,31 @@ def load_manifest(artifact: Path) -> dict:
                          hint="give the folder that `kiln export --out` wrote")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc})", hint="the artifact is damaged; export it again") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({str(exc)[:120]})", hint="the artifact is damaged; export it "
+                                                                              "again") from None
     if not isinstance(data, dict) or data.get("schema_version") != MANIFEST_SCHEMA:
         found = data.get("schema_version") if isinstance(data, dict) else None
-        raise UsageError(f"{path} has schema '{found}', this kiln reads '{MANIFEST_SCHEMA}'",
+        raise UsageError(f"{path} has schema '{str(found)[:40]}', this kiln reads '{MANIFEST_SCHEMA}'",
                          hint="re-export the artifact with this kiln version")
+    from kiln.schemas import validate_document
+
+    problems = validate_document(data, "manifest")
+    if problems:
+        raise UsageError(f"{path} breaks the manifest schema: {problems[0][:200]}",
+                         hint="the artifact is damaged; export it again")
     return data
 
 
 def verify_files(root: Path, manifest: dict) -> None:
-    """Every file the manifest lists exists and matches its sha256, or a one-line error says which does not."""
+    """Every file the manifest lists exists inside `root` and matches its sha256, or a one-line error says which
+    does not. (The schema already refuses '..' and absolute paths; this holds even for an unchecked manifest.)"""
+    base = root.resolve()
     for entry in manifest["files"]:
         path = root / entry["path"]
+        if base not in path.resolve().parents:
+            raise UsageError(f"the manifest lists {entry['path']}, which is outside the artifact",
+                             hint="the manifest was tampered with; do not use this artifact")
         if not path.is_file() or sha256_file(path) != entry["sha256"]:
             raise UsageError(f"{entry['path']} is missing or does not match its sha256 in the manifest",
                              hint="the artifact was modified or damaged; export it again")

@@ -21,12 +21,12 @@ VERIFY_SCHEMA = "kiln.verify/1"
 def _manifest(data: bytes, where: str) -> dict:
     try:
         manifest = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise VerificationError(f"{where} is not valid JSON ({exc})", hint="the manifest was damaged or replaced") \
-            from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise VerificationError(f"{where} is not valid JSON ({str(exc)[:120]})",
+                                hint="the manifest was damaged or replaced") from None
     if not isinstance(manifest, dict) or manifest.get("schema_version") != MANIFEST_SCHEMA:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else type(manifest).__name__
-        raise VerificationError(f"{where} has schema '{found}', this kiln verifies '{MANIFEST_SCHEMA}'",
+        raise VerificationError(f"{where} has schema '{str(found)[:40]}', this kiln verifies '{MANIFEST_SCHEMA}'",
                                 hint="verify it with the kiln version that wrote it, or export it again")
     from kiln.schemas import validate_document
 

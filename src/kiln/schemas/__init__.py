@@ -5,8 +5,8 @@
 - report: report.json of an artifact and `kiln export --json` output, including the failure report
   printed when a command fails (schema_version "kiln.report/1")
 
-Loading a schema needs nothing beyond the standard library; validating needs `jsonschema`, a dev/test
-dependency imported only when `validate_document` is called.
+Loading a schema needs nothing beyond the standard library; validating needs `jsonschema` (a dependency
+since `kiln verify` checks manifests), imported only when `validate_document` is called.
 """
 
 from __future__ import annotations
