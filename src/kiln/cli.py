@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from kiln.artifact.manifest import dumps
 from kiln.config import PRECISIONS
 from kiln.errors import KilnError, UsageError
 
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 EPILOG = ("exit codes: 0 ok, 1 bug, 2 bad input, 3 missing dependency/unsupported, 4 a gate failed (accuracy budget, "
           "regression), 5 export failed, 6 verification failed")
 
@@ -42,6 +45,19 @@ def _triple(text: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"'{text}' is not three numbers like 0.485,0.456,0.406")
     return values  # type: ignore[return-value]
+
+
+def _number(kind, minimum, strict: bool = False):
+    """An argparse type: a number of `kind` at least (or, strict, above) `minimum`, else one clear line."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a{'n integer' if kind is int else ' number'}") from None
+        if value < minimum or (strict and value == minimum) or value != value:
+            raise argparse.ArgumentTypeError(f"'{text}' must be {'above' if strict else 'at least'} {minimum}")
+        return value
+    return parse
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -116,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = ex.add_argument_group("export")
     exp.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
     exp.add_argument("--opset", type=int, help="ONNX opset (default: 18, or 17 for Hugging Face encoders)")
-    exp.add_argument("--export-rtol", type=float, default=1e-3, help="export check: tolerance relative to output scale")
+    exp.add_argument("--export-rtol", type=_number(float, 0.0), default=1e-3, help="export check: tolerance relative to output scale")
     exp.add_argument("--trust-pickle", action="store_true", help="allow loading pickled modules (runs their code)")
     exp.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face folders' own Python code")
     _bench_options(ex)
@@ -160,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("compare", help="regression gate: a new report against a baseline report", epilog=EPILOG)
     co.add_argument("new", type=Path, help="report.json (or the artifact folder holding it) of the new build")
     co.add_argument("--baseline", type=Path, required=True, help="report.json (or folder) to compare against")
-    co.add_argument("--max-slowdown", type=float, default=0.10, metavar="FRACTION",
+    co.add_argument("--max-slowdown", type=_number(float, 0.0), default=0.10, metavar="FRACTION",
                     help="allowed p50 slowdown beyond the measurement noise (default 0.10)")
-    co.add_argument("--max-cosine-drop", type=float, default=0.002, help="allowed drop of the worst cosine")
-    co.add_argument("--max-top1-drop", type=float, default=0.01, help="allowed drop of top-1 agreement")
-    co.add_argument("--max-size-growth", type=float, default=0.05, metavar="FRACTION",
+    co.add_argument("--max-cosine-drop", type=_number(float, 0.0), default=0.002, help="allowed drop of the worst cosine")
+    co.add_argument("--max-top1-drop", type=_number(float, 0.0), default=0.01, help="allowed drop of top-1 agreement")
+    co.add_argument("--max-size-growth", type=_number(float, 0.0), default=0.05, metavar="FRACTION",
                     help="allowed growth of the model files")
     co.add_argument("--remeasure", action="store_true",
                     help="re-measure both artifact folders here, interleaved, instead of trusting recorded latency "
@@ -177,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl = ca_sub.add_parser("list", help="entries, newest use last")
     cl.add_argument("--json", action="store_true")
     cp = ca_sub.add_parser("prune", help="remove entries (those in use by a running export are kept)")
-    cp.add_argument("--older-than", type=float, metavar="DAYS", help="entries not used for this many days")
-    cp.add_argument("--max-size", type=float, metavar="GIB", help="then least recently used until this size")
+    cp.add_argument("--older-than", type=_number(float, 0.0), metavar="DAYS", help="entries not used for this many days")
+    cp.add_argument("--max-size", type=_number(float, 0.0), metavar="GIB", help="then least recently used until this size")
     cp.add_argument("--all", action="store_true", help="every entry")
     cp.add_argument("--json", action="store_true")
 
@@ -192,11 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench_options(parser) -> None:
     group = parser.add_argument_group("measurement")
-    group.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
-    group.add_argument("--warmup", type=int, default=10)
-    group.add_argument("--runs", type=int, default=50, help="at least this many timed runs")
-    group.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
-    group.add_argument("--throughput-seconds", type=float, default=2.0,
+    group.add_argument("--threads", type=_number(int, 1), help="intra-op threads (default: physical cores)")
+    group.add_argument("--warmup", type=_number(int, 0), default=10)
+    group.add_argument("--runs", type=_number(int, 1), default=50, help="at least this many timed runs")
+    group.add_argument("--min-seconds", type=_number(float, 0.0), default=2.0, help="and at least this long")
+    group.add_argument("--throughput-seconds", type=_number(float, 0.0), default=2.0,
                        help="OpenVINO: also run this long with the THROUGHPUT hint and async requests (0: skip)")
 
 
@@ -489,6 +505,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL or getattr(args, "debug", False):
+            raise
+        from kiln.errors import ExportError
+
+        error = ExportError(f"{os.strerror(exc.errno).lower()} writing {exc.filename or 'a file'}",
+                            hint="free some space (or raise the file-size limit) and run again; nothing half-written "
+                                 "was left at the output path")
+        if getattr(args, "json", False):
+            from kiln.pipeline import failure_report
+
+            print(dumps(failure_report(error)))
+        print(f"kiln: error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

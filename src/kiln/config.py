@@ -29,7 +29,7 @@ class Frozen(BaseModel):
 class Dim(Frozen):
     """One axis: static (`name` is None) or dynamic with a symbolic name and an example size."""
 
-    size: int = Field(ge=1)
+    size: int = Field(ge=1, le=2**31 - 1)
     name: str | None = None
 
     @property
@@ -240,8 +240,8 @@ class ExportConfig(Frozen):
     tensorrt: TensorRTSettings = TensorRTSettings()
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
     opset: int | None = Field(default=None, ge=13, le=23)  # None: the exporter's own choice per source
-    export_rtol: float = 1e-3
-    export_atol: float = 1e-4
+    export_rtol: float = Field(default=1e-3, ge=0.0)
+    export_atol: float = Field(default=1e-4, ge=0.0)
     trust_pickle: bool = False
     trust_remote_code: bool = False
     threads: int | None = Field(default=None, ge=1)

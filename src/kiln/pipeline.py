@@ -18,8 +18,8 @@ import numpy as np
 from kiln import __version__
 from kiln.artifact.bundle import write_bundle
 from kiln.artifact.reproducibility import reproducibility
-from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, SIGNATURE_NAME, check_output_path, clean_leftovers, discard,
-                           file_entries, missing_parents, publish, staging_dir, write_json)
+from kiln.artifact import (MANIFEST_NAME, MANIFEST_SCHEMA, SIGNATURE_NAME, check_output_path, check_parents,
+                           clean_leftovers, discard, file_entries, missing_parents, publish, staging_dir, write_json)
 from kiln.backends import get_backend
 from kiln.bench import measure
 from kiln.bench.analysis import analyse, analysis_line, report_extras
@@ -119,8 +119,18 @@ def _check_delivery(config: ExportConfig) -> None:
 
         load_private_key(config.sign_key)
     if config.bundle is not None:
+        check_parents(config.bundle, "bundle path")
         if config.bundle.is_dir():
             raise UsageError(f"bundle path {config.bundle} is a folder", hint="give a file path ending in .tar.gz")
+        inputs = [Path(config.source), config.sign_key] + [d.path for d in (config.calibration, config.evaluation) if d]
+        bundle = config.bundle.resolve()
+        for path in (p.resolve() for p in inputs if p is not None and p.exists()):
+            if bundle == path or path in bundle.parents:
+                raise UsageError(f"bundle path {config.bundle} would overwrite an input ({path.name})",
+                                 hint="write the bundle beside the artifact, e.g. OUT.tar.gz")
+        if config.bundle.is_file() and config.bundle.read_bytes()[:2] != b"\x1f\x8b":
+            raise UsageError(f"bundle path {config.bundle} exists and is not a bundle",
+                             hint="kiln replaces only its own .tar.gz bundles; choose another path")
         if config.bundle.resolve() == config.out.resolve() or config.out.resolve() in config.bundle.resolve().parents:
             raise UsageError(f"bundle path {config.bundle} is inside the artifact folder",
                              hint="write the bundle beside the artifact, e.g. OUT.tar.gz")

@@ -164,9 +164,16 @@ def extract_bundle(path: Path, dest: Path) -> Path:
     """Unpack a bundle (already verified) into `dest`, atomically: a hidden sibling, then rename."""
     if dest.exists():
         raise UsageError(f"{dest} already exists", hint="give a new folder to unpack into")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    from kiln.artifact.publish import check_parents
+
+    check_parents(dest, "unpack folder")
     partial = dest.with_name(f".{dest.name}.kiln-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    partial.mkdir()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial.mkdir()
+    except OSError as exc:
+        raise UsageError(f"cannot write into {dest.parent} ({exc.strerror})", hint="unpack somewhere writable") \
+            from None
     try:
         with open_bundle(path) as tar:
             for member in tar:

@@ -52,7 +52,18 @@ def clean_leftovers(out: Path) -> list[Path]:
     return removed
 
 
+def check_parents(path: Path, what: str) -> None:
+    """No parent of `path` may be an existing file (mkdir would fail half-way through the work)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{what} {path} is under {parent}, which is a file",
+                                 hint="choose a path whose parent folders are folders")
+            return
+
+
 def check_output_path(out: Path) -> None:
+    check_parents(out, "output path")
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} is a file", hint="give a folder path for --out")
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
@@ -74,9 +85,13 @@ def missing_parents(out: Path) -> list[Path]:
 
 
 def staging_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()
+    except OSError as exc:  # os.access says yes to root, and /proc or a read-only mount still refuse
+        raise UsageError(f"cannot write into {out.parent} ({exc.strerror})",
+                         hint="choose an --out folder you can write to") from None
     return path
 
 

@@ -73,6 +73,8 @@ def keygen(path: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     public = path.with_name(path.name + ".pub")
+    if not path.absolute().parent.is_dir():
+        raise UsageError(f"folder {path.absolute().parent} does not exist", hint="create it first, or choose another path")
     for p in (path, public):
         if p.exists():
             raise UsageError(f"{p} already exists", hint="kiln never overwrites a key; choose another name")

@@ -52,6 +52,8 @@ def array_samples(path: Path, context: DataContext, limit: int | None) -> Sample
     if len(set(counts.values())) != 1:
         raise UsageError(f"{path.name}: inputs have different sample counts {counts}", hint="align the arrays")
     total = next(iter(counts.values()))
+    if total == 0:
+        raise UsageError(f"{path.name} holds no samples (axis 0 is empty)", hint="save at least one sample per input")
     feeds: list[Feed] = []
     for i in range(min(total, limit or total)):
         feed = {}

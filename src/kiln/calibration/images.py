@@ -40,8 +40,9 @@ def preprocess(path: Path, prep: ImagePreprocessing) -> np.ndarray:
             else:
                 img = img.resize((width, height), image_mod.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.float32)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UsageError(f"cannot read image {path}: {exc}", hint="remove the file or replace it with a valid image") from None
+    except (OSError, SyntaxError, ValueError, image_mod.DecompressionBombError) as exc:
+        raise UsageError(f"cannot read image {path}: {str(exc)[:200]}",
+                         hint="remove the file or replace it with a valid image") from None
     pixels = (pixels * prep.scale - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     if prep.layout == "NCHW":
         pixels = pixels.transpose(2, 0, 1)

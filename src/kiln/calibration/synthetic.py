@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kiln.calibration.samples import DataContext, Feed, Samples
+from kiln.errors import UsageError
 from kiln.signature import numpy_dtype
 
 
@@ -22,11 +25,29 @@ def resolve_shape(shape: tuple, dims: dict[str, int], overrides: dict[str, int] 
     return tuple(out)
 
 
+# Per input: 2^28 elements is 1 GiB of float32, far beyond any example a model is exported or measured with.
+MAX_ELEMENTS = 1 << 28
+
+
+def checked_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape, or a one-line error for a declared shape kiln cannot (or should not) allocate."""
+    usage = f"give the shape to use with --input {name}=DIM,DIM,... (e.g. --input {name}=batch=1,3,224,224)"
+    if any(d < 1 for d in shape):
+        raise UsageError(f"input '{name}' declares shape {list(shape)} with a dimension below 1", hint=usage)
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise UsageError(f"input '{name}' declares shape {list(shape)} ({math.prod(shape):.3g} elements)", hint=usage)
+    return shape
+
+
 def random_feed(context: DataContext, rng: np.random.Generator, overrides: dict[str, int] | None = None) -> Feed:
     feed: Feed = {}
     for info in context.signature.inputs:
-        shape = resolve_shape(info.shape, context.dims, overrides)
-        dtype = numpy_dtype(info.dtype)
+        shape = checked_shape(info.name, resolve_shape(info.shape, context.dims, overrides))
+        try:
+            dtype = numpy_dtype(info.dtype)
+        except TypeError:
+            raise UsageError(f"input '{info.name}' has element type {info.dtype}, which kiln cannot make data for",
+                             hint="kiln handles numeric and bool inputs; export a graph that takes those") from None
         lname = info.name.lower()
         if dtype.kind == "b":
             feed[info.name] = np.ones(shape, dtype=bool)

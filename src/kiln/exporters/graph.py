@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,16 @@ def _why(row: dict) -> str:
     return f"max abs error {row['max_abs_error']:.3g} > {row['tolerance']:.3g}"
 
 
+def ort_reason(exc: Exception) -> str:
+    """The informative part of an ONNX Runtime load error: without the temporary path, the C++ source location
+    and the error-code prefix (they fill the one line before the reason, e.g. 'Opset 99 is under development')."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"Load model from \S+ failed:\s*", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ [^(]*\([^)]*\)\s*", "", text)
+    return text.strip()[:300]
+
+
 def _run_onnx(path: Path) -> "object":
     import onnxruntime as ort
 
@@ -99,7 +110,11 @@ def export_graph(source: Source, config: ExportConfig, context: DataContext, wor
     try:
         session = _run_onnx(path)
     except Exception as exc:  # ORT raises its own exception types on load
-        raise ExportError(f"ONNX Runtime cannot load the exported graph: {str(exc).splitlines()[0][:300]}",
+        if record.exporter == "copy":  # the user's own ONNX file: no exporter to change
+            raise ExportError(f"ONNX Runtime cannot load {Path(source.info.location).name}: {ort_reason(exc)}",
+                              hint="check the file's opset and custom-domain operators against this ONNX Runtime "
+                                   "(see `kiln targets`)") from None
+        raise ExportError(f"ONNX Runtime cannot load the exported graph: {ort_reason(exc)}",
                           hint="try the other exporter with --exporter, or another --opset") from None
 
     checks: list[tuple[str, Feed]] = [("export shape", example)]

@@ -22,9 +22,14 @@ from kiln.exporters.torch_module import TorchSource
 
 def read_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{folder}/config.json is not readable JSON ({exc})", hint="is this a Hugging Face model folder?") from None
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{folder}/config.json is not readable JSON ({str(exc)[:120]})",
+                         hint="is this a Hugging Face model folder?") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{folder}/config.json holds a {type(config).__name__}, not an object",
+                         hint="is this a Hugging Face model folder?")
+    return config
 
 
 def _sentence_pooling(folder: Path) -> tuple[str, bool] | None:

@@ -32,7 +32,14 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
         if not target.is_file():
             raise UsageError(f"external data file '{location}' for tensor '{tensor.name}' is missing",
                              hint=f"put {location} next to the .onnx file")
-        end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
+        try:
+            offset, length = int(entries.get("offset", 0)), int(entries.get("length", 0))
+        except ValueError:
+            offset = length = -1
+        if offset < 0 or length < 0:
+            raise UsageError(f"tensor '{tensor.name}' declares external data offset '{entries.get('offset')}' and "
+                             f"length '{entries.get('length')}'", hint="the .onnx file is damaged; export it again")
+        end = offset + length
         if end > target.stat().st_size:
             raise UsageError(f"external data file '{location}' is shorter than tensor '{tensor.name}' needs",
                              hint="the data file is truncated; copy it again")
@@ -42,6 +49,8 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
 
 def load_onnx(path: Path, *, with_data: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
     """Load and validate an ONNX file, turning every decode failure into one clear UsageError."""
+    if not path.is_file():
+        raise UsageError(f"{path.name} is not a regular file", hint="give an .onnx file (not a pipe or a device)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, and others on truncated files
