@@ -97,7 +97,10 @@ def render_int(value: int, zero: str) -> str:
     return "".join(chr(ord(zero) + int(c)) for c in str(value))
 
 
-POSITIVE = st.one_of(st.integers(1, 4096), st.sampled_from([10**30, 2**63, 2**64 + 1, 10**400]))
+# Dims are at most 2**31 - 1 (ONNX Runtime's and numpy's practical limit); larger ones are refused (see
+# test_input_spec_with_an_oversized_dim_is_a_usage_error).
+POSITIVE = st.one_of(st.integers(1, 4096), st.sampled_from([2**31 - 1]))
+OVERSIZED = st.sampled_from([2**31, 10**30, 2**63, 2**64 + 1, 10**400])
 
 
 @st.composite
@@ -105,6 +108,15 @@ def positive_text(draw) -> tuple[str, int]:
     """A size >= 1 as text: maybe with leading zeros, maybe in another script's digits."""
     value = draw(POSITIVE)
     return draw(st.sampled_from(["", "", "0", "00"])) + render_int(value, draw(st.sampled_from(DIGIT_ZEROS))), value
+
+
+@FUZZ
+@given(size=OVERSIZED, named=st.booleans())
+def test_input_spec_with_an_oversized_dim_is_a_usage_error(size, named):
+    text = f"x=batch={size},8" if named else f"x={size},8"
+    with pytest.raises(UsageError) as info:
+        InputSpec.parse(text)
+    assert "dimension" in info.value.message and "\n" not in info.value.message
 
 
 @st.composite

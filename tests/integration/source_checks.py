@@ -51,9 +51,12 @@ def files(manifest: dict) -> dict[str, str]:
 
 
 def assert_files_hashed(manifest: dict, out: Path) -> None:
-    """Every file of the artifact is listed with its real sha256 and size, and nothing listed is missing."""
+    """Every file of the artifact is listed with its real sha256 and size, and nothing listed is missing (the
+    measurement files and the signature are not listed: they are not part of what the artifact is)."""
+    from kiln.artifact.manifest import UNLISTED
+
     listed = {f["path"]: f for f in manifest["files"]}
-    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - set(UNLISTED)
     assert set(listed) == on_disk
     for rel, entry in listed.items():
         assert entry["sha256"] == sha256(out / rel), rel

@@ -237,7 +237,8 @@ def test_auto_exporter_falls_back_to_torchscript_and_records_why(fallback_module
     first, second = record["attempts"]
     assert first["ok"] is False and isinstance(first["error"], str) and first["error"].strip()
     assert second["ok"] is True and "error" not in second
-    assert report["export"]["attempts"] == record["attempts"]
+    # the report has the timings, the manifest the same attempts without them (it must not vary run to run)
+    assert [{k: v for k, v in a.items() if k != "seconds"} for a in report["export"]["attempts"]] == record["attempts"]
     sig = signature(manifest)
     assert sig["x"] == ("float32", ["batch", 8])
     dtype, shape = sig["output"]
