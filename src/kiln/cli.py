@@ -60,6 +60,20 @@ def _number(kind, minimum, strict: bool = False):
     return parse
 
 
+def _memory(text: str) -> int:
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value, unit = text.strip().upper().rstrip("IB").rstrip("B"), ""
+    if value and value[-1] in units:
+        value, unit = value[:-1], value[-1]
+    try:
+        size = float(value) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 16G or 512M") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
+    return int(size)
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in text.split(",") if v.strip())
@@ -115,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
                      help="symmetric weights (default for int4)")
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false", help="asymmetric weights (default for int8)")
+    lm = ex.add_argument_group("language models (Hugging Face decoder folders: Llama, Qwen2, Phi-3, Mistral)")
+    lm.add_argument("--new-tokens", type=_number(int, 2), default=128, help="tokens decoded per timed generation "
+                    "(the prompt is --sequence-length tokens of the --eval text)")
+    lm.add_argument("--generations", type=_number(int, 1), default=3, help="timed generations (median reported)")
+    lm.add_argument("--prompts", type=_number(int, 1), default=8, help="eval lines whose greedy continuations are "
+                    "compared with the torch model's")
+    lm.add_argument("--block-size", type=_number(int, 16), help="ONNX Runtime int4/int8: weights per scale "
+                    "(power of 2; default 32 for int4, 128 for int8)")
+    lm.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=4,
+                    help="ONNX Runtime MatMulNBits compute type (4: int8 with VNNI, fastest here; 0: the kernel's own)")
+    lm.add_argument("--keep-embeddings", action="store_true",
+                    help="ONNX Runtime int4: leave the token embedding in fp32 (OpenVINO keeps the embedding and the "
+                         "LM head in int8)")
+    lm.add_argument("--min-agreement", type=float, help="fail (exit 4) if greedy agreement with torch is lower")
+    lm.add_argument("--max-memory", type=_memory, metavar="SIZE",
+                    help="refuse a model whose export would need more memory than this (e.g. 16G)")
     ex.add_argument("--compiled-cache", action="store_true",
                     help="OpenVINO: ship the compiled model for the measured device in the artifact (faster load)")
     nv = ex.add_argument_group("NVIDIA targets (TensorRT build kit and engines)")
@@ -224,7 +254,7 @@ def _output_options(parser) -> None:
 
 def _export_config(args):
     from kiln.config import (AccuracyBudget, BenchSettings, DataSpec, ExportConfig, ImagePreprocessing, InputSpec,
-                             ReportSettings, ShapeRange, TensorRTSettings, WeightCompression)
+                             LanguageModelSettings, ReportSettings, ShapeRange, TensorRTSettings, WeightCompression)
 
     prep = None
     if any(v is not None for v in (args.image_size, args.resize_shorter, args.layout, args.scale, args.mean, args.std)):
@@ -258,6 +288,10 @@ def _export_config(args):
             report=ReportSettings(analysis=not args.no_analysis, batch_sizes=args.batch_sizes,
                                   latency_budget_ms=args.latency_budget_ms, price_per_hour=args.price_per_hour,
                                   profile_runs=args.profile_runs),
+            llm=LanguageModelSettings(new_tokens=args.new_tokens, rounds=args.generations, prompts=args.prompts,
+                                      block_size=args.block_size, accuracy_level=args.accuracy_level,
+                                      keep_embeddings=args.keep_embeddings, min_agreement=args.min_agreement,
+                                      max_memory=args.max_memory),
             measure=not args.no_bench,
             bundle=_bundle_path(args), sign_key=args.sign_key, cache=not args.no_cache,
         )
@@ -303,6 +337,11 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     from kiln.progress import Progress
     from kiln.targets import find_target
 
+    from kiln.llm.source import language_model
+
+    if language_model(args.source, args.task, args.trust_remote_code):
+        raise UsageError("the comparison matrix is not available for language models yet",
+                         hint="export one --target and --precision at a time")
     if args.bundle is not None:
         raise UsageError("--bundle writes one artifact's bundle, and this is a matrix of several",
                          hint="export the recommended cell again with one --target and --precision and --bundle")

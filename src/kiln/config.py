@@ -218,6 +218,26 @@ class ReportSettings(Frozen):
         return tuple(sorted(set(sizes)))
 
 
+class LanguageModelSettings(Frozen):
+    """Decoder-only models: generation measured, weight-only options, and the memory limit of the export."""
+
+    new_tokens: int = Field(default=128, ge=2)  # decoded per timed generation (the prompt is --sequence-length)
+    rounds: int = Field(default=3, ge=1)  # timed generations; the median is reported
+    prompts: int = Field(default=8, ge=1)  # evaluation lines whose greedy continuations are compared
+    block_size: int | None = Field(default=None, ge=16)  # ONNX Runtime MatMulNBits block (power of 2)
+    accuracy_level: int = Field(default=4, ge=0, le=4)  # MatMulNBits compute type: 4 = int8 (VNNI), 0 = unset
+    keep_embeddings: bool = False  # ONNX Runtime int4: the token embedding stays fp32
+    min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)  # gate on greedy agreement
+    max_memory: int | None = Field(default=None, ge=1)  # bytes: refuse models whose export would need more
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and value & (value - 1):
+            raise ValueError("the block size must be a power of 2 (16, 32, 64, 128, ...)")
+        return value
+
+
 class ExportConfig(Frozen):
     """Everything a user can ask of `kiln export`. Recorded in the manifest."""
 
@@ -247,6 +267,7 @@ class ExportConfig(Frozen):
     threads: int | None = Field(default=None, ge=1)
     bench: BenchSettings = BenchSettings()
     report: ReportSettings = ReportSettings()
+    llm: LanguageModelSettings = LanguageModelSettings()
     measure: bool = True
     seed: int = 0
     # Where and how the artifact is written: not part of what it is, so neither in the manifest nor in cache keys.

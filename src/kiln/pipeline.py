@@ -29,6 +29,7 @@ from kiln.config import ExportConfig, Plan
 from kiln.errors import AccuracyGateError, KilnError, UsageError
 from kiln.exporters import open_source
 from kiln.exporters.graph import export_graph
+from kiln.llm.source import language_model
 from kiln.progress import Progress
 from kiln.report import REPORT_SCHEMA, render
 from kiln.report import plots
@@ -94,6 +95,11 @@ def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
         progress: Progress | None = None) -> Result:
     progress = progress or Progress(enabled=False)
     started = time.perf_counter()
+    decoder = language_model(config.source, config.task, config.trust_remote_code) if module is None else None
+    if decoder is not None:
+        from kiln.llm.pipeline import run_llm
+
+        return run_llm(config, *decoder, progress, started)
     host = detect_host()
     with progress.stage("resolve") as st:
         plan, backend = resolve_plan(config, host)

