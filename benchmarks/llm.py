@@ -127,8 +127,8 @@ def memory(work: Path) -> None:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     report = json.loads(result.stdout)
     fp32 = report["weights"]["fp32_bytes"]
-    print(f"\n| model | parameters | fp32 weights GiB | export peak RSS GiB | peak / fp32 | int4 weights | of fp32 | "
-          f"export s | stages s |")
+    print("\n| model | parameters | fp32 weights GiB | export peak RSS GiB | peak / fp32 | int4 weights | of fp32 | "
+          "export s | stages s |")
     print("|---|---|---|---|---|---|---|---|---|")
     stages = ", ".join(f"{k} {v:.0f}" for k, v in report["stages_seconds"].items())
     print(f"| random Llama (TinyLlama shape) | {report['model']['parameters'] / 1e9:.2f} B | {fp32 / 2**30:.2f} | "

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks import zoo
 from kiln.schemas import validate_document
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 FAST = ("--new-tokens", "8", "--generations", "1", "--prompts", "4", "--quiet", "--json")
 
