@@ -30,6 +30,8 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     run_settings = dict(runtime["settings"])
     if threads:
         run_settings = backend.with_threads(run_settings, threads)
+    if "language_model" in runtime:
+        return _bench_language_model(root, manifest, model, run_settings, settings)
     sample = root / "sample_input.npz"
     if not sample.exists():
         raise UsageError(f"{root} has no sample_input.npz to measure with", hint="export the artifact again")
@@ -41,6 +43,25 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
         result["throughput_mode"] = backend.throughput(model, run_settings, feed, settings.throughput_seconds)
     return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
             "precision": manifest["precision"], "recorded": _recorded(root), **result}
+
+
+def _bench_language_model(root: Path, manifest: dict, model: Path, settings: dict, bench: BenchSettings) -> dict:
+    """Time to first token and decode tokens/s with a fixed random prompt (speed does not depend on the words)."""
+    from kiln.llm.measure import speed
+    from kiln.llm.runners import OpenVinoDecoder, OrtDecoder
+
+    layout = manifest["runtime"]["language_model"]
+    prompt = np.random.default_rng(0).integers(0, layout["vocab_size"], PROMPT_TOKENS, dtype=np.int64)
+    if manifest["runtime"]["backend"] == "onnxruntime":
+        make = lambda: OrtDecoder(model, settings, layout)  # noqa: E731
+    else:
+        make = lambda: OpenVinoDecoder(model, settings)  # noqa: E731
+    result = speed(make, prompt, NEW_TOKENS, max(1, min(bench.min_runs, 5)))
+    return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
+            "precision": manifest["precision"], "language_model": result, "runtime_settings": settings}
+
+
+PROMPT_TOKENS, NEW_TOKENS = 128, 64
 
 
 def _recorded(root: Path) -> dict | None:

@@ -373,6 +373,10 @@ def _cmd_bench(args) -> int:
                                                          throughput_seconds=args.throughput_seconds), threads=args.threads)
     if args.json:
         print(dumps(result))
+    elif "language_model" in result:
+        lm = result["language_model"]
+        print(f"{args.artifact}: time to first token {lm['ttft_ms']:.1f} ms ({lm['prompt_tokens']} tokens), "
+              f"{lm['decode_tokens_per_s']:.1f} tokens/s decoding {lm['new_tokens']} tokens (median of {lm['rounds']})")
     else:
         lat = result["latency_ms"]
         print(f"{args.artifact}: p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, "

@@ -116,6 +116,10 @@ def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(tiny
                               eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert got == want[:len(got)] and len(got) >= 1
     assert np.isfinite(json.loads(run.stdout.strip().splitlines()[-1])["ttft_ms"])
+    bench = run_cli("bench", out, "--json", "--runs", "2")
+    assert bench.returncode == 0, bench.stderr
+    speed = json.loads(bench.stdout)["language_model"]
+    assert speed["prompt_tokens"] == 128 and speed["decode_tokens_per_s"] > 0 and speed["rounds"] == 2
 
 
 def test_language_model_bad_input(tiny, smollm2, minilm_path, tmp_path):

@@ -68,10 +68,13 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict) -
     symmetric = options.get("symmetric", True)
     # ONNX Runtime quantizes a Gather (GatherBlockQuantized) to 4 bits only: int8 keeps embeddings in fp32.
     ops = ("MatMul",) if options.get("keep_embeddings") or bits != 4 else ("MatMul", "Gather")
-    model = onnx.load(str(graph), load_external_data=True)
     # The quantizer stamps opset 21 (int4 types) on the graph; ops whose signature changed since the export's
-    # opset (ReduceMean's axes became an input in 18) must be converted first or the graph is invalid.
+    # opset (ReduceMean's axes became an input in 18) must be converted first or the graph is invalid. The
+    # converter serialises the model, so it runs on the structure alone (weights stay in the data file: a
+    # protobuf cannot exceed 2 GB), and the weights are read in afterwards.
+    model = onnx.load(str(graph), load_external_data=False)
     model = onnx.version_converter.convert_version(model, QUANTIZED_OPSET)
+    onnx.external_data_helper.load_external_data_for_model(model, str(graph.parent))
     head = lm_head(model)
     if bits == 4 and head:
         # The LM head in int8 first (block 128): measured on SmolLM2, it halves the int4 perplexity loss of
