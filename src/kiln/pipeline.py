@@ -277,7 +277,17 @@ def build(config, plan, backend, host, staged, prepared: Prepared, progress, sta
         report, manifest = _package(config, plan, host, staged, work, prepared, compiled, accuracy, bench, analysis,
                                     sample_output, progress, started, runtime_facts)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
-    gate = accuracy["gate"]
+    return finish(config, staged, report, manifest, accuracy["gate"], progress)
+
+
+def finish(config: ExportConfig, staged: Path, report: dict, manifest: dict, gate: dict, progress) -> Result:
+    """Every export's last steps: sign the manifest, publish to OUT (or OUT.rejected when the gate failed, with
+    exit 4), then write the bundle."""
+    if config.sign_key is not None:
+        from kiln.artifact.signing import sign
+
+        (staged / SIGNATURE_NAME).write_text(sign((staged / MANIFEST_NAME).read_bytes(), config.sign_key),
+                                             encoding="utf-8")
     if not gate["passed"]:
         rejected = rejected_path(config.out)
         publish(staged, rejected)
@@ -411,11 +421,6 @@ def _package(config, plan, host, staged, work, prepared, compiled, accuracy, ben
         manifest["engine"]["compatibility"] = {"hardware_compatibility": trt.hardware_compatibility,
                                                "version_compatible": trt.version_compatible}
     write_json(staged / MANIFEST_NAME, manifest)
-    if config.sign_key is not None:
-        from kiln.artifact.signing import sign
-
-        (staged / SIGNATURE_NAME).write_text(sign((staged / MANIFEST_NAME).read_bytes(), config.sign_key),
-                                             encoding="utf-8")
     return report, manifest
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from kiln import __version__
-from kiln.artifact import (MANIFEST_NAME, SIGNATURE_NAME, check_output_path, clean_leftovers, discard, file_entries,
-                           missing_parents, publish, staging_dir, write_json)
+from kiln.artifact import (MANIFEST_NAME, check_output_path, clean_leftovers, discard, file_entries,
+                           missing_parents, staging_dir, write_json)
 from kiln.artifact.manifest import MANIFEST_SCHEMA
 from kiln.artifact.reproducibility import reproducibility
 from kiln.config import ExportConfig, Plan, QuantizationPlan
-from kiln.errors import AccuracyGateError, UnsupportedTargetError, UsageError
+from kiln.errors import UnsupportedTargetError, UsageError
 from kiln.llm import compile as llm_compile
 from kiln.llm.export import export_decoder
 from kiln.llm.measure import fidelity, reference_runs, speed
@@ -93,7 +93,7 @@ def _texts(config: ExportConfig, tokenizer, spec) -> tuple[list[np.ndarray], lis
 
 
 def run_llm(config: ExportConfig, folder: Path, cfg: dict, progress, started: float):
-    from kiln.pipeline import Result, _check_delivery, rejected_path
+    from kiln.pipeline import _check_delivery, rejected_path
 
     host = detect_host()
     with progress.stage("resolve") as st:
@@ -106,13 +106,15 @@ def run_llm(config: ExportConfig, folder: Path, cfg: dict, progress, started: fl
     created = missing_parents(config.out)
     staged = staging_dir(config.out)
     try:
-        return _build(config, plan, host, folder, cfg, staged, progress, started, Result, rejected_path)
+        return _build(config, plan, host, folder, cfg, staged, progress, started)
     except BaseException:
         discard(staged, created)
         raise
 
 
-def _build(config, plan, host, folder, cfg, staged, progress, started, Result, rejected_path):
+def _build(config, plan, host, folder, cfg, staged, progress, started):
+    from kiln.pipeline import finish
+
     work = staged / ".work"
     options = {"block_size": config.llm.block_size, "accuracy_level": config.llm.accuracy_level,
                "keep_embeddings": config.llm.keep_embeddings, "group_size": config.weight_compression.group_size,
@@ -179,20 +181,7 @@ def _build(config, plan, host, folder, cfg, staged, progress, started, Result, r
         report, manifest = _package(config, plan, host, folder, cfg, staged, spec, record, details, settings,
                                     model_rel, layout, found, gate, bench, source, weights, where, progress, started)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
-    if not gate["passed"]:
-        rejected = rejected_path(config.out)
-        publish(staged, rejected)
-        raise AccuracyGateError("accuracy gate failed: " + "; ".join(gate["failures"]),
-                                hint=f"not published to {config.out}; the rejected artifact and its report are in "
-                                     f"{rejected}", stage="validate", report=report)
-    publish(staged, config.out)
-    if config.bundle is not None:
-        from kiln.artifact.bundle import write_bundle
-
-        with progress.stage("bundle") as st:
-            write_bundle(config.out, manifest, config.bundle)
-            st.result = f"{config.bundle} ({config.bundle.stat().st_size / 2**20:.1f} MiB)"
-    return Result(config.out, report, manifest)
+    return finish(config, staged, report, manifest, gate, progress)
 
 
 def _gate(config: ExportConfig, found: dict) -> dict:
@@ -278,9 +267,4 @@ def _package(config, plan, host, folder, cfg, staged, spec, record, details, set
         "files": file_entries(staged),
     }
     write_json(staged / MANIFEST_NAME, manifest)
-    if config.sign_key is not None:
-        from kiln.artifact.signing import sign
-
-        (staged / SIGNATURE_NAME).write_text(sign((staged / MANIFEST_NAME).read_bytes(), config.sign_key),
-                                             encoding="utf-8")
     return report, manifest
