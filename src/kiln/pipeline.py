@@ -163,7 +163,7 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
     Each of these is reused from the stage cache when its inputs are unchanged (see kiln.stage_cache)."""
     stages, fingerprint = open_cache(config, module)
     synthetic = any(_calibration_kind(config, plan) == "synthetic" for plan in plans)
-    key = export_key(config, fingerprint, synthetic)
+    key = export_key(stages, config, fingerprint, synthetic)
     opened: dict = {}
 
     def compute() -> Prepared:

@@ -112,10 +112,11 @@ def _external_data_digest(path: Path, memo: Path) -> str:
     return make_key({"external": parts})
 
 
-def export_key(config: ExportConfig, fingerprint: str | None, synthetic_calibration: bool) -> str | None:
-    if fingerprint is None:
+def export_key(stages: StageCache, config: ExportConfig, fingerprint: str | None,
+               synthetic_calibration: bool) -> str | None:
+    if fingerprint is None or stages.cache is None:
         return None
-    memo = Cache().root / "hashes"
+    memo = stages.cache.root / "hashes"
     data = {}
     for name in ("calibration", "evaluation"):
         spec = getattr(config, name)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import faults
+from kiln.artifact.publish import pid_alive
 from kiln.exporters.base import sha256_file
 
 ENTRY_NAME = "entry.json"
@@ -48,16 +49,6 @@ class Entry:
 
     def file(self, name: str) -> Path:
         return self.path / "files" / name
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Cache:
@@ -139,7 +130,7 @@ class Cache:
             return
         for entry in tmp.iterdir():
             pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def entries(self) -> list[dict]:

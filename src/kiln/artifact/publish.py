@@ -18,7 +18,7 @@ _TMP_TAG = ".kiln-tmp-"
 _OLD_TAG = ".kiln-old-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,7 +41,7 @@ def clean_leftovers(out: Path) -> list[Path]:
             prefix = f".{out.name}{tag}"
             if entry.name.startswith(prefix):
                 pid = entry.name[len(prefix):].split("-", 1)[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
+                if pid.isdigit() and not pid_alive(int(pid)):
                     if tag == _OLD_TAG and not out.exists() and (entry / "manifest.json").is_file():
                         os.rename(entry, out)
                     elif entry.is_dir():

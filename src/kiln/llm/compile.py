@@ -86,8 +86,7 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict) -
             first.process()
         model = first.model.model
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
-                                     op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)),
-                                     nodes_to_exclude=options.get("exclude") or [])
+                                     op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
     with quiet():
         quantizer.process()
     quantized = quantizer.model.model
