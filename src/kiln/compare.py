@@ -9,7 +9,6 @@ cosine and the top-1 agreement of every output both reports have, size on the mo
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,24 +33,16 @@ def load_report_file(path: Path) -> dict:
     if not file.is_file():
         raise UsageError(f"{path} is not a report.json or an artifact folder holding one",
                          hint="give the report.json that `kiln export` wrote (or `kiln export --json` printed)")
-    try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise UsageError(f"{file} is not valid JSON ({str(exc)[:120]})", hint="give a kiln report.json") from None
-    if not isinstance(report, dict) or report.get("schema_version") != REPORT_SCHEMA:
-        found = report.get("schema_version") if isinstance(report, dict) else type(report).__name__
-        raise UsageError(f"{file} has schema '{str(found)[:40]}', kiln compare reads '{REPORT_SCHEMA}'",
-                         hint="give a report.json written by kiln export")
-    if report.get("status") not in ("ok", "rejected"):
-        raise UsageError(f"{file} is a report of a failed export (status '{str(report.get('status'))[:20]}')",
-                         hint="compare reports of exports that built an artifact")
-    from kiln.schemas import validate_document
+    from kiln.schemas import read_document
 
-    problems = validate_document(report, "report")
-    if problems:
-        raise UsageError(f"{file} breaks the report schema: {problems[0][:200]}",
-                         hint="give the report.json kiln export wrote, unedited")
-    return report
+    def built(report: dict) -> None:
+        if report.get("status") not in ("ok", "rejected"):
+            raise UsageError(f"{file} is a report of a failed export (status '{str(report.get('status'))[:20]}')",
+                             hint="compare reports of exports that built an artifact")
+
+    return read_document(file.read_bytes(), str(file), "report", REPORT_SCHEMA, reader="kiln compare reads",
+                         damaged="give the report.json kiln export wrote, unedited",
+                         other_version="give a report.json written by kiln export", precheck=built)
 
 
 def _num(value) -> float | None:

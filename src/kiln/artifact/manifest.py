@@ -53,22 +53,11 @@ def load_manifest(artifact: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{artifact} is not a kiln artifact (no {MANIFEST_NAME})",
                          hint="give the folder that `kiln export --out` wrote")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({str(exc)[:120]})", hint="the artifact is damaged; export it "
-                                                                              "again") from None
-    if not isinstance(data, dict) or data.get("schema_version") != MANIFEST_SCHEMA:
-        found = data.get("schema_version") if isinstance(data, dict) else None
-        raise UsageError(f"{path} has schema '{str(found)[:40]}', this kiln reads '{MANIFEST_SCHEMA}'",
-                         hint="re-export the artifact with this kiln version")
-    from kiln.schemas import validate_document
+    from kiln.schemas import read_document
 
-    problems = validate_document(data, "manifest")
-    if problems:
-        raise UsageError(f"{path} breaks the manifest schema: {problems[0][:200]}",
-                         hint="the artifact is damaged; export it again")
-    return data
+    return read_document(path.read_bytes(), str(path), "manifest", MANIFEST_SCHEMA,
+                         damaged="the artifact is damaged; export it again",
+                         other_version="re-export the artifact with this kiln version")
 
 
 def verify_files(root: Path, manifest: dict) -> None:

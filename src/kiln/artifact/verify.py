@@ -7,7 +7,6 @@ of the manifest. Any mismatch is a VerificationError (exit 6) naming the first f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kiln.artifact.bundle import read_members
@@ -19,23 +18,11 @@ VERIFY_SCHEMA = "kiln.verify/1"
 
 
 def _manifest(data: bytes, where: str) -> dict:
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise VerificationError(f"{where} is not valid JSON ({str(exc)[:120]})",
-                                hint="the manifest was damaged or replaced") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != MANIFEST_SCHEMA:
-        found = manifest.get("schema_version") if isinstance(manifest, dict) else type(manifest).__name__
-        raise VerificationError(f"{where} has schema '{str(found)[:40]}', this kiln verifies '{MANIFEST_SCHEMA}'",
-                                hint="verify it with the kiln version that wrote it, or export it again")
-    from kiln.schemas import validate_document
+    from kiln.schemas import read_document
 
-    problems = validate_document(manifest, "manifest")
-    if problems:
-        raise VerificationError(f"{where} breaks the manifest schema: {problems[0]}"
-                                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-                                hint="the manifest was damaged or edited")
-    return manifest
+    return read_document(data, where, "manifest", MANIFEST_SCHEMA, error=VerificationError,
+                         reader="this kiln verifies", damaged="the manifest was damaged, edited or replaced",
+                         other_version="verify it with the kiln version that wrote it, or export it again")
 
 
 def _compare(listed: list[dict], found: dict[str, tuple[str, int]], allowed_extra: set[str]) -> None:

@@ -16,7 +16,7 @@ import functools
 import json
 from importlib import resources
 
-from kiln.errors import MissingDependencyError
+from kiln.errors import MissingDependencyError, UsageError
 
 SCHEMA_NAMES = ("manifest", "report", "comparison", "llm_report")
 
@@ -31,6 +31,28 @@ def load_schema(name: str) -> dict:
     if name not in SCHEMA_NAMES:
         raise ValueError(f"unknown schema '{name}': kiln publishes {', '.join(SCHEMA_NAMES)}")
     return json.loads(_schema_text(name))
+
+
+def read_document(raw: bytes | str, where: str, name: str, version: str, *, damaged: str, other_version: str,
+                  reader: str = "this kiln reads", error=None, precheck=None) -> dict:
+    """A JSON document of schema `name` at `version`, or one `error` line (UsageError by default) saying what is
+    wrong: not JSON (`damaged` is the hint), another schema version (`other_version`), what `precheck(data)`
+    raises (a more specific complaint than the schema's), or a schema violation."""
+    error = error or UsageError
+    try:
+        data = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise error(f"{where} is not valid JSON ({str(exc)[:120]})", hint=damaged) from None
+    if not isinstance(data, dict) or data.get("schema_version") != version:
+        found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
+        raise error(f"{where} has schema '{str(found)[:40]}', {reader} '{version}'", hint=other_version)
+    if precheck is not None:
+        precheck(data)
+    problems = validate_document(data, name)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise error(f"{where} breaks the {name} schema: {problems[0][:200]}{more}", hint=damaged)
+    return data
 
 
 def _where(path) -> str:
