@@ -101,8 +101,15 @@ def random_decoder_folder(folder: Path, family: str = "llama", *, hidden: int = 
                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                   max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   tie_word_embeddings=True)
-    config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-              "phi3": transformers.Phi3Config, "mistral": transformers.MistralConfig}[family](**common)
+    if family == "gpt2":  # absolute positions, no grouped KV heads, its own names for the sizes
+        config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=heads,
+                                         n_inner=intermediate, n_positions=1024, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    else:
+        if family == "phi3":  # Phi-3-mini-4k's layout: no long-context RoPE (original = max positions)
+            common["original_max_position_embeddings"] = common["max_position_embeddings"]
+        config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                  "phi3": transformers.Phi3Config, "mistral": transformers.MistralConfig}[family](**common)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(target)

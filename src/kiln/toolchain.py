@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-_DISTRIBUTIONS = ("onnx", "onnxruntime", "numpy", "torch", "transformers", "onnxscript", "tokenizers",
+_DISTRIBUTIONS = ("onnx", "onnxruntime", "onnxruntime-genai", "numpy", "torch", "transformers", "onnxscript", "tokenizers",
                   "openvino", "nncf", "pydantic", "tensorrt", "tensorrt-rtx-cu12-bindings", "tensorrt-rtx")
 
 

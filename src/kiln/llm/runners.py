@@ -76,6 +76,7 @@ class OrtDecoder:
         from kiln.backends.onnxruntime.session import make_session
 
         self.session = make_session(model_path, settings)
+        self.wants_positions = any(i.name == "position_ids" for i in self.session.get_inputs())
         self.past_names, self.present_names = layout["past"], layout["present"]
         self.shape = (1, layout["kv_heads"], 0, layout["head_dim"])
         self.dtype = np.float32
@@ -88,8 +89,9 @@ class OrtDecoder:
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
         seq = ids.shape[1]
-        feed = {"input_ids": ids, "attention_mask": np.ones((1, self.length + seq), dtype=np.int64),
-                "position_ids": np.arange(self.length, self.length + seq, dtype=np.int64)[None], **self.past}
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, self.length + seq), dtype=np.int64), **self.past}
+        if self.wants_positions:  # the TorchScript graph takes them; the fused graph derives them from the mask
+            feed["position_ids"] = np.arange(self.length, self.length + seq, dtype=np.int64)[None]
         out = self.session.run(["logits", *self.present_names], feed)
         self.past = dict(zip(self.past_names, out[1:]))
         self.length += seq

@@ -12,9 +12,9 @@ from kiln._deps import require
 from kiln.errors import UsageError
 
 # model_type values of decoder-only causal LMs transformers runs without remote code, and kiln has checked
-# (export parity test): llama, qwen2, phi3, mistral share the layout kiln's wrapper drives.
-SUPPORTED = ("llama", "qwen2", "phi3", "mistral")
-DECODER_TYPES = SUPPORTED + ("gpt2", "gpt_neo", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "gemma", "gemma2",
+# (export parity test): llama, qwen2, phi3, mistral and gpt2 share the cache layout kiln's wrapper drives.
+SUPPORTED = ("llama", "qwen2", "phi3", "mistral", "gpt2")
+DECODER_TYPES = SUPPORTED + ("gpt_neo", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "gemma", "gemma2",
                              "gemma3", "qwen3", "mixtral", "starcoder2", "olmo", "stablelm", "mpt", "codegen")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
@@ -104,15 +104,24 @@ def read_spec(folder: Path, cfg: dict) -> DecoderSpec:
     if model_type not in SUPPORTED:
         raise UsageError(f"{folder.name} is a '{model_type}' decoder; kiln exports {', '.join(SUPPORTED)} decoders",
                          hint="this architecture's cache layout has not been checked by kiln yet")
-    heads = int(cfg["num_attention_heads"])
-    hidden = int(cfg["hidden_size"])
+
+    def read(*keys, default=None):  # GPT-2's config names its sizes n_embd, n_layer, n_head, n_inner
+        value = next((cfg[k] for k in keys if cfg.get(k) is not None), default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UsageError(f"{folder.name}/config.json has no positive integer {keys[0]} ({value!r})",
+                             hint="is config.json complete? transformers' save_pretrained writes every size")
+        return value
+
+    heads = int(read("num_attention_heads", "n_head"))
+    hidden = int(read("hidden_size", "n_embd"))
     parameters = _safetensors_parameters(folder)
     if not parameters:
         raise UsageError(f"{folder.name} has no .safetensors weights", hint="save the model with safe_serialization "
                                                                           "(kiln does not unpickle .bin weights)")
-    return DecoderSpec(model_type, hidden, int(cfg.get("intermediate_size") or 4 * hidden), int(cfg["num_hidden_layers"]), int(cfg.get("num_key_value_heads") or heads),
-                       int(cfg.get("head_dim") or hidden // heads), int(cfg["vocab_size"]),
-                       int(cfg.get("max_position_embeddings") or 2048), parameters, parameters * 4)
+    return DecoderSpec(model_type, hidden, int(read("intermediate_size", "n_inner", default=4 * hidden)),
+                       int(read("num_hidden_layers", "n_layer")), int(read("num_key_value_heads", default=heads)),
+                       int(read("head_dim", default=hidden // heads)), int(read("vocab_size")),
+                       int(read("max_position_embeddings", "n_positions", default=2048)), parameters, parameters * 4)
 
 
 def check_memory(spec: DecoderSpec, max_memory: int | None, folder: Path) -> None:
