@@ -65,8 +65,11 @@ def test_decoder_families_export_with_their_cache_and_keep_fidelity(tiny, tmp_pa
         # a tiny model is mostly its 49152 x 64 embedding and LM head (int8 blocks of 128 padded over 64 inputs):
         # the bytes target is held by the real model below
         assert f["next_token_kl_mean"] < 0.05 and report["weights"]["ratio_to_fp32"] < 0.75
-    fused = target == "onnxruntime" and family != "gpt2"  # the model builder does not write GPT-2
-    assert report["export"]["exporter"] == ("onnxruntime-genai model builder" if fused else "torchscript")
+    exporter = {"onnxruntime": "onnxruntime-genai model builder" if family != "gpt2" else "torchscript",
+                "openvino": "openvino.convert_model (PyTorch frontend)"}[target]
+    assert report["export"]["exporter"] == exporter
+    if target == "openvino":  # every layer's attention fused with the cache by the CPU plugin
+        assert report["compile"]["fused_attention_layers"] == report["model"]["layers"]
     if family == "gpt2" and target == "onnxruntime":  # its Conv1D layers reach the quantizer as MatMul
         assert report["compile"]["nodes"]["MatMulNBits"] == 4 * 2 + 1
         assert any("not used for GPT2LMHeadModel" in note for note in report["export"]["notes"])

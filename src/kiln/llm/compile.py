@@ -5,8 +5,9 @@ ONNX Runtime: every MatMul with a constant weight becomes MatMulNBits, block-wis
 kernel compute in int8 with VNNI (no measurable fidelity cost on SmolLM2). For int4 the LM head goes to int8
 (measured on SmolLM2-135M: perplexity +26 % instead of +35 % with it in int4, for 3 % more bytes) and the token
 embedding becomes GatherBlockQuantized int4 unless `--keep-embeddings` (ONNX Runtime quantizes a Gather to 4
-bits only, so int8 keeps it in fp32). OpenVINO: the graph is converted with batch 1, made stateful (each
-past_key_values.N input paired with its present.N output becomes an internal variable), then NNCF
+bits only, so int8 keeps it in fp32). OpenVINO: the IR converted from PyTorch is made stateful with batch 1 (each
+past_key_values.N input paired with its present.N output becomes an internal variable, in the shape the CPU
+plugin fuses with attention: openvino_export.py), then NNCF
 `compress_weights`: int4 symmetric groups (`--group-size`, default the largest of 128/64/32 dividing the hidden
 size) with NNCF's default of int8 for the embedding and the LM head; int8: asymmetric per channel.
 """
@@ -142,20 +143,15 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict) -
 
 
 def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec: DecoderSpec) -> dict:
-    """Write out/model.xml + .bin: the decoder made stateful, weights compressed for int8/int4."""
+    """Write out/model.xml + .bin: the exported IR made stateful (attention fused with the cache where the CPU
+    plugin does it, openvino_export.py), weights compressed for int8/int4."""
     ov = require("openvino", why="the OpenVINO backend")
-    from openvino._offline_transformations import apply_make_stateful_transformation
+    from kiln.llm.openvino_export import stateful_model
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    model = ov.convert_model(str(graph))
-    inputs, outputs = spec.io_names()
-    # Batch 1 made static first: a variable's initial value takes its shape from the input it replaces, and a
-    # dynamic batch would start the cache as [0, heads, 0, dim], which the first Concat then rejects.
-    model.reshape({name: ov.PartialShape([1, -1]) for name in inputs[:3]}
-                  | {name: ov.PartialShape([1, spec.kv_heads, -1, spec.head_dim]) for name in inputs[3:]})
-    apply_make_stateful_transformation(model, dict(zip(inputs[3:], outputs[1:])))
-    details = {"precision": precision, "stateful": True, "variables": len(inputs) - 3}
+    model, attention = stateful_model(graph, spec)
+    details = {"precision": precision, "stateful": True, "variables": 2 * spec.layers, **attention}
     if precision != "fp32":
         nncf = require("nncf", why="OpenVINO weight compression")
         bits = BITS[precision]

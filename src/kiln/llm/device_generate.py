@@ -55,12 +55,15 @@ def _openvino(runtime):
                                        dict(settings.get("config", {})))
     request = compiled.create_infer_request()
     request.reset_state()
+    inputs = {port.get_any_name() for port in compiled.inputs}
     state = {"length": 0}
 
     def forward(ids):
         n = ids.shape[1]
-        request.infer({"input_ids": ids, "attention_mask": np.ones((1, state["length"] + n), dtype=np.int64),
-                       "position_ids": np.arange(state["length"], state["length"] + n, dtype=np.int64)[None]})
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, state["length"] + n), dtype=np.int64),
+                "position_ids": np.arange(state["length"], state["length"] + n, dtype=np.int64)[None],
+                "beam_idx": np.zeros(1, dtype=np.int32)}
+        request.infer({name: value for name, value in feed.items() if name in inputs})
         state["length"] += n
         return request.get_tensor("logits").data[0, -1].copy()
 

@@ -59,7 +59,11 @@ def _wrapper(model, spec: DecoderSpec):
             self.model = model
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = DynamicCache(list(zip(past[0::2], past[1::2])))
+            # Each layer starts from the given tensors. DynamicCache(pairs) would first concatenate them onto an
+            # empty 1-D tensor, which torch tolerates and OpenVINO's converter rejects.
+            cache = DynamicCache(config=model.config)
+            for layer, keys, values in zip(cache.layers, past[0::2], past[1::2]):
+                layer.keys, layer.values, layer.device, layer.is_initialized = keys, values, keys.device, True
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=True, **{CACHE_ARGUMENT: cache})
             present = []
@@ -118,20 +122,38 @@ def export_decoder(model, spec: DecoderSpec, folder: Path) -> dict:
             "notes": ["one graph for prompt and decoding: past length 0 for the prompt"]}
 
 
-def parity(model, spec: DecoderSpec, path: Path, rtol: float = 1e-3) -> list[dict]:
-    """The ONNX graph against the torch model at a prompt (past 0) and a decoding step (past > 0)."""
+def _runner(path: Path, outputs: list[str]):
+    """feed -> outputs in order, for an ONNX graph (ONNX Runtime) or an OpenVINO IR (CPU, fp32 arithmetic)."""
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        names = [i.get_any_name() for i in compiled.inputs]
+
+        def run(feed):
+            results = compiled({name: feed[name] for name in names})
+            return [results[compiled.output(name)] for name in outputs]
+
+        return run
     import onnxruntime as ort
-    import torch
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda feed: session.run(outputs, {i.name: feed[i.name] for i in session.get_inputs()})
+
+
+def parity(model, spec: DecoderSpec, path: Path, rtol: float = 1e-3) -> list[dict]:
+    """The exported graph against the torch model at a prompt (past 0) and a decoding step (past > 0)."""
+    import torch
+
     wrapper = _wrapper(model, spec)
     inputs, outputs = spec.io_names()
+    run = _runner(path, outputs)
     rows = []
     for label, past, seq in (("prompt (past 0)", 0, 16), ("decoding step (past 16)", 16, 1)):
         feed = example_feed(spec, past, seq, seed=past + 1)
         with torch.no_grad():
             want = [t.numpy() for t in wrapper(*(torch.from_numpy(feed[n]) for n in inputs))]
-        got = session.run(outputs, {i.name: feed[i.name] for i in session.get_inputs()})
+        got = run(feed)
         worst = {}
         for name, a, b in zip(outputs, want, got):
             if a.shape != b.shape:

@@ -2,10 +2,10 @@
 
 The builder (the `llm` extra: onnxruntime-genai) writes the graph ONNX Runtime's own LLM runtime uses: one
 GroupQueryAttention node per layer (rotary embedding and the KV-cache append inside), SkipSimplifiedLayerNorm,
-q/k/v packed into one MatMul. About 400 nodes for SmolLM2-135M where the TorchScript trace leaves 3,300 after
+q/k/v packed into one MatMul. About 340 nodes for SmolLM2-135M where the TorchScript trace leaves 3,300 after
 ONNX Runtime's optimizer, most of them shape arithmetic: measured here, the int4 decoder goes from 2.2x to
-3.5x torch eager (docs/benchmarks.md). It runs in a child process: it puts its own modules (`builders`,
-`quantization`) on sys.path, and its peak memory must not add to the torch model kiln holds.
+3.75x torch eager (docs/benchmarks.md). It runs in a child process: it puts its own modules (`builders`,
+`quantization`) on sys.path, and the memory it takes is returned when it exits.
 
 kiln asks it for fp32 only and checks that graph against the torch model like any export; the weight-only
 precisions are then applied by kiln's own quantizer (compile.py), the same for every export flavour.

@@ -24,6 +24,7 @@ from kiln.errors import ExportError, UnsupportedTargetError, UsageError
 from kiln.llm import compile as llm_compile
 from kiln.llm import fused_export
 from kiln.llm.export import export_decoder
+from kiln.llm.openvino_export import export_openvino
 from kiln.llm.measure import fidelity, reference_runs, speed
 from kiln.llm.report import LLM_REPORT_SCHEMA, render_llm_markdown
 from kiln.llm.runners import OpenVinoDecoder, OrtDecoder, TorchDecoder
@@ -130,14 +131,14 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
                      f"{len(prompts)} prompts from {where}")
     with progress.stage("export") as st:
         record = _export(plan, model, spec, folder, cfg, work / "export")
-        st.result = f"{record['exporter']}, opset {record['opset']}, " + "; ".join(
+        st.result = record["exporter"] + (f", opset {record['opset']}" if record["opset"] else "") + ", " + "; ".join(
             f"{c['inputs']}: {c['max_rel_error']:.1g}" for c in record["checks"])
     inputs, outputs = spec.io_names()
     layout = {"past": inputs[3:], "present": outputs[1:], "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
               "layers": spec.layers, "vocab_size": spec.vocab_size}
     with progress.stage("compile") as st:
-        graph = work / "export" / "model.onnx"
         if plan.backend == "onnxruntime":
+            graph = work / "export" / "model.onnx"
             from kiln.backends.onnxruntime.session import default_settings
 
             details = llm_compile.compile_onnxruntime(graph, staged, plan.precision, options)
@@ -145,7 +146,8 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
         else:
             from kiln.backends.openvino.session import default_settings
 
-            details = llm_compile.compile_openvino(graph, staged / "openvino", plan.precision, options, spec)
+            details = llm_compile.compile_openvino(work / "export" / "model.xml", staged / "openvino", plan.precision,
+                                                   options, spec)
             model_rel, settings = "openvino/model.xml", default_settings("CPU", plan.precision, plan.threads)
         model_path = staged / model_rel
         weights = llm_compile.weight_bytes(model_path)
@@ -187,7 +189,8 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
 
 def _export(plan, model, spec, folder: Path, cfg: dict, out: Path) -> dict:
     """ONNX Runtime gets the model builder's fused graph where it applies; otherwise, or if it fails, the
-    TorchScript graph. Either is checked against the torch model; the record names every attempt."""
+    TorchScript graph. OpenVINO converts from PyTorch. Each is checked against the torch model; the record
+    names every attempt."""
     attempts, notes = [], []
     if plan.backend == "onnxruntime":
         reason = fused_export.unsupported_reason(cfg)
@@ -201,10 +204,25 @@ def _export(plan, model, spec, folder: Path, cfg: dict, out: Path) -> dict:
                 attempts.append({"exporter": fused_export.EXPORTER, "ok": False, "error": str(exc)})
                 shutil.rmtree(out, ignore_errors=True)
         notes.append(reason)
+    if plan.backend == "openvino":
+        return export_openvino(model, spec, out)
     record = export_decoder(model, spec, out)
     record["attempts"] = attempts + record["attempts"]
     record["notes"] = record["notes"] + notes
     return record
+
+
+def _openvino_io(path: Path) -> dict:
+    """The stateful IR's inputs and outputs (the cache is inside it), dynamic dimensions as "?"."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+
+    def tensor(port):
+        shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+        return {"name": port.get_any_name(), "dtype": str(port.get_element_type().to_dtype()), "shape": shape}
+
+    return {"inputs": [tensor(p) for p in model.inputs], "outputs": [tensor(p) for p in model.outputs]}
 
 
 def _gate(config: ExportConfig, found: dict) -> dict:
@@ -238,10 +256,7 @@ def _package(config, plan, host, folder, cfg, staged, spec, record, details, set
 
     onnx_path = staged / "model.onnx" if plan.backend == "onnxruntime" else None
     signature = read_signature(onnx.load(str(onnx_path), load_external_data=False)) if onnx_path else None
-    io = signature.to_dict() if signature else {
-        "inputs": [{"name": n, "dtype": "int64", "shape": [1, "sequence" if n != "attention_mask" else "total_sequence"]}
-                   for n in ("input_ids", "attention_mask", "position_ids")],
-        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "sequence", spec.vocab_size]}]}
+    io = signature.to_dict() if signature else _openvino_io(staged / model_rel)
     stages = dict(progress.timings)
     stages["package"] = 0.0
     weights_in = list(folder.glob("*.safetensors")) + [folder / "config.json"]

@@ -49,8 +49,9 @@ def render_llm_markdown(report: dict) -> str:
         lines += ["", "Gate: " + ("passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"]))]
     compile_ = report["compile"]
     lines += ["", "## What was done", "",
-              f"- Export: {report['export']['exporter']}, opset {report['export']['opset']}, one graph with the KV "
-              f"cache (past length 0 for the prompt); checked against torch: " +
+              f"- Export: {report['export']['exporter']}"
+              + (f", opset {report['export']['opset']}" if report["export"]["opset"] else "") + ", one graph with the KV "
+              "cache (past length 0 for the prompt); checked against torch: " +
               "; ".join(f"{c['inputs']} max rel error {c['max_rel_error']:.2g}" for c in report["export"]["checks"]),
               "- Compile: " + ", ".join(f"{k} {v}" for k, v in compile_.items() if k not in ("seconds", "nodes"))]
     lines += [f"- {note}" for note in report["notes"]]

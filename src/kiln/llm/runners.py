@@ -109,6 +109,7 @@ class OpenVinoDecoder:
         device, config, _ = resolved_settings(settings, model_path)
         self.compiled = ov.Core().compile_model(str(model_path), device, config)
         self.request = self.compiled.create_infer_request()
+        self.inputs = {port.get_any_name() for port in self.compiled.inputs}
         self.execution_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.length = 0
 
@@ -118,7 +119,9 @@ class OpenVinoDecoder:
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
         seq = ids.shape[1]
-        self.request.infer({"input_ids": ids, "attention_mask": np.ones((1, self.length + seq), dtype=np.int64),
-                            "position_ids": np.arange(self.length, self.length + seq, dtype=np.int64)[None]})
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, self.length + seq), dtype=np.int64),
+                "position_ids": np.arange(self.length, self.length + seq, dtype=np.int64)[None],
+                "beam_idx": np.zeros(1, dtype=np.int32)}  # the cache's batch order: one sequence
+        self.request.infer({name: value for name, value in feed.items() if name in self.inputs})
         self.length += seq
         return self.request.get_tensor("logits").data[0].copy()
