@@ -32,7 +32,7 @@ def smollm2(tmp_path_factory) -> Path:
 def tiny(tmp_path_factory, smollm2) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-decoders")
     return {family: zoo.random_decoder_folder(root, family, tokenizer_from=smollm2)
-            for family in ("llama", "qwen2", "phi3", "gpt2")}
+            for family in ("llama", "qwen2", "phi3", "mistral", "gpt2")}
 
 
 def export(source: Path, out: Path, *args) -> dict:
@@ -208,7 +208,7 @@ def test_builder_routing_by_architecture():
     assert unsupported_reason({"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 4096}) is None
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "mistral"])
 def test_each_family_gets_the_fused_graph_on_onnxruntime(tiny, tmp_path, family):
     """The builder's graph for every family kiln offers, checked against the torch model at past 0 and 16."""
     from kiln.llm.fused_export import export_fused
@@ -224,3 +224,20 @@ def test_each_family_gets_the_fused_graph_on_onnxruntime(tiny, tmp_path, family)
     graph = onnx.load(str(tmp_path / "export" / "model.onnx"), load_external_data=False)
     assert sum(n.op_type == "GroupQueryAttention" for n in graph.graph.node) == spec.layers
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_shared_cache_buffer_generates_the_same_tokens_as_copying_it(tiny, tmp_path):
+    """The fused graph's cache kept in buffers bound as past and present (grown from 256 to 1024 positions here)
+    against passing it in and out: the same greedy tokens, and logits equal to float rounding."""
+    from kiln.llm.runners import OrtDecoder, generate
+
+    out = tmp_path / "out"
+    export(tiny["llama"], out, "--no-bench")
+    runtime = json.loads((out / "runtime.json").read_text())
+    assert runtime["language_model"]["kv_buffer"] == "shared"
+    shared = OrtDecoder(out / runtime["model"], runtime["settings"], runtime["language_model"])
+    copied = OrtDecoder(out / runtime["model"], runtime["settings"], {**runtime["language_model"], "kv_buffer": "copied"})
+    prompt = np.random.default_rng(3).integers(0, 49152, 300)
+    a, b = generate(copied, prompt, 260), generate(shared, prompt, 260)
+    assert a.tokens == b.tokens and shared.capacity == 1024 and shared.length == 300 + 259
+    np.testing.assert_allclose(shared.forward(np.array([[7]])), copied.forward(np.array([[7]])), rtol=1e-4, atol=1e-4)

@@ -31,8 +31,38 @@ def _onnxruntime(runtime):
     session = ort.InferenceSession(str(HERE / runtime["model"]), options, providers=["CPUExecutionProvider"],
                                    disabled_optimizers=list(settings.get("disabled_optimizers", [])))
     empty = np.zeros((1, layout["kv_heads"], 0, layout["head_dim"]), dtype=np.float32)
-    state = {"past": {name: empty for name in layout["past"]}, "length": 0}
+    state = {"past": {name: empty for name in layout["past"]}, "length": 0, "capacity": 0}
     wants_positions = any(i.name == "position_ids" for i in session.get_inputs())
+
+    def allocate(capacity):
+        """The fused graph's cache: one buffer per layer bound as past and present, appended to in place."""
+        old, binding, buffers = state.get("buffers", {}), session.io_binding(), {}
+        binding.bind_output("logits")  # first: output 0
+        for past, present in zip(layout["past"], layout["present"]):
+            array = np.zeros((1, layout["kv_heads"], capacity, layout["head_dim"]), dtype=np.float32)
+            if past in old:
+                array[:, :, :state["length"]] = old[past].numpy()[:, :, :state["length"]]
+            buffers[past] = ort.OrtValue.ortvalue_from_numpy(array)  # kept alive here: the binding holds pointers
+            binding.bind_ortvalue_input(past, buffers[past])
+            binding.bind_ortvalue_output(present, buffers[past])
+        state.update(binding=binding, buffers=buffers, capacity=capacity)
+
+    def forward_shared(ids):
+        n = ids.shape[1]
+        if state["length"] + n > state["capacity"]:
+            allocate(max(256, 2 * state["capacity"], 1 << (state["length"] + n - 1).bit_length()))
+        mask = np.zeros((1, state["capacity"]), dtype=np.int64)
+        mask[0, :state["length"] + n] = 1  # the tokens held: GroupQueryAttention reads the length from it
+        binding = state["binding"]
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_output("logits")
+        session.run_with_iobinding(binding)
+        state["length"] += n
+        return binding.get_outputs()[0].numpy()[0, -1]
+
+    if layout.get("kv_buffer") == "shared":
+        return forward_shared
 
     def forward(ids):
         n = ids.shape[1]

@@ -135,7 +135,9 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
             f"{c['inputs']}: {c['max_rel_error']:.1g}" for c in record["checks"])
     inputs, outputs = spec.io_names()
     layout = {"past": inputs[3:], "present": outputs[1:], "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
-              "layers": spec.layers, "vocab_size": spec.vocab_size}
+              "layers": spec.layers, "vocab_size": spec.vocab_size,
+              # the model builder's GroupQueryAttention appends to a cache buffer bound as both past and present
+              "kv_buffer": "shared" if record["exporter"] == fused_export.EXPORTER else "copied"}
     with progress.stage("compile") as st:
         if plan.backend == "onnxruntime":
             graph = work / "export" / "model.onnx"

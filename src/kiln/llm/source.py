@@ -125,7 +125,8 @@ def read_spec(folder: Path, cfg: dict) -> DecoderSpec:
 
 
 def check_memory(spec: DecoderSpec, max_memory: int | None, folder: Path) -> None:
-    """Exporting holds the fp32 model, the traced graph and its serialisation: about 3x the fp32 weights."""
+    """Exporting holds the fp32 model and the exported graph, then the quantizer's copy: 2.2-2.3x the fp32
+    weights measured for a 1.17 B Llama (docs/benchmarks.md); 3x is asked for, as headroom."""
     if max_memory is None:
         return
     need = 3 * spec.weight_bytes_fp32
