@@ -4,8 +4,8 @@ The builder (the `llm` extra: onnxruntime-genai) writes the graph ONNX Runtime's
 GroupQueryAttention node per layer (rotary embedding and the KV-cache append inside), SkipSimplifiedLayerNorm,
 q/k/v packed into one MatMul. About 340 nodes for SmolLM2-135M where the TorchScript trace leaves 3,300 after
 ONNX Runtime's optimizer, most of them shape arithmetic: measured here, the int4 decoder goes from 2.2x to
-3.75x torch eager (docs/benchmarks.md). It runs in a child process: it puts its own modules (`builders`,
-`quantization`) on sys.path, and the memory it takes is returned when it exits.
+4.6x torch eager with the runner's in-place cache (docs/benchmarks.md). It runs in a child process: it puts its
+own modules (`builders`, `quantization`) on sys.path, and the memory it takes is returned when it exits.
 
 kiln asks it for fp32 only and checks that graph against the torch model like any export; the weight-only
 precisions are then applied by kiln's own quantizer (compile.py), the same for every export flavour.
