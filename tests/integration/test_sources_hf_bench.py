@@ -74,9 +74,9 @@ def hf(tmp_path_factory) -> dict[str, Path]:
     transformers.ViTForImageClassification(vit).eval().save_pretrained(folders["image"])
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folders["image"])
 
-    folders["decoder"] = root / "decoder"
-    transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=tokenizer.vocab_size).save_pretrained(
-        folders["decoder"])
+    folders["decoder"] = root / "decoder"  # a decoder family kiln has not checked (GPT-2 now exports)
+    transformers.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               vocab_size=tokenizer.vocab_size).save_pretrained(folders["decoder"])
 
     folders["eval_text"] = root / "eval.txt"
     folders["eval_text"].write_text("\n".join(EVAL_LINES) + "\n", encoding="utf-8")
@@ -217,7 +217,7 @@ def test_hf_decoder_folder_exits_2_saying_decoder(hf, tmp_path):
     assert result.returncode == USAGE, result.stderr
     assert "Traceback" not in result.stderr
     line, = result.stderr.strip().splitlines()
-    assert line.startswith("kiln: error: ") and "decoder" in line and "gpt2" in line
+    assert line.startswith("kiln: error: ") and "decoder" in line and "gpt_neox" in line
     assert not out.exists()
 
 

@@ -1,5 +1,6 @@
-"""Greedy generation, batch 1, with the KV cache: the torch model, ONNX Runtime (cache passed in and out) and
-OpenVINO (stateful: the cache stays inside the compiled model). Each decoder appends `forward`'s tokens to its
+"""Greedy generation, batch 1, with the KV cache: the torch model, ONNX Runtime (the fused graph's cache kept in
+buffers bound as past and present; the TorchScript graph's passed in and out) and OpenVINO (stateful: the
+cache stays inside the compiled model). Each decoder appends `forward`'s tokens to its
 cache and returns their logits; `generate` times the prompt (time to first token) and every decoding step.
 """
 
