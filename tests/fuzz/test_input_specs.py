@@ -106,11 +106,19 @@ def noisy_input_specs(draw) -> str:
 INPUT_SPEC_TEXT = st.one_of(st.text(), noisy_input_specs(), valid_input_specs().map(lambda pair: pair[0]))
 
 
-def check_refusal(exc: UsageError, text: str) -> None:
-    assert isinstance(exc.message, str) and exc.message
-    assert exc.hint, f"UsageError without a hint for {text!r}: {exc.message}"
-    if not has_line_break(text):  # inputs with line breaks: see test_usage_error_messages_are_one_line
-        assert one_line(exc.message), exc.message
+def parsed_or_refused(parse, text: str):
+    """parse(text), or None when it raised a well-formed UsageError (message, hint, one line); labels the event."""
+    try:
+        value = parse(text)
+    except UsageError as exc:
+        assert isinstance(exc.message, str) and exc.message
+        assert exc.hint, f"UsageError without a hint for {text!r}: {exc.message}"
+        if not has_line_break(text):  # inputs with line breaks: see test_usage_error_messages_are_one_line
+            assert one_line(exc.message), exc.message
+        event("refused")
+        return None
+    event("accepted")
+    return value
 
 
 @FUZZ
@@ -126,13 +134,9 @@ def check_refusal(exc: UsageError, text: str) -> None:
 @example("a=1x2x")
 @example("a=b=1:float32:int8")
 def test_input_spec_parse_returns_a_spec_or_a_usage_error(text):
-    try:
-        spec = InputSpec.parse(text)
-    except UsageError as exc:
-        check_refusal(exc, text)
-        event("refused")
+    spec = parsed_or_refused(InputSpec.parse, text)
+    if spec is None:
         return
-    event("accepted")
     assert IDENT.fullmatch(spec.name), spec
     assert spec.dims and all(d.size >= 1 for d in spec.dims), spec
     # Dimension names are checked strictly by test_input_spec_dimension_names_are_identifiers.
@@ -219,13 +223,9 @@ NOISY_PROFILES = st.one_of(
 @example("a=1::1")
 @example("=1:1:1")
 def test_shape_range_parse_returns_a_range_or_a_usage_error(text):
-    try:
-        profile = ShapeRange.parse(text)
-    except UsageError as exc:
-        check_refusal(exc, text)
-        event("refused")
+    profile = parsed_or_refused(ShapeRange.parse, text)
+    if profile is None:
         return
-    event("accepted")
     assert profile.name == profile.name.strip()  # non-empty: test_shape_range_names_are_not_empty
     shapes = (profile.min, profile.opt, profile.max)
     assert len({len(s) for s in shapes}) == 1 and profile.min, profile
