@@ -85,3 +85,8 @@ def numpy_dtype(name: str) -> np.dtype:
 
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (ai.onnx) domain the graph imports; 0 when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -14,7 +14,7 @@ from kiln.calibration import DataContext, Feed, Samples, random_feed
 from kiln.config import ExportConfig
 from kiln.errors import ExportError
 from kiln.exporters.base import ExportRecord, Source
-from kiln.signature import Signature, read_signature
+from kiln.signature import Signature, default_opset, read_signature
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def export_graph(source: Source, config: ExportConfig, context: DataContext, wor
                           hint="try the other exporter with --exporter") from None
     model = onnx.load(str(path), load_external_data=False)
     signature = read_signature(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), record.opset)
+    opset = default_opset(model) or record.opset
     if opset != record.opset:  # exporters may settle on another opset than asked; record what is in the file
         record = ExportRecord(record.exporter, opset, record.attempts, record.seconds,
                               record.notes + (f"asked for opset {record.opset}, the exporter wrote {opset}",))

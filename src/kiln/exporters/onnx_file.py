@@ -13,7 +13,7 @@ from kiln.calibration.samples import DataContext, Feed
 from kiln.config import ExportConfig
 from kiln.errors import UsageError
 from kiln.exporters.base import ExportRecord, SourceInfo, sha256_file
-from kiln.signature import read_signature
+from kiln.signature import default_opset, read_signature
 
 
 def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
@@ -137,8 +137,4 @@ class OnnxFileSource:
                             location=path.name + ".data", size_threshold=1024)
         else:
             shutil.copyfile(self.path, path)
-        return ExportRecord("copy", _default_opset(self.model), seconds=time.perf_counter() - start)
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        return ExportRecord("copy", default_opset(self.model), seconds=time.perf_counter() - start)

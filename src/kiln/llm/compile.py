@@ -21,6 +21,7 @@ from kiln._deps import require
 from kiln.llm.export import DATA_NAME
 from kiln.llm.source import DecoderSpec
 from kiln.quiet import quiet
+from kiln.signature import default_opset
 
 BITS = {"int4-weights": 4, "int8-weights": 8}
 # Block sizes measured on SmolLM2-135M here (docs/benchmarks.md): 32 keeps int4 greedy continuations closest
@@ -70,10 +71,6 @@ def untie_embeddings(model) -> int:
             model.graph.node.remove(transpose)
         untied += 1
     return untied
-
-
-def default_opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def group_size_for(spec: DecoderSpec) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from kiln.errors import ExportError
 from kiln.llm.export import DATA_NAME, parity
 from kiln.llm.source import DecoderSpec
+from kiln.signature import default_opset
 
 # Architectures whose builder graphs were checked against the torch model here (tests/integration).
 ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM"}
@@ -54,6 +55,8 @@ def unsupported_reason(cfg: dict) -> str | None:
 
 def export_fused(model, spec: DecoderSpec, source: Path, folder: Path) -> dict:
     """Write folder/model.onnx (+ data) with the builder and check it against the torch model."""
+    import onnx
+
     folder.mkdir(parents=True, exist_ok=True)
     work = folder / "builder"
     start = time.perf_counter()
@@ -74,15 +77,8 @@ def export_fused(model, spec: DecoderSpec, source: Path, folder: Path) -> dict:
     shutil.rmtree(folder / "builder-cache", ignore_errors=True)
     seconds = time.perf_counter() - start
     checks = parity(model, spec, folder / "model.onnx")
-    return {"exporter": EXPORTER, "exporter_version": builder_version(), "opset": _opset(folder / "model.onnx"),
+    return {"exporter": EXPORTER, "exporter_version": builder_version(), "opset": default_opset(onnx.load(str(folder / "model.onnx"), load_external_data=False)),
             "seconds": round(seconds, 3), "checks": checks,
             "notes": ["one graph for prompt and decoding: past length 0 for the prompt",
                       "attention fused: GroupQueryAttention with rotary embedding, packed q/k/v, "
                       "SkipSimplifiedLayerNormalization (ONNX Runtime contrib ops)"]}
-
-
-def _opset(path: Path) -> int:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

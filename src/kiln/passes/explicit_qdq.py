@@ -19,6 +19,7 @@ from kiln.backends.onnxruntime.quantize import CalibrationReader, matching_nodes
 from kiln.calibration import Samples
 from kiln.errors import ExportError
 from kiln.quiet import quiet
+from kiln.signature import default_opset
 
 QDQ_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Activations TensorRT fuses into the preceding Conv: Q/DQ after them lets the int8 Conv write int8 output.
@@ -42,7 +43,7 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
     op_types = list(QDQ_OPS + FUSED_ACTIVATIONS)
     with tempfile.TemporaryDirectory(prefix="kiln-qdq-") as tmp:
         prepared, graph = Path(tmp) / "prepared.onnx", src
-        if kind == "fp8" and _opset(model) < 19:  # float8 Q/DQ exist from opset 19
+        if kind == "fp8" and default_opset(model) < 19:  # float8 Q/DQ exist from opset 19
             from onnx import version_converter
 
             graph = Path(tmp) / "opset19.onnx"
@@ -71,11 +72,7 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
             "op_types": op_types, "weights": f"{kind} symmetric, per channel",
             "activations": f"{kind} symmetric per tensor, amax = 99.99th percentile over {len(calibration)} "
                            "calibration samples" + (" (e4m3: scale = amax / 448)" if kind == "fp8" else ""),
-            "calibration_samples": len(calibration), "kept_fp32": excluded, "opset": _opset(quantized), **qdq_structure(quantized)}
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+            "calibration_samples": len(calibration), "kept_fp32": excluded, "opset": default_opset(quantized), **qdq_structure(quantized)}
 
 
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
