@@ -193,24 +193,22 @@ def _export(plan, model, spec, folder: Path, cfg: dict, out: Path) -> dict:
     """ONNX Runtime gets the model builder's fused graph where it applies; otherwise, or if it fails, the
     TorchScript graph. OpenVINO converts from PyTorch. Each is checked against the torch model; the record
     names every attempt."""
-    attempts, notes = [], []
-    if plan.backend == "onnxruntime":
-        reason = fused_export.unsupported_reason(cfg)
-        if reason is None:
-            try:
-                record = fused_export.export_fused(model, spec, folder, out)
-                record["attempts"] = [{"exporter": record["exporter"], "ok": True, "seconds": record["seconds"]}]
-                return record
-            except ExportError as exc:
-                reason = f"the model builder's graph was not used: {exc}"
-                attempts.append({"exporter": fused_export.EXPORTER, "ok": False, "error": str(exc)})
-                shutil.rmtree(out, ignore_errors=True)
-        notes.append(reason)
     if plan.backend == "openvino":
         return export_openvino(model, spec, out)
+    attempts = []
+    reason = fused_export.unsupported_reason(cfg)
+    if reason is None:
+        try:
+            record = fused_export.export_fused(model, spec, folder, out)
+            record["attempts"] = [{"exporter": record["exporter"], "ok": True, "seconds": record["seconds"]}]
+            return record
+        except ExportError as exc:
+            reason = f"the model builder's graph was not used: {exc}"
+            attempts.append({"exporter": fused_export.EXPORTER, "ok": False, "error": str(exc)})
+            shutil.rmtree(out, ignore_errors=True)
     record = export_decoder(model, spec, out)
     record["attempts"] = attempts + record["attempts"]
-    record["notes"] = record["notes"] + notes
+    record["notes"] = record["notes"] + [reason]
     return record
 
 
