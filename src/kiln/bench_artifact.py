@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.artifact import load_manifest, verify_files
+from kiln.artifact.paths import checked_relative_path
 from kiln.backends import get_backend
 from kiln.bench import measure
 from kiln.config import BenchSettings
@@ -18,7 +19,7 @@ from kiln.targets import detect_host, find_target, host_can_run
 def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None = None) -> dict:
     manifest = load_manifest(root)
     runtime = manifest["runtime"]
-    model = root / runtime["model"]
+    model = root / checked_relative_path(runtime["model"], "manifest.json runtime.model")
     verify_files(root, manifest)  # measure only what the manifest vouches for
     spec = find_target(manifest["target"]["name"])
     ok, why = host_can_run(spec, detect_host())

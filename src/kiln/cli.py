@@ -394,7 +394,7 @@ def _cmd_bench(args) -> int:
 
 def _cmd_build_engine(args) -> int:
     from kiln.artifact import load_manifest, verify_files
-    from kiln.backends.tensorrt.build_engine import BuildError, build
+    from kiln.backends.tensorrt.build_engine import BuildError, KitError, build
     from kiln.errors import ExportError
 
     manifest = load_manifest(args.artifact)
@@ -405,6 +405,8 @@ def _cmd_build_engine(args) -> int:
     kit = args.artifact / "tensorrt"
     try:
         result = build(kit, args.out or kit / "engines", args.builder, args.compute_capability)
+    except KitError as exc:
+        raise UsageError(str(exc), hint="the build kit was damaged or edited; export the artifact again") from None
     except BuildError as exc:
         raise ExportError(str(exc), hint="install TensorRT on the device (pip install tensorrt) or pass "
                                          "--builder tensorrt_rtx for RTX GPUs") from None

@@ -16,8 +16,10 @@ conftest. The first run of this file found eight bugs (compare crashing on odd b
 nested JSON, members hidden after a damaged tar header, a manifest path escaping in verify_files, multi-line
 messages, a trailing newline accepted in names, an empty profile name); their tests now hold the fixes.
 
-CI runs a fixed set of examples per test (derandomize=True, 200 examples) so runs are reproducible.
-To search harder locally:
+CI runs a fixed set of examples per test (derandomize=True, 200 examples) so runs are reproducible: hypothesis is
+pinned in the dev extra (its version decides which examples a derandomised run draws), and the host section of the
+real artifact is pinned (its ISA flags shifted the examples between CPUs). To search harder, or with the newest
+hypothesis (`pip install -U hypothesis` in a scratch venv), locally:
 
     KILN_FUZZ_EXAMPLES=5000 .venv/bin/pytest tests/fuzz -q                    # more, still fixed examples
     KILN_FUZZ_EXAMPLES=5000 KILN_FUZZ_RANDOM=1 .venv/bin/pytest tests/fuzz -q  # new random examples each run

@@ -3,6 +3,7 @@ kiln's own one-line errors, never pass a folder the manifest does not describe, 
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -101,13 +102,29 @@ def test_verify_of_the_real_manifest_is_ok_exactly_when_the_folder_matches(artif
 @example(edits=[Edit(("files",))])
 @example(edits=[Edit(("files",), None)])
 @example(edits=[Edit(("files", 0, "path"), None)])
-def test_load_manifest_then_verify_files_raises_only_usage_error(artifact, edits):
+# issue 19: the NUL byte reached Path.resolve() and escaped as ValueError (hypothesis 6.15x drew it on a fresh clone)
+@example(edits=[Edit(at=("io", "inputs", 0), value={"name": "x", "dtype": "float32", "shape": ["batch", 8]}, insert=True),
+                Edit(("files", 0, "path"), "model.onnx\x00")])
+def test_load_manifest_then_verify_files_raises_only_kiln_errors(artifact, edits):
     with workspace(artifact) as root:
         (root / MANIFEST_NAME).write_bytes(document_bytes(edits, artifact.manifest, root.parent / "outside.bin"))
         try:
             verify_files(root, load_manifest(root))
-        except UsageError as exc:
+        except (UsageError, VerificationError) as exc:
             assert exc.hint, exc.message
+
+
+@pytest.mark.parametrize("path", ["model.onnx\x00", "model.onnx\x00/../x", "sub//model.onnx", "./model.onnx", "a\\b",
+                                  "x" * 256, "\ud800.onnx", "C:model.onnx", "/abs", "model.onnx\n"])
+def test_verify_files_refuses_a_malformed_path_of_an_unchecked_manifest_as_text(artifact, path):
+    """verify_files holds without the schema (a manifest edited after load_manifest): one UsageError line naming the
+    entry, before any filesystem call could raise ValueError or UnicodeEncodeError."""
+    manifest = copy.deepcopy(artifact.manifest)
+    manifest["files"][0]["path"] = path
+    with workspace(artifact) as root:
+        with pytest.raises(UsageError, match=r"manifest.json files\[0\]\.path") as caught:
+            verify_files(root, manifest)
+    assert len(caught.value.one_line().splitlines()) == 1 and caught.value.exit_code == 2
 
 
 @FUZZ
@@ -119,7 +136,7 @@ def test_verify_files_never_reads_outside_the_artifact(artifact, path, at, repla
         edits = [Edit(("files", at), entry, insert=not replace)]
         (root / MANIFEST_NAME).write_bytes(document_bytes(edits, artifact.manifest, root.parent / "outside.bin"))
         with hashing_spy(manifest_module) as spy:
-            with pytest.raises(UsageError):
+            with pytest.raises((UsageError, VerificationError)):
                 verify_files(root, load_manifest(root))
         assert_hashed_inside(spy, root)
 

@@ -236,12 +236,12 @@ def test_tampered_artifact_folder_fails_verification(built, tmp_path, change, ne
 
 
 def test_bench_refuses_a_tampered_artifact(built, tmp_path):
-    """`kiln bench` on an artifact whose model.onnx has a flipped byte: exit 2, never runs the model."""
+    """`kiln bench` on an artifact whose model.onnx has a flipped byte: exit 6 as `kiln verify`, never runs the model."""
     folder = tmp_path / "artifact"
     shutil.copytree(built.artifact, folder)
     (folder / "model.onnx").write_bytes(_flip_byte((folder / "model.onnx").read_bytes()))
-    error_line(kiln("bench", folder, "--quiet", "--runs", "1", "--warmup", "0", "--min-seconds", "0"), USAGE,
-               "model.onnx is missing or does not match its sha256")
+    error_line(kiln("bench", folder, "--quiet", "--runs", "1", "--warmup", "0", "--min-seconds", "0"),
+               VERIFY_FAILED, "model.onnx is missing or does not match its sha256")
 
 
 def test_bench_refuses_a_manifest_without_runtime(built, tmp_path):

@@ -21,7 +21,8 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from kiln.artifact.manifest import MANIFEST_NAME, SIGNATURE_NAME
-from kiln.errors import UsageError
+from kiln.artifact.paths import path_problem
+from kiln.errors import UsageError, one_line
 
 EXECUTABLE = frozenset({"run.py"})
 _MAX_MEMBERS = 100_000
@@ -84,13 +85,15 @@ def write_bundle(root: Path, manifest: dict, path: Path) -> Path:
 
 
 def safe_name(name: str) -> str:
-    """A member name that stays inside the folder it is unpacked into, or a UsageError naming it."""
-    path = PurePosixPath(name)
-    if not name or name.startswith("/") or "\\" in name or path.is_absolute() or any(
-            part in ("..", ".", "") for part in name.rstrip("/").split("/")) or ":" in path.parts[0]:
-        raise UsageError(f"bundle entry '{name}' points outside the bundle",
+    """A member name that stays inside the folder it is unpacked into, or a UsageError naming it (the text is
+    checked before any filesystem call: a NUL byte or an over-long name is refused, not a ValueError)."""
+    problem = path_problem(name.removesuffix("/")) if isinstance(name, str) and name != "/" else "is absolute"
+    if problem is None and ":" in PurePosixPath(name).parts[0]:
+        problem = "names a drive"
+    if problem is not None:
+        raise UsageError(f"bundle entry {one_line(repr(name))[:120]} points outside the bundle: it {problem}",
                          hint="refusing to unpack it: the bundle was not written by kiln or was tampered with")
-    return str(path)
+    return str(PurePosixPath(name))
 
 
 def check_member(member: tarfile.TarInfo) -> None:

@@ -18,6 +18,34 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+def _plain_relative(name):
+    """A path inside the artifact, as text: no NUL/control character, backslash, drive, '..', '.' or empty segment."""
+    if not isinstance(name, str) or not name or name.startswith("/") or any(c in name for c in "\\:\x7f"):
+        return False
+    try:
+        too_long = len(name.encode("utf-8")) > 4096
+    except UnicodeEncodeError:  # a lone surrogate: no filesystem call could take it
+        return False
+    return not too_long and not any(ord(c) < 32 for c in name) and all(
+        part not in ("", ".", "..") and len(part.encode("utf-8")) <= 255 for part in name.split("/"))
+
+
+def read_runtime(script):
+    """runtime.json with its model path checked as text before any filesystem call; exit 2 with one line if not."""
+    try:
+        runtime = json.loads((HERE / "runtime.json").read_text(encoding="utf-8"))
+        ok = isinstance(runtime, dict) and _plain_relative(runtime.get("model")) and "backend" in runtime
+    except (OSError, ValueError, RecursionError) as exc:
+        print(f"{script}: cannot read runtime.json ({ascii(str(exc))[1:-1][:160]}); export the artifact again",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    if not ok:
+        model = runtime.get("model") if isinstance(runtime, dict) else None
+        print(f"{script}: runtime.json has no backend or its model {ascii(model)[:120]} is not a relative path "
+              f"inside the artifact; export the artifact again", file=sys.stderr)
+        raise SystemExit(2)
+    return runtime
+
 
 def _ort_session(model, settings, threads):
     import onnxruntime as ort
@@ -58,7 +86,7 @@ def _openvino_model(model, settings, threads):
 
 
 def load(threads=None):
-    runtime = json.loads((HERE / "runtime.json").read_text(encoding="utf-8"))
+    runtime = read_runtime("run.py")
     model = HERE / runtime["model"]
     if runtime["backend"] == "onnxruntime":
         return runtime, _ort_session(model, runtime["settings"], threads)

@@ -6,7 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from kiln.errors import UsageError
+from kiln.artifact.paths import checked_relative_path
+from kiln.errors import UsageError, VerificationError
 from kiln.exporters.base import sha256_file
 
 MANIFEST_SCHEMA = "kiln.manifest/2"
@@ -61,14 +62,17 @@ def load_manifest(artifact: Path) -> dict:
 
 
 def verify_files(root: Path, manifest: dict) -> None:
-    """Every file the manifest lists exists inside `root` and matches its sha256, or a one-line error says which
-    does not. (The schema already refuses '..' and absolute paths; this holds even for an unchecked manifest.)"""
+    """Every file the manifest lists exists inside `root` and matches its sha256, or one line says which does not:
+    a path that is malformed as text is a UsageError (a damaged document, exit 2), a file that differs or resolves
+    outside the folder a VerificationError (exit 6). Holds even for a manifest no schema has checked."""
     base = root.resolve()
-    for entry in manifest["files"]:
-        path = root / entry["path"]
+    for index, entry in enumerate(manifest["files"]):
+        rel = checked_relative_path(entry["path"], f"{MANIFEST_NAME} files[{index}].path",
+                                    hint="the manifest was damaged or tampered with; do not use this artifact")
+        path = root / rel
         if base not in path.resolve().parents:
-            raise UsageError(f"the manifest lists {entry['path']}, which is outside the artifact",
-                             hint="the manifest was tampered with; do not use this artifact")
+            raise VerificationError(f"the manifest lists {rel}, which resolves outside the artifact",
+                                    hint="the artifact was tampered with (a link?); do not use it")
         if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise UsageError(f"{entry['path']} is missing or does not match its sha256 in the manifest",
-                             hint="the artifact was modified or damaged; export it again")
+            raise VerificationError(f"{rel} is missing or does not match its sha256 in the manifest",
+                                    hint="the artifact was modified or damaged; export it again")

@@ -31,6 +31,44 @@ class BuildError(Exception):
     """The parse or the build failed; the message names the nodes and op types where it can."""
 
 
+class KitError(BuildError):
+    """build.json is not a kit this script reads: damaged, another schema, or a file path that is not a plain
+    relative path inside the kit (checked as text, so a NUL byte or '..' never reaches the filesystem)."""
+
+
+def _plain_relative(name) -> bool:
+    """A path inside the kit, as text: no NUL/control character, backslash, drive, '..', '.' or empty segment."""
+    if not isinstance(name, str) or not name or name.startswith("/") or any(c in name for c in "\\:\x7f"):
+        return False
+    try:
+        too_long = len(name.encode("utf-8")) > 4096
+    except UnicodeEncodeError:  # a lone surrogate: no filesystem call could take it
+        return False
+    return not too_long and not any(ord(c) < 32 for c in name) and all(
+        part not in ("", ".", "..") and len(part.encode("utf-8")) <= 255 for part in name.split("/"))
+
+
+def _kit_file(kit: Path, settings: dict, key: str) -> Path:
+    name = settings.get(key)
+    if not _plain_relative(name):
+        raise KitError(f"build.json {key} {ascii(name)[:120]} is not a relative path inside the kit")
+    return kit / name
+
+
+def read_kit(kit: Path) -> dict:
+    """build.json, checked before any builder is imported or any file it names is opened."""
+    try:
+        settings = json.loads((kit / "build.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise KitError(f"cannot read {kit / 'build.json'}: {ascii(str(exc))[1:-1][:160]}") from None
+    if not isinstance(settings, dict) or settings.get("schema_version") != KIT_SCHEMA:
+        raise KitError(f"{kit / 'build.json'} is not a {KIT_SCHEMA} build file")
+    _kit_file(kit, settings, "onnx")
+    if settings.get("timing_cache") is not None:
+        _kit_file(kit, settings, "timing_cache")
+    return settings
+
+
 def import_builder(which: str = "auto"):
     """(module, kind): full TensorRT ('tensorrt') or TensorRT for RTX ('tensorrt_rtx')."""
     names = {"tensorrt": ["tensorrt"], "tensorrt_rtx": ["tensorrt_rtx", "tensorrt_rtx_bindings"]}
@@ -129,11 +167,9 @@ def _apply_settings(trt, builder, config, network, settings: dict, kind: str, ca
 
 def build(kit: Path, out: Path, which: str = "auto", capabilities: list[str] | None = None) -> dict:
     """Build every engine the kit asks for into `out`; returns what build_result.json records."""
+    settings = read_kit(kit)
     trt, kind = import_builder(which)
-    settings = json.loads((kit / "build.json").read_text())
-    if settings.get("schema_version") != KIT_SCHEMA:
-        raise BuildError(f"{kit / 'build.json'} is not a {KIT_SCHEMA} build file")
-    onnx_path = kit / settings["onnx"]
+    onnx_path = _kit_file(kit, settings, "onnx")
     if kind == "tensorrt_rtx":
         targets = capabilities or settings.get("rtx_compute_capabilities") or ["8.9"]
     else:
@@ -142,7 +178,7 @@ def build(kit: Path, out: Path, which: str = "auto", capabilities: list[str] | N
     logger = make_logger(trt, messages)
     result = {"schema_version": "kiln.tensorrt-build-result/1", "builder": kind,
               "tensorrt_version": str(trt.__version__), "host": gpu_facts(), "engines": []}
-    cache_file = kit / settings["timing_cache"] if settings.get("timing_cache") else None
+    cache_file = _kit_file(kit, settings, "timing_cache") if settings.get("timing_cache") else None
     out.mkdir(parents=True, exist_ok=True)
     for capability in targets:
         builder = trt.Builder(logger)
@@ -199,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         result = build(args.kit, args.out or args.kit / "engines", args.builder, args.compute_capability)
     except BuildError as exc:
         print(f"build_engine: {exc}", file=sys.stderr)
-        return 5
+        return 2 if isinstance(exc, KitError) else 5
     for engine in result["engines"]:
         print(f"{engine['file']}: {engine['bytes'] / 2**20:.1f} MiB, built in {engine['build_seconds']:.1f} s "
               f"with {result['builder']} {result['tensorrt_version']}")
