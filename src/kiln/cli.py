@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", "-o", required=True, type=Path, help="artifact folder to write (replaced atomically)")
     ex.add_argument("--input", action="append", default=[], metavar="NAME=DIMS[:DTYPE]",
                     help="an input spec, e.g. x=batch=1,3,224,224:float32 (repeat per input)")
+    ex.add_argument("--check-shape", action="append", default=[], metavar="NAME=DIMS",
+                    help="a second shape the exported graph is checked at against the source, e.g. x=1,3,640,640 "
+                         "(default: a sample of your data with another shape, else the export shape with its "
+                         "dynamic dims doubled)")
     ex.add_argument("--task", help="Hugging Face task when config.json does not say")
     data = ex.add_argument_group("data")
     data.add_argument("--calibration", type=Path, help="calibration data: image folder, .npz/.npy, or .txt lines")
@@ -267,6 +271,7 @@ def _export_config(args):
         return ExportConfig(
             source=args.source, out=args.out, target=args.target, precision=args.precision,
             inputs=tuple(InputSpec.parse(s) for s in args.input), task=args.task,
+            check_shapes=tuple(InputSpec.parse(s) for s in args.check_shape),
             calibration=DataSpec(path=args.calibration, limit=args.calibration_limit) if args.calibration else None,
             evaluation=DataSpec(path=args.evaluation, limit=args.eval_limit) if args.evaluation else None,
             synthetic_data=args.synthetic_data, sequence_length=args.sequence_length, image_preprocessing=prep,

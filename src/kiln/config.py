@@ -246,6 +246,7 @@ class ExportConfig(Frozen):
     target: str = "onnxruntime"
     precision: Precision = "fp32"
     inputs: tuple[InputSpec, ...] = ()
+    check_shapes: tuple[InputSpec, ...] = ()  # the second shape the export check runs at (else data, else derived)
     task: str | None = None
     calibration: DataSpec | None = None
     evaluation: DataSpec | None = None

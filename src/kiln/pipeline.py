@@ -29,6 +29,7 @@ from kiln.config import ExportConfig, Plan
 from kiln.errors import AccuracyGateError, KilnError, UsageError
 from kiln.exporters import open_source
 from kiln.exporters.graph import export_graph
+from kiln.exporters.shapes import with_data_dims
 from kiln.llm.source import language_model
 from kiln.progress import Progress
 from kiln.report import REPORT_SCHEMA, render
@@ -75,20 +76,23 @@ def _calibration_kind(config: ExportConfig, plan: Plan) -> str | None:
     return "synthetic" if plan.needs_calibration else None
 
 
-def _data(config: ExportConfig, plans: list[Plan], context) -> tuple[Samples, dict]:
+def _data(config: ExportConfig, plans: list[Plan], context) -> tuple[Samples, dict, Any]:
+    """Evaluation and calibration samples, and the context with its dynamic dims sized like the real data (so that
+    synthetic samples, the export shape and the probe start from a shape the data proves the model runs)."""
     kinds = {_calibration_kind(config, plan) for plan in plans}
     calibration: dict = {}
+    real_calibration = None
+    if "real" in kinds or (config.calibration and not config.evaluation):
+        real_calibration = load_samples(config.calibration, context, "calibration")
     if "real" in kinds:
-        calibration["real"] = load_samples(config.calibration, context, "calibration")
+        calibration["real"] = real_calibration
+    evaluation = load_samples(config.evaluation, context, "evaluation") if config.evaluation else real_calibration
+    context = with_data_dims(context, evaluation, real_calibration)
     if "synthetic" in kinds:
         calibration["synthetic"] = synthetic_samples(context, SYNTHETIC_CALIBRATION_SAMPLES, config.seed + 1)
-    if config.evaluation:
-        evaluation = load_samples(config.evaluation, context, "evaluation")
-    elif config.calibration:
-        evaluation = calibration.get("real") or load_samples(config.calibration, context, "calibration")
-    else:
+    if evaluation is None:
         evaluation = synthetic_samples(context, SYNTHETIC_EVAL_SAMPLES, config.seed)
-    return evaluation, calibration
+    return evaluation, calibration, context
 
 
 def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
@@ -169,12 +173,11 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
     def compute() -> Prepared:
         with progress.stage("load") as st:
             source = opened["source"] = open_source(config, module, example_inputs)
-            context = source.data_context(config)
-            evaluation, calibration = _data(config, plans, context)
+            evaluation, calibration, context = _data(config, plans, source.data_context(config))
             st.result = f"{source.info.kind}; eval {evaluation.kind} x{len(evaluation)}" + "".join(
                 f"; calibration {c.kind} x{len(c)}" for c in calibration.values())
         with progress.stage("export") as st:
-            graph = export_graph(source, config, context, work / "export", evaluation)
+            graph = export_graph(source, config, context, work / "export", evaluation, tuple(calibration.values()))
             worst = max((r.get("max_abs_error", 0.0) for c in graph.check["checks"] for r in c["outputs"].values()),
                         default=0.0)
             st.result = f"{graph.record.exporter}, opset {graph.record.opset}, max abs diff vs source {worst:.2g}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,22 +61,40 @@ class Signature:
                    tuple(TensorInfo.from_dict(t) for t in data["outputs"]))
 
 
-def _info(value: onnx.ValueInfoProto) -> TensorInfo:
-    tensor = value.type.tensor_type
+# What converters write for "any size": TF and Paddle converters -1 (or 0) as dim_value, others '?', 'None', '-1' or
+# an empty string as dim_param, or no value at all. Every one of them is dynamic, never a size.
+_ANONYMOUS = {"", "?", "-1", "0", "none", "null", "unk", "unknown", "dynamic"}
+
+
+def _dims(value: onnx.ValueInfoProto, name_unknown: bool) -> tuple:
     dims: list = []
-    for d in tensor.shape.dim:
-        if d.HasField("dim_value"):
+    for axis, d in enumerate(value.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
+        elif d.HasField("dim_param") and d.dim_param.strip().lower() not in _ANONYMOUS:
             dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return TensorInfo(value.name, _ONNX_TO_NUMPY.get(tensor.elem_type, f"onnx:{tensor.elem_type}"), tuple(dims))
+        else:  # a dynamic axis without a usable name: inputs get one (data and --input size it), outputs stay unknown
+            dims.append(anonymous_dim(value.name, axis, len(value.type.tensor_type.shape.dim)) if name_unknown else None)
+    return tuple(dims)
+
+
+def anonymous_dim(input_name: str, axis: int, rank: int) -> str:
+    """The name kiln gives a dynamic axis the model left unnamed (`-1`, `?`, ...): `<input>_batch` for axis 0 of a
+    tensor of rank 2 or more (what converters leave unnamed there is the batch), else `<input>_dim<axis>`."""
+    clean = re.sub(r"[^A-Za-z0-9_.\-]", "_", input_name)
+    clean = clean if re.match(r"[A-Za-z_]", clean) else "in_" + clean
+    return f"{clean}_batch" if axis == 0 and rank >= 2 else f"{clean}_dim{axis}"
+
+
+def _info(value: onnx.ValueInfoProto, name_unknown: bool = False) -> TensorInfo:
+    elem = value.type.tensor_type.elem_type
+    return TensorInfo(value.name, _ONNX_TO_NUMPY.get(elem, f"onnx:{elem}"), _dims(value, name_unknown))
 
 
 def read_signature(model: onnx.ModelProto) -> Signature:
+    """Inputs (without initializers that old exporters list as inputs) and outputs; see `_dims` for dynamic axes."""
     initializers = {i.name for i in model.graph.initializer}
-    inputs = tuple(_info(v) for v in model.graph.input if v.name not in initializers)
+    inputs = tuple(_info(v, name_unknown=True) for v in model.graph.input if v.name not in initializers)
     return Signature(inputs, tuple(_info(v) for v in model.graph.output))
 
 

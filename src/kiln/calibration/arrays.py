@@ -23,7 +23,11 @@ def _load(path: Path) -> dict[str, np.ndarray]:
 
 
 def _split(name: str, array: np.ndarray, rank: int, where: str) -> list[np.ndarray]:
-    """An array of the input's rank is split into batch-1 samples; one rank higher is a list of feeds."""
+    """An array of the input's rank is split into batch-1 samples along axis 0; one rank higher is a list of feeds
+    (the form for inputs whose batch axis is not axis 0, e.g. a recurrent state [layers, batch, hidden]); a scalar
+    input takes a 0-d array (one sample) or a 1-d array (one value per sample)."""
+    if array.ndim == rank == 0:
+        return [array]
     if array.ndim == rank:
         return [array[i:i + 1] for i in range(array.shape[0])]
     if array.ndim == rank + 1:
@@ -67,7 +71,7 @@ def array_samples(path: Path, context: DataContext, limit: int | None) -> Sample
             if value.dtype != want:
                 raise UsageError(f"{path.name}: input '{name}' is {value.dtype}, the model expects {want}",
                                  hint=f"convert with array.astype('{want}') before saving")
-            feed[name] = np.ascontiguousarray(value)
+            feed[name] = np.ascontiguousarray(value) if np.ndim(value) else np.asarray(value)  # keeps 0-d
         check_finite(feed, f"{path.name} sample {i}")
         feeds.append(feed)
     return Samples(feeds=tuple(feeds), kind="arrays", description=f"{len(feeds)} samples from {path.name}")

@@ -34,6 +34,7 @@ class DataContext:
 
     signature: Signature
     dims: dict[str, int] = field(default_factory=dict)  # example sizes of named dynamic dims
+    given: frozenset[str] = frozenset()  # dims the user sized with --input: data never overrides them
     text_encoder: Callable[[list[str]], Feed] | None = None
     image_preprocessing: ImagePreprocessing | None = None
     int_high: dict[str, int] = field(default_factory=dict)  # exclusive upper bound of integer inputs

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from kiln.calibration import DataContext, Feed, Samples, random_feed
+from kiln.calibration import DataContext, Feed, Samples
 from kiln.config import ExportConfig
-from kiln.errors import ExportError
+from kiln.errors import ExportError, KilnError, UsageError
 from kiln.exporters.base import ExportRecord, Source
+from kiln.exporters.shapes import choose_probe, describe, failure, feed_at, spec_dims
 from kiln.signature import Signature, default_opset, read_signature
 
 
@@ -31,14 +32,6 @@ class ExportedGraph:
     def files(self) -> list[Path]:
         extra = self.path.with_name(self.path.name + ".data")
         return [self.path] + ([extra] if extra.exists() else [])
-
-
-def _other_dims(context: DataContext) -> dict[str, int]:
-    """Different sizes for every dynamic dim, to prove the graph is not specialised to the export shape."""
-    out = {}
-    for name, size in context.dims.items():
-        out[name] = size + 1 if "batch" in name.lower() or size < 8 else size - 7
-    return out
 
 
 def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol: float, atol: float) -> dict:
@@ -83,16 +76,40 @@ def _run_onnx(path: Path) -> "object":
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 4  # a feed the model rejects is reported in kiln's one line, not logged
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _source_outputs(source: Source, feed: Feed, what: str, fix: str) -> dict[str, np.ndarray]:
+    """The source model's outputs on `feed`, or one UsageError line naming the shapes, the node and op that failed,
+    and what to do: a shape or sample the source cannot run is the user's fact, never a traceback."""
+    try:
+        return source.run(feed)
+    except KilnError:
+        raise
+    except Exception as exc:  # ONNX Runtime and torch raise their own types for a feed the model rejects
+        raise UsageError(f"the source model cannot run {what} ({describe(feed)}): {failure(exc)}", hint=fix) from None
+
+
+def _skipped(probe, exc: BaseException) -> dict:
+    return {"inputs": probe.label, "status": "skipped", "reason": f"the source model cannot run {describe(probe.feed)}: "
+            f"{failure(exc)}; checked at the export shape and the data's shapes only (--check-shape NAME=DIM,... "
+            f"names another)"}
+
+
 def export_graph(source: Source, config: ExportConfig, context: DataContext, workdir: Path,
-                 evaluation: Samples) -> ExportedGraph:
+                 evaluation: Samples, calibration: tuple[Samples, ...] = ()) -> ExportedGraph:
+    """Write the graph, check it, and compare it with the source at the export shape, on two evaluation samples and
+    at a second shape (shapes: kiln.exporters.shapes)."""
     start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "model.onnx"
     rng = np.random.default_rng(config.seed)
-    example = random_feed(context, rng)
+    real = evaluation if not evaluation.synthetic else next((c for c in calibration if not c.synthetic), None)
+    example = feed_at(context, real.feeds[0] if real is not None else {}, {}, rng)
+    shape_fix = ("give a shape the model runs with --input NAME=DIM,... or real data with --eval"
+                 if real is None else "check the shapes given with --input against the data")
+    want = _source_outputs(source, example, "the export shape", shape_fix)
     record = source.to_onnx(path, config, example)
     try:
         onnx.checker.check_model(str(path), full_check=False)
@@ -117,25 +134,50 @@ def export_graph(source: Source, config: ExportConfig, context: DataContext, wor
         raise ExportError(f"ONNX Runtime cannot load the exported graph: {ort_reason(exc)}",
                           hint="try the other exporter with --exporter, or another --opset") from None
 
-    checks: list[tuple[str, Feed]] = [("export shape", example)]
-    checks += [(f"sample {i}", evaluation.feeds[i]) for i in range(min(2, len(evaluation)))]
-    if context.dims:
-        checks.append(("other shape", random_feed(context, rng, _other_dims(context))))
+    checks: list[tuple[str, Feed, dict | None]] = [("export shape", example, want)]
+    checks += [(f"sample {i}", evaluation.feeds[i], None) for i in range(min(2, len(evaluation)))]
+    probe = choose_probe(context, example, (evaluation, *calibration),
+                         spec_dims(context.signature, config.check_shapes, "--check-shape"), rng)
+    probe_record = {"inputs": None, "status": "none", "reason": "the model has no dynamic dims"}
+    if probe is not None:
+        probe_record = {"inputs": probe.label, "status": "checked", "reason": None}
+        try:
+            checks.append((probe.label, probe.feed, source.run(probe.feed)))
+        except KilnError as exc:
+            if not (probe.derived and isinstance(exc, UsageError)):  # a torch source's "rejected inputs"
+                raise
+            probe_record = _skipped(probe, exc)
+        except Exception as exc:
+            if not probe.derived:
+                raise UsageError(f"the source model cannot run {probe.label} ({describe(probe.feed)}): {failure(exc)}",
+                                 hint="give a shape the model runs with --check-shape NAME=DIM,...") from None
+            probe_record = _skipped(probe, exc)
     report = []
-    for label, feed in checks:
+    for label, feed, reference in checks:
         feed = {k: v for k, v in feed.items() if k in signature.input_names}
-        want = source.run(feed)
-        got = dict(zip(signature.output_names, session.run(None, feed)))
-        rows = compare(want, got, config.export_rtol, config.export_atol)
+        if reference is None:
+            reference = _source_outputs(source, feed, f"evaluation {label}", "check the evaluation data's shapes "
+                                        "and dtypes against the model's inputs")
+        try:
+            got = dict(zip(signature.output_names, session.run(None, feed)))
+        except Exception as exc:
+            raise ExportError(f"the exported graph fails at {label} ({describe(feed)}), where the source model runs: "
+                              f"{failure(exc)}", hint="try another --exporter or --opset") from None
+        rows = compare(reference, got, config.export_rtol, config.export_atol)
         report.append({"inputs": label, "shapes": {k: list(v.shape) for k, v in feed.items()}, "outputs": rows})
         bad = [f"{n} ({_why(r)})" for n, r in rows.items() if not r["ok"]]
         if bad:
             raise ExportError(f"the exported graph does not match the source model at {label}: {'; '.join(bad)}",
                               hint="try --exporter torchscript/dynamo, or loosen --export-rtol if the model is "
                                    "numerically sensitive")
-    references = tuple(source.run(feed) for feed in evaluation.feeds)
+    references = tuple(_source_outputs(source, feed, f"evaluation sample {i}", "check the evaluation data's shapes "
+                                       "and dtypes against the model's inputs") for i, feed in enumerate(evaluation.feeds))
+    shapes_from = {dim: "--input" if dim in context.given else "data" if real is not None else "default"
+                   for dim in context.dims}
     return ExportedGraph(path, signature, record, {"passed": True, "rtol": config.export_rtol,
-                                                   "atol": config.export_atol, "checks": report},
+                                                   "atol": config.export_atol, "checks": report,
+                                                   "dims": dict(context.dims), "dims_from": shapes_from,
+                                                   "probe": probe_record},
                          references, {**{k: source.info.details.get(k) for k in ("num_heads", "hidden_size")
                                          if source.info.details.get(k)},
                                       "transformer": looks_like_transformer(model)}, time.perf_counter() - start)

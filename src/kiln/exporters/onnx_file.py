@@ -13,6 +13,7 @@ from kiln.calibration.samples import DataContext, Feed
 from kiln.config import ExportConfig
 from kiln.errors import UsageError
 from kiln.exporters.base import ExportRecord, SourceInfo, sha256_file
+from kiln.exporters.shapes import is_batch, spec_dims
 from kiln.signature import default_opset, read_signature
 
 
@@ -86,27 +87,14 @@ class OnnxFileSource:
         self._session = None
 
     def data_context(self, config: ExportConfig) -> DataContext:
-        names = {t.name for t in self.signature.inputs}
-        # every named dynamic dim gets an example size (batch-like 1, others 2), so the export check also
-        # runs at a second shape; --input overrides these
-        dims: dict[str, int] = {d: 1 if "batch" in d.lower() else 2 for t in self.signature.inputs
+        # every named dynamic dim gets a size: the user's (--input), else the data's (pipeline: with_data_dims),
+        # else a default (batch-like 1, others 2)
+        given = spec_dims(self.signature, config.inputs, "--input")
+        dims: dict[str, int] = {d: 1 if is_batch(d) else 2 for t in self.signature.inputs
                                 for d in t.shape if isinstance(d, str)}
-        for spec in config.inputs:
-            if spec.name not in names:
-                raise UsageError(f"--input names '{spec.name}', which is not an input of {self.path.name}",
-                                 hint=f"model inputs are {', '.join(sorted(names))}")
-            info = self.signature.input(spec.name)
-            if len(spec.dims) != len(info.shape):
-                raise UsageError(f"--input {spec.name} has {len(spec.dims)} dims, the model's input has {len(info.shape)}",
-                                 hint=f"the model declares {list(info.shape)}")
-            for declared, given in zip(info.shape, spec.dims):
-                if isinstance(declared, int) and declared != given.size:
-                    raise UsageError(f"--input {spec} does not match the model's static shape {list(info.shape)}",
-                                     hint="static dims must be given as declared")
-                if isinstance(declared, str):
-                    dims[declared] = given.size
-        return DataContext(signature=self.signature, dims=dims, image_preprocessing=config.image_preprocessing,
-                           sequence_length=config.sequence_length, int_high=self._gather_bounds())
+        return DataContext(signature=self.signature, dims={**dims, **given}, given=frozenset(given),
+                           image_preprocessing=config.image_preprocessing, sequence_length=config.sequence_length,
+                           int_high=self._gather_bounds())
 
     def _gather_bounds(self) -> dict[str, int]:
         """Integer inputs that feed Gather on a constant table (embeddings) must stay below its size."""
@@ -125,6 +113,7 @@ class OnnxFileSource:
 
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.log_severity_level = 4  # a feed the model rejects is reported in kiln's one line, not logged
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         outputs = self._session.run(None, feed)
         return dict(zip(self.signature.output_names, outputs))

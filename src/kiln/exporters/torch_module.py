@@ -84,7 +84,8 @@ class TorchSource:
 
     def data_context(self, config: ExportConfig) -> DataContext:
         dims = {d.name: d.size for s in self.inputs for d in s.dims if d.name}
-        return DataContext(signature=self.signature_hint(), dims=dims, text_encoder=self.text_encoder,
+        typed = {d.name for s in config.inputs for d in s.dims if d.name}  # sized by the user: data never overrides
+        return DataContext(signature=self.signature_hint(), dims=dims, given=frozenset(typed), text_encoder=self.text_encoder,
                            image_preprocessing=config.image_preprocessing or self.image_preprocessing,
                            int_high=self.int_high, sequence_length=config.sequence_length)
 

@@ -18,6 +18,7 @@ import onnx
 from kiln.backends.onnxruntime.quantize import CalibrationReader, matching_nodes, prepare_for_quantization
 from kiln.calibration import Samples
 from kiln.errors import ExportError
+from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.quiet import quiet
 from kiln.signature import default_opset
 
@@ -42,12 +43,10 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
     # (ONNX Runtime's own float8 path, calibrated by distribution, gave 9 % agreement on EfficientNet).
     op_types = list(QDQ_OPS + FUSED_ACTIVATIONS)
     with tempfile.TemporaryDirectory(prefix="kiln-qdq-") as tmp:
-        prepared, graph = Path(tmp) / "prepared.onnx", src
-        if kind == "fp8" and default_opset(model) < 19:  # float8 Q/DQ exist from opset 19
-            from onnx import version_converter
-
-            graph = Path(tmp) / "opset19.onnx"
-            onnx.save(version_converter.convert_version(onnx.load(str(src)), 19), str(graph))
+        prepared, graph = Path(tmp) / "prepared.onnx", Path(tmp) / "upgraded.onnx"
+        conversion = (at_least(src, graph, 19, "float8 Q/DQ") if kind == "fp8"
+                      else at_least(src, graph, PER_CHANNEL_QDQ, "per-channel int8 Q/DQ"))
+        graph = graph if conversion else src
         with quiet():
             prepare_for_quantization(graph, prepared)
         excluded += activation_matmuls(onnx.load(str(prepared), load_external_data=False))
@@ -72,7 +71,8 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
             "op_types": op_types, "weights": f"{kind} symmetric, per channel",
             "activations": f"{kind} symmetric per tensor, amax = 99.99th percentile over {len(calibration)} "
                            "calibration samples" + (" (e4m3: scale = amax / 448)" if kind == "fp8" else ""),
-            "calibration_samples": len(calibration), "kept_fp32": excluded, "opset": default_opset(quantized), **qdq_structure(quantized)}
+            "calibration_samples": len(calibration), "kept_fp32": excluded, "opset": default_opset(quantized),
+            "opset_conversion": conversion, **qdq_structure(quantized)}
 
 
 FP8_MAX = 448.0  # largest finite float8 e4m3fn

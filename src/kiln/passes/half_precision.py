@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from kiln.errors import ExportError
@@ -22,6 +23,10 @@ FRAGILE_OPS = ("LayerNormalization", "BatchNormalization", "InstanceNormalizatio
                "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceL1",
                "ReduceLogSumExp", "ReduceProd", "ReduceMax", "ReduceMin", "Exp", "Log", "Pow", "Sqrt",
                "Reciprocal", "Erf", "CumSum", "Range")
+# Control flow stays fp32 whole: the converter would put the Casts of nodes inside an If/Loop/Scan body into the
+# main graph, where the body cannot see them (an invalid model). Blocked, the body keeps its types and the Casts
+# go around the control-flow node itself.
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
 
 def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = ()) -> dict:
@@ -32,16 +37,45 @@ def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = ()) -> dict:
     try:
         with quiet():
             half = convert_float_to_float16(model, keep_io_types=True,
-                                            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS)),
+                                            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS) | set(CONTROL_FLOW_OPS)),
                                             node_block_list=keep)
     except Exception as exc:  # the converter raises plain exceptions on graphs it cannot type
         raise ExportError(f"fp16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
                           hint="keep the failing node in fp32 with --keep-fp32 NAME, or use fp32") from None
+    reconnect_empty_resize_parameters(half)
     onnx.save(half, str(dst))
-    kept = sorted({n.op_type for n in half.graph.node if n.op_type in FRAGILE_OPS})
+    kept = sorted({n.op_type for n in half.graph.node if n.op_type in FRAGILE_OPS + CONTROL_FLOW_OPS})
     counts = count_types(half)
     return {"pass": "fp16 casts", "tool": "onnxruntime.transformers.float16", "kept_fp32_ops": kept,
             "kept_fp32_nodes": keep, "casts": sum(1 for n in half.graph.node if n.op_type == "Cast"), **counts}
+
+
+def reconnect_empty_resize_parameters(model: onnx.ModelProto) -> int:
+    """Resize's roi and scales given as empty constants (opset 11-12 converters' "not given") reach Resize through
+    the converter's Casts, where shape inference can no longer see they are empty and refuses the graph ("Either
+    `sizes` or `scales` must be provided"). Each is wired to an empty fp32 initializer again; returns how many."""
+    from onnx import numpy_helper
+
+    producers = {out: node for node in model.graph.node for out in node.output}
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type != "Resize":
+            continue
+        for index in (1, 2):
+            if index >= len(node.input) or not node.input[index]:
+                continue
+            source = producers.get(node.input[index])
+            while source is not None and source.op_type == "Cast":
+                source = producers.get(source.input[0])
+            value = next((a.t for a in source.attribute if a.name == "value"), None) if source is not None and \
+                source.op_type == "Constant" else None
+            if value is not None and list(value.dims) == [0] and node.input[index] != source.output[0]:
+                name = f"{node.input[index]}_kiln_empty"
+                if name not in {i.name for i in model.graph.initializer}:
+                    model.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), name))
+                node.input[index] = name
+                fixed += 1
+    return fixed
 
 
 def count_types(model: onnx.ModelProto) -> dict:

@@ -16,6 +16,7 @@ import onnx
 from kiln.calibration import Samples
 from kiln.config import QuantizationPlan
 from kiln.errors import ExportError
+from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.quiet import quiet
 
 STATIC_OPS = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "AveragePool", "GlobalAveragePool",
@@ -86,6 +87,21 @@ def prepare_for_quantization(src: Path, dst: Path) -> None:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=external)
 
 
+MAX_UNRANGEABLE = 8  # tensors without a usable range kept fp32 before giving up
+
+
+def _consumers_of_unrangeable(exc: Exception, model_path: Path) -> list[str]:
+    """The nodes reading a tensor the calibrator found no usable range for ("Unable to get valid quantization
+    scale for input 'X'": constant, or infinite like an attention mask), to keep in fp32 and retry."""
+    import re
+
+    found = re.search(r"valid quantization scale for input '([^']+)'", str(exc))
+    if not found:
+        return []
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in model.graph.node if found.group(1) in n.input and n.name]
+
+
 def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibration: Samples) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -94,21 +110,30 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
     inputs = {i.name for i in model.graph.input}
     activation = QuantType.QUInt8 if plan.activation_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="kiln-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
+        prepared, upgraded = Path(tmp) / "prepared.onnx", Path(tmp) / "upgraded.onnx"
+        conversion = at_least(src, upgraded, PER_CHANNEL_QDQ, "per-channel int8 Q/DQ")
         with quiet():
-            prepare_for_quantization(src, prepared)
-        try:
-            with quiet():
-                quantize_static(
-                    str(prepared), str(dst), CalibrationReader(calibration, inputs), quant_format=QuantFormat.QDQ,
-                    activation_type=activation, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
-                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS),
-                    nodes_to_exclude=excluded, use_external_data_format=_external(src),
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": activation == QuantType.QInt8,
-                                   "DefaultTensorType": onnx.TensorProto.FLOAT})
-        except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
-            raise ExportError(f"static int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
-                              hint="exclude the failing node with --keep-fp32 NAME, or use int8-dynamic") from None
+            prepare_for_quantization(upgraded if conversion else src, prepared)
+        unrangeable: list[str] = []
+        for _ in range(MAX_UNRANGEABLE + 1):
+            try:
+                with quiet():
+                    quantize_static(
+                        str(prepared), str(dst), CalibrationReader(calibration, inputs), quant_format=QuantFormat.QDQ,
+                        activation_type=activation, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS),
+                        nodes_to_exclude=excluded + unrangeable, use_external_data_format=_external(src),
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": activation == QuantType.QInt8,
+                                       "DefaultTensorType": onnx.TensorProto.FLOAT})
+                break
+            except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
+                consumers = _consumers_of_unrangeable(exc, prepared)
+                if not consumers or len(unrangeable) >= MAX_UNRANGEABLE:
+                    raise ExportError(f"static int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
+                                      hint="exclude the failing node with --keep-fp32 NAME, or use int8-dynamic") \
+                        from None
+                unrangeable += consumers
     return {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8",
             "activation_type": plan.activation_type, "calibration_method": "MinMax",
-            "calibration_samples": len(calibration), "kept_fp32": excluded}
+            "calibration_samples": len(calibration), "kept_fp32": excluded,
+            "kept_fp32_no_range": unrangeable, "opset_conversion": conversion}

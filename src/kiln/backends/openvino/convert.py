@@ -19,39 +19,53 @@ CONVERSION = "ov.convert_model from the checked ONNX graph"
 
 # OpenVINO 2026.4's summary lines: "No conversion rule found for operations: a, b" and
 # "Failed conversion for operations: ..." (ops possibly prefixed with their ONNX domain)
-_SUMMARY = re.compile(r"(No conversion rule found|Failed conversion|conversion failed)[^:]*:\s*(.+)", re.IGNORECASE)
+# "Conversion is failed for: Conv-16, ReduceMean-16" (op types with their opset)
+_SUMMARY = re.compile(r"(No conversion rule found|Failed conversion|conversion failed|Conversion is failed)[^:\n]*:[ \t]*(.+)",
+                      re.IGNORECASE)
 
 
 def failed_ops(message: str) -> list[str]:
     ops: list[str] = []
     for match in _SUMMARY.finditer(message):
-        ops += [op.strip(" .'\"") for op in match.group(2).split(",") if op.strip(" .'\"")]
+        ops += [re.sub(r"-\d+$", "", op.strip(" .'\"")) for op in match.group(2).split(",") if op.strip(" .'\"")]
     if not ops:  # older messages: "... operation Foo ..." / "OpType: Foo"
         ops = re.findall(r"(?:operation|op(?:erator)?[ _]?type)[^A-Za-z]+([A-Z][A-Za-z0-9]+)", message)
     return sorted(set(ops))
 
 
-def nodes_of(onnx_path: Path, ops: list[str], limit: int = 5) -> list[str]:
-    """Names of the nodes (subgraphs included) whose op type, with or without domain, is one of `ops`."""
+def nodes_of(onnx_path: Path, ops: list[str], limit: int = 3) -> tuple[list[str], list[str]]:
+    """Names of the nodes (subgraphs included) whose op type, with or without domain, is one of `ops`, and the op
+    types of the control-flow nodes (If, Loop, Scan) whose bodies hold any of them."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     wanted = set(ops)
     found: list[str] = []
+    bodies: set[str] = set()
 
-    def walk(graph) -> None:
+    def walk(graph, inside: tuple[str, ...]) -> None:
         for node in graph.node:
             qualified = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
             if node.op_type in wanted or qualified in wanted:
                 found.append(node.name or f"<unnamed {qualified}>")
+                bodies.update(inside)
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
+                    walk(attr.g, inside + (node.op_type,))
                 for sub in attr.graphs:
-                    walk(sub)
+                    walk(sub, inside + (node.op_type,))
 
-    walk(model.graph)
-    return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
+    walk(model.graph, ())
+    return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else []), sorted(bodies)
+
+
+def _first_reason(message: str) -> str:
+    """OpenVINO's first explanation line after 'FrontEnd API failed with GeneralFailure:' (or similar)."""
+    lines = [line.strip() for line in message.splitlines()]
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("FrontEnd API failed with") and "OpConversionFailure" not in line and lines[i + 1]:
+            return lines[i + 1][:200]
+    return ""
 
 
 def convert_onnx(path: Path):
@@ -62,9 +76,14 @@ def convert_onnx(path: Path):
     except Exception as exc:  # OpConversionFailure, GeneralFailure, RuntimeError, depending on the frontend
         text = str(exc)
         ops = failed_ops(text)
-        nodes = nodes_of(path, ops) if ops else []
+        nodes, bodies = nodes_of(path, ops) if ops else ([], [])
         if ops:
             what = f"operators {', '.join(ops)}" + (f" at nodes {', '.join(nodes)}" if nodes else "")
+            if bodies:
+                what += f" (inside {'/'.join(bodies)} bodies, which OpenVINO's ONNX frontend types without the shapes " \
+                        f"the branches see at run time)"
+            reason = _first_reason(text)
+            what += f": {reason}" if reason else ""
         else:
             what = openvino_message(text)
         raise ExportError(f"OpenVINO {ov.__version__.split('-')[0]} cannot convert the ONNX graph: {what}",
