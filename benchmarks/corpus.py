@@ -197,6 +197,11 @@ def _silero(folder: Path) -> None:
     _save(folder, "stream", input=chunks, state=states, sr=np.full(len(chunks), 16000, np.int64))
 
 
+def _silero_chunks(folder: Path) -> None:
+    """The TorchScript model's forward(x, sr): 512-sample chunks as x."""
+    _save(folder, "chunks", x=_audio(1.0, 0)[: 512 * 8].reshape(8, 1, 512))
+
+
 def _melspectrogram(folder: Path) -> None:
     """openWakeWord's front end takes int16-scaled 16 kHz audio, any length (two lengths here)."""
     for seconds in (0.08, 1.0):
@@ -349,7 +354,7 @@ CORPUS: tuple[CorpusModel, ...] = (
                 lambda work: "benchmarks.corpus_torch:mtcnn_onet", _mtcnn(48),
                 args=("--input", "x=batch=1,3,48,48"), tags=frozenset({"torch"})),
     CorpusModel("silero-vad-torchscript", "silero-vad", "TorchScript", "voice activity detection",
-                lambda work: str(package_file("silero-vad", "silero_vad/data/silero_vad.jit")), _silero,
+                lambda work: str(package_file("silero-vad", "silero_vad/data/silero_vad.jit")), _silero_chunks,
                 args=("--input", "x=1,512"), notes="forward(x, sr: int) keeps its state inside the module",
                 tags=frozenset({"torchscript"})),
     CorpusModel("sklearn-mlp", "skl2onnx", "skl2onnx", "digit classification (PCA + MLP)",

@@ -65,3 +65,4 @@ def mtcnn_pnet() -> nn.Module:
 
 def mtcnn_onet() -> nn.Module:
     return _load(ONet(), "onet")
+

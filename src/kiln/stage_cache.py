@@ -29,7 +29,10 @@ from kiln.signature import Signature
 from kiln.toolchain import toolchain_versions
 
 # Settings that shape the graph and the data fed to it (everything else is a later stage's concern).
-EXPORT_FIELDS = ("inputs", "task", "synthetic_data", "sequence_length", "image_preprocessing", "exporter", "opset",
+# Bumped when what a stage computes changes without a kiln version change (every later key derives from the export
+# key): 2 = shapes from data and probes (issue 14), opset conversion before Q/DQ, fp16 control flow.
+STAGE_LOGIC = 2
+EXPORT_FIELDS = ("inputs", "check_shapes", "task", "synthetic_data", "sequence_length", "image_preprocessing", "exporter", "opset",
                  "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 
 
@@ -125,7 +128,7 @@ def export_key(stages: StageCache, config: ExportConfig, fingerprint: str | None
                 return None  # the load stage says what is wrong
             data[name] = {"digest": tree_digest(spec.path, memo), "limit": spec.limit}
     settings = config.model_dump(mode="json", include=set(EXPORT_FIELDS))
-    return make_key({"stage": "export", "source": fingerprint, "data": data, "settings": settings,
+    return make_key({"stage": "export", "logic": STAGE_LOGIC, "source": fingerprint, "data": data, "settings": settings,
                      "synthetic_calibration": synthetic_calibration, "toolchain": toolchain_versions()})
 
 

@@ -15,6 +15,7 @@ from kiln.exporters.base import ExportRecord, Source, SourceInfo
 from kiln.exporters.graph import ExportedGraph, export_graph
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+TORCHSCRIPT_SUFFIXES = (".jit", ".torchscript", ".ts")  # and TorchScript archives saved as .pt/.pth
 
 
 def open_source(config: ExportConfig, module: Any = None, example_inputs: Any = None) -> Source:
@@ -52,12 +53,18 @@ def open_source(config: ExportConfig, module: Any = None, example_inputs: Any = 
         from kiln.exporters.torch_module import from_exported_program
 
         return from_exported_program(path, config.inputs)
+    if suffix in TORCHSCRIPT_SUFFIXES or suffix in PICKLE_SUFFIXES:
+        from kiln.exporters.torch_module import from_torchscript, is_torchscript
+
+        if is_torchscript(path):
+            return from_torchscript(path, config.inputs)
     if suffix in PICKLE_SUFFIXES:
         from kiln.exporters.torch_module import from_pickle
 
         return from_pickle(path, config.inputs, config.trust_pickle)
     raise UsageError(f"{path.name} is not a model kiln can read (suffix '{suffix or 'none'}')",
-                     hint="give an .onnx file, a .pt2 program, a Hugging Face folder, or package.module:callable")
+                     hint="give an .onnx file, a .pt2 program, a TorchScript file, a Hugging Face folder, or "
+                          "package.module:callable")
 
 
 __all__ = ["ExportRecord", "ExportedGraph", "Source", "SourceInfo", "export_graph", "open_source"]

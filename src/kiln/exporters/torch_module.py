@@ -103,8 +103,12 @@ class TorchSource:
             try:
                 raw = self._callable()(*self._args(feed))
             except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+                missing = "missing value for argument" in str(exc) or "missing" in str(exc) and "argument" in str(exc)
                 raise UsageError(f"the PyTorch model rejected inputs {_describe(feed)}: {_first_line(exc)}",
-                                 hint="check --input names, shapes and dtypes against the model's forward()") from None
+                                 hint="forward() takes an argument that is not one of the --input tensors: wrap the "
+                                      "model in a module whose forward takes only tensors, and give it as "
+                                      "package.module:callable" if missing else
+                                 "check --input names, shapes and dtypes against the model's forward()") from None
         tensors = flatten_outputs(raw)
         if not tensors:
             raise ExportError("the PyTorch model returned no tensors", hint="forward() must return tensors")
@@ -304,6 +308,34 @@ def from_callable(spec: str, inputs: tuple[InputSpec, ...]) -> TorchSource:
     model.eval()
     return TorchSource(model, inputs, SourceInfo("torch-callable", spec, None,
                                                  {"parameters": sum(p.numel() for p in model.parameters())}))
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip whose entries hold TorchScript code (`<name>/code/...`), not a pickled object."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist()[:10_000])
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def from_torchscript(path: Path, inputs: tuple[InputSpec, ...]) -> TorchSource:
+    """A TorchScript file (torch.jit.save): loaded by torch's TorchScript loader, which runs the archive's own
+    TorchScript, not arbitrary Python (no pickle consent needed); exported by the TorchScript exporter, since
+    torch.export does not take ScriptModules."""
+    torch = _torch()
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError variants for damaged archives
+        raise UsageError(f"{path.name} is not a loadable TorchScript file ({_first_line(exc)[:200]})",
+                         hint="save it with torch.jit.save(torch.jit.script(model), path)") from None
+    module.eval()
+    source = TorchSource(module, inputs, SourceInfo("torchscript", str(path), sha256_file(path),
+                                                    {"parameters": sum(p.numel() for p in module.parameters())}))
+    source.preferred_exporters = ("torchscript",)
+    return source
 
 
 def from_exported_program(path: Path, inputs: tuple[InputSpec, ...]) -> TorchSource:

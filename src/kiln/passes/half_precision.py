@@ -44,10 +44,34 @@ def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = ()) -> dict:
                           hint="keep the failing node in fp32 with --keep-fp32 NAME, or use fp32") from None
     reconnect_empty_resize_parameters(half)
     onnx.save(half, str(dst))
+    _check_loads(dst, half)
     kept = sorted({n.op_type for n in half.graph.node if n.op_type in FRAGILE_OPS + CONTROL_FLOW_OPS})
     counts = count_types(half)
     return {"pass": "fp16 casts", "tool": "onnxruntime.transformers.float16", "kept_fp32_ops": kept,
             "kept_fp32_nodes": keep, "casts": sum(1 for n in half.graph.node if n.op_type == "Cast"), **counts}
+
+
+def _check_loads(path: Path, model: onnx.ModelProto) -> None:
+    """The fp16 graph must load: the converter keeps a control-flow node's body fp32, but a body that reads tensors
+    of the main graph the converter cast to fp16 sees the wrong type. Said in one line, with what to do."""
+    import re
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own exception types
+        text = " ".join(str(exc).split())
+        node = re.search(r"Node \(([^)]+)\) Op \((\w+)\)", text)
+        flow = sorted({n.op_type for n in model.graph.node if n.op_type in CONTROL_FLOW_OPS})
+        where = f"at node {node.group(1)} ({node.group(2)})" if node else ""
+        why = (f": its {'/'.join(flow)} bodies read main-graph tensors that fp16 casting changed" if flow else "")
+        raise ExportError(f"the fp16 graph is invalid {where}{why} ({re.sub(r'.*?failed:', '', text)[:160]})",
+                          hint="use --precision fp32 for this model on this target, or keep the node in fp32 with "
+                               "--keep-fp32 NAME") from None
 
 
 def reconnect_empty_resize_parameters(model: onnx.ModelProto) -> int:

@@ -102,6 +102,24 @@ def _consumers_of_unrangeable(exc: Exception, model_path: Path) -> list[str]:
     return [n.name for n in model.graph.node if found.group(1) in n.input and n.name]
 
 
+def _check_loads(model_path: Path) -> None:
+    """A quantized graph ONNX Runtime refuses (seen on a tf2onnx graph: "Duplicate definition of name") is an
+    ExportError naming ORT's reason, not an invalid artifact found later."""
+    import onnxruntime as ort
+
+    from kiln.exporters.graph import ort_reason
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own exception types
+        raise ExportError(f"static int8 quantization wrote a graph ONNX Runtime refuses: {ort_reason(exc)}",
+                          hint="keep the node it names in fp32 with --keep-fp32 NAME, or use --precision "
+                               "int8-dynamic or fp32 for this model") from None
+
+
 def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibration: Samples) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -115,7 +133,7 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
         with quiet():
             prepare_for_quantization(upgraded if conversion else src, prepared)
         unrangeable: list[str] = []
-        for _ in range(MAX_UNRANGEABLE + 1):
+        for _ in range(MAX_UNRANGEABLE + 2):
             try:
                 with quiet():
                     quantize_static(
@@ -125,7 +143,6 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
                         nodes_to_exclude=excluded + unrangeable, use_external_data_format=_external(src),
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": activation == QuantType.QInt8,
                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
-                break
             except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
                 consumers = _consumers_of_unrangeable(exc, prepared)
                 if not consumers or len(unrangeable) >= MAX_UNRANGEABLE:
@@ -133,7 +150,10 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
                                       hint="exclude the failing node with --keep-fp32 NAME, or use int8-dynamic") \
                         from None
                 unrangeable += consumers
+                continue
+            _check_loads(dst)
+            break
     return {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8",
             "activation_type": plan.activation_type, "calibration_method": "MinMax",
             "calibration_samples": len(calibration), "kept_fp32": excluded,
-            "kept_fp32_no_range": unrangeable, "opset_conversion": conversion}
+            "kept_fp32_unquantizable": unrangeable, "opset_conversion": conversion}

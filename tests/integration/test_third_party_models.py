@@ -1,0 +1,280 @@
+"""Third-party models from the conformance corpus (benchmarks/corpus.py) through the real `kiln export` CLI.
+
+Nobody here wrote these models: PaddleOCR graphs from paddle2onnx (dims declared -1 and '?', H and W that must be
+multiples of 32, opset 11), Silero VAD (unset dims, an If graph with an LSTM inside, a scalar int64 `sr`, a
+`state` batched on axis 1), tf2onnx, skl2onnx and a torch module. Each export runs with the model's own data
+(written once per module into a work folder) and is judged on numbers: the named dynamic dims in the manifest,
+where each size came from, which shapes the export check ran, what it says about a second shape the source model
+cannot run, and the cosine similarity to the source model's outputs. Refusals are one `kiln: error:` line with
+the documented exit code. Exports that several tests read are made once (module-scoped fixtures).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.hostile.helpers import error_line
+from tests.integration.source_checks import read_artifact
+
+from benchmarks.corpus import by_name, installed  # importable: tests.conftest put the repo on sys.path
+
+OK, USAGE = 0, 2
+FP32_COSINE = 0.9999
+SUBSET = ("oww-embedding", "basic-pitch", "sklearn-mlp", "mtcnn-pnet", "doc-orientation")
+MODELS = ("ppocr-cls", "ppocr-det", "silero-vad", *SUBSET)
+
+_missing = sorted({by_name(name).package for name in MODELS if not installed(by_name(name).package)})
+if _missing:
+    pytest.skip(f"corpus packages not installed: {', '.join(_missing)} (scripts/setup.sh installs them)",
+                allow_module_level=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    result: subprocess.CompletedProcess
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """The corpus work folder: each model's data (folders of .npz files) and generated sources (sklearn)."""
+    return tmp_path_factory.mktemp("corpus")
+
+
+def _source(work: Path, name: str) -> str:
+    return by_name(name).source(work)
+
+
+def _data(work: Path, name: str) -> str:
+    return str(by_name(name).write_data(work))
+
+
+def _export(work: Path, label: str, source: str, *extra: str) -> Run:
+    """`kiln export SOURCE --out WORK/out/LABEL EXTRA... --no-bench --no-analysis --quiet --json`."""
+    out = work / "out" / label
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = run_cli("export", source, "--out", out, *extra, "--no-bench", "--no-analysis", "--quiet", "--json")
+    return Run(result, out)
+
+
+def _ok(run: Run) -> tuple[dict, dict]:
+    """The export succeeded (exit 0, no traceback): (manifest, report), the report being what --json printed."""
+    both = run.result.stderr + run.result.stdout
+    assert "Traceback" not in both, f"traceback (exit {run.result.returncode}):\n{both[-3000:]}"
+    assert run.result.returncode == OK, f"exit {run.result.returncode}:\n{run.result.stderr[-3000:]}"
+    manifest, report = read_artifact(run.out)
+    assert json.loads(run.result.stdout) == report
+    return manifest, report
+
+
+def _io(manifest: dict) -> dict[str, list]:
+    return {t["name"]: t["shape"] for t in manifest["io"]["inputs"]}
+
+
+def _cosines(report: dict) -> dict[str, float]:
+    return {name: m["cosine_min"] for name, m in report["accuracy"]["outputs"].items() if "cosine_min" in m}
+
+
+def _checked_shapes(report: dict) -> list[dict]:
+    return [c["shapes"] for c in report["export"]["check"]["checks"]]
+
+
+# -- exports shared between tests ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cls_synthetic(work) -> Run:
+    return _export(work, "cls-synthetic", _source(work, "ppocr-cls"), "--synthetic-data")
+
+
+@pytest.fixture(scope="module")
+def cls_input(work) -> Run:
+    return _export(work, "cls-input", _source(work, "ppocr-cls"), "--input", "x=1,3,48,192",
+                   "--eval", _data(work, "ppocr-cls"))
+
+
+@pytest.fixture(scope="module")
+def det_eval(work) -> Run:
+    return _export(work, "det-eval", _source(work, "ppocr-det"), "--eval", _data(work, "ppocr-det"))
+
+
+@pytest.fixture(scope="module")
+def vad(work) -> Run:
+    return _export(work, "vad", _source(work, "silero-vad"), "--eval", _data(work, "silero-vad"))
+
+
+# -- ppocr-cls: x declared [-1, 3, '?', '?'] ----------------------------------------------------------------------
+
+def test_ppocr_cls_minus_one_and_question_mark_dims_are_named_dynamic_dims(cls_synthetic):
+    """Without --input, the three dims paddle2onnx declares as -1 and '?' stay dynamic in the artifact, named
+    <input>_batch / <input>_dim<axis>, and their sizes come from kiln's defaults."""
+    manifest, report = _ok(cls_synthetic)
+    assert _io(manifest) == {"x": ["x_batch", 3, "x_dim2", "x_dim3"]}
+    check = report["export"]["check"]
+    assert check["dims_from"] == {"x_batch": "default", "x_dim2": "default", "x_dim3": "default"}
+    assert check["passed"] is True
+
+
+def test_ppocr_cls_input_spec_sizes_the_anonymous_dims_and_matches_the_source(cls_input):
+    """`--input x=1,3,48,192` gives every anonymous dim its size (dims_from says --input for each), the dims stay
+    dynamic in the manifest, and on real text-line crops the export matches the source (cosine >= 0.9999)."""
+    manifest, report = _ok(cls_input)
+    check = report["export"]["check"]
+    assert check["dims"] == {"x_batch": 1, "x_dim2": 48, "x_dim3": 192}
+    assert check["dims_from"] == {"x_batch": "--input", "x_dim2": "--input", "x_dim3": "--input"}
+    assert _io(manifest) == {"x": ["x_batch", 3, "x_dim2", "x_dim3"]}
+    assert report["accuracy"]["data"]["synthetic"] is False
+    cosines = _cosines(report)
+    assert len(cosines) == 1 and min(cosines.values()) >= FP32_COSINE, cosines
+
+
+# -- ppocr-det: H and W must be multiples of 32 -------------------------------------------------------------------
+
+def test_ppocr_det_input_shape_the_model_cannot_run_is_one_line_naming_the_node(work):
+    """`--input x=1,3,100,100` (not multiples of 32): the source model itself fails at that shape, so kiln refuses
+    with exit 2 and one line naming the failing node and op and pointing at --input; nothing is written."""
+    run = _export(work, "det-100", _source(work, "ppocr-det"), "--input", "x=1,3,100,100", "--synthetic-data")
+    error_line(run.result, USAGE, "the source model cannot run the export shape", "p2o.Add", "(Add)", "--input")
+    assert not run.out.exists()
+
+
+def test_ppocr_det_eval_data_of_two_shapes_is_checked_at_both_and_matches_the_source(det_eval):
+    """With its eval data (two files, 320x480 and 416x320), the export shape comes from the data, the second
+    shape the export check runs is the other-shaped data (probe status checked), and fp32 matches the source."""
+    manifest, report = _ok(det_eval)
+    check = report["export"]["check"]
+    assert set(check["dims_from"].values()) == {"data"}
+    assert sorted(check["dims"].values()) == [1, 320, 480]
+    probe = check["probe"]
+    assert probe["status"] == "checked", probe
+    assert probe["reason"] is None
+    assert "another shape" in probe["inputs"], probe
+    probe_checks = [c for c in check["checks"] if c["inputs"] == probe["inputs"]]
+    assert [c["shapes"] for c in probe_checks] == [{"x": [1, 3, 416, 320]}]
+    assert {"x": [1, 3, 320, 480]} in _checked_shapes(report)
+    assert check["passed"] is True
+    assert all(isinstance(d, str) for d in _io(manifest)["x"][2:]), _io(manifest)
+    cosines = _cosines(report)
+    assert len(cosines) == 1 and min(cosines.values()) >= FP32_COSINE, cosines
+
+
+def test_ppocr_det_check_shape_the_model_cannot_run_is_one_line_naming_check_shape(work, det_eval):
+    """`--check-shape x=1,3,100,100` with the (valid) eval data: the source model cannot run that second shape, so
+    kiln refuses with exit 2 naming --check-shape, also right after the same export was made without it (the
+    stage cache must not answer for a run that asks for another check shape)."""
+    _ok(det_eval)  # the same source and data, exported (and cached) without --check-shape
+    run = _export(work, "det-check-100", _source(work, "ppocr-det"), "--eval", _data(work, "ppocr-det"),
+                  "--check-shape", "x=1,3,100,100")
+    if run.result.returncode == OK:  # say what happened instead of "no stderr line"
+        report = json.loads(run.result.stdout)
+        pytest.fail(f"exit 0: --check-shape x=1,3,100,100 was not run; checked {_checked_shapes(report)}, "
+                    f"stage cache {report['cache']['stages']}")
+    error_line(run.result, USAGE, "the source model cannot run --check-shape", "p2o.Add", "(Add)", "--check-shape")
+    assert not run.out.exists()
+
+
+def test_ppocr_det_eval_data_with_other_shapes_than_input_is_checked_at_both(work):
+    """`--input x=1,3,320,480` with eval data that also holds 416x320 samples: the export succeeds, the sizes come
+    from --input, and the export check ran both shapes."""
+    run = _export(work, "det-input", _source(work, "ppocr-det"), "--input", "x=1,3,320,480",
+                  "--eval", _data(work, "ppocr-det"))
+    _, report = _ok(run)
+    check = report["export"]["check"]
+    assert set(check["dims_from"].values()) == {"--input"}
+    shapes = _checked_shapes(report)
+    assert {"x": [1, 3, 320, 480]} in shapes, shapes
+    assert {"x": [1, 3, 416, 320]} in shapes, shapes
+    assert check["passed"] is True
+    assert min(_cosines(report).values()) >= FP32_COSINE
+
+
+# -- silero-vad: unset dims, If graph with an LSTM, scalar sr, state batched on axis 1 ----------------------------
+
+def test_silero_vad_matches_the_source_on_its_streaming_data(vad):
+    """The streaming chunks with the state the model carried: both outputs (speech probability and the next
+    state) match the source at cosine >= 0.9999 over all 24 samples."""
+    _, report = _ok(vad)
+    cosines = _cosines(report)
+    assert set(cosines) == {"output", "stateN"}
+    assert min(cosines.values()) >= FP32_COSINE, cosines
+    assert {m["samples"] for m in report["accuracy"]["outputs"].values()} == {24}
+
+
+def test_silero_vad_probe_the_source_cannot_run_is_skipped_and_says_why(vad):
+    """The derived probe (a 1024-sample chunk) is a shape the source model cannot run (its LSTM fails): the export
+    still succeeds, checked at the export shape and the data's shapes only, and the probe is reported skipped with
+    the node and op that failed."""
+    _, report = _ok(vad)
+    check = report["export"]["check"]
+    probe = check["probe"]
+    assert probe["status"] == "skipped", probe
+    assert "1024" in probe["reason"], probe
+    assert "node '" in probe["reason"] and "(LSTM)" in probe["reason"], probe
+    assert all(c["shapes"]["input"] == [1, 512] for c in check["checks"]), _checked_shapes(report)
+    assert check["passed"] is True
+
+
+def test_silero_vad_manifest_keeps_the_scalar_and_the_state_batch_axis(vad):
+    """The artifact's inputs: `sr` a scalar (shape []), `state` [2, <named dim>, 128] (its batch is axis 1), and
+    `input` with both unset dims named."""
+    manifest, report = _ok(vad)
+    io = _io(manifest)
+    assert io["sr"] == []
+    assert io["state"][0] == 2 and io["state"][2] == 128 and isinstance(io["state"][1], str), io
+    assert io["input"] == ["input_batch", "input_dim1"], io
+    assert report["export"]["check"]["dims"] == {"input_batch": 1, "input_dim1": 512, "state_dim1": 1}
+    assert set(report["export"]["check"]["dims_from"].values()) == {"data"}
+
+
+def test_silero_vad_tensorrt_fp16_keeps_the_if_graph_fp32_and_matches(work):
+    """TensorRT fp16 on silero-vad (the graph verified on ONNX Runtime): the If node, whose bodies hold the LSTM,
+    is kept fp32, and both outputs stay within cosine 0.999 of the source."""
+    run = _export(work, "vad-trt-fp16", _source(work, "silero-vad"), "--target", "tensorrt", "--precision", "fp16",
+                  "--eval", _data(work, "silero-vad"))
+    _, report = _ok(run)
+    assert "If" in report["compile"]["graph_precision"]["kept_fp32_ops"], report["compile"]["graph_precision"]
+    cosines = _cosines(report)
+    assert set(cosines) == {"output", "stateN"}
+    assert min(cosines.values()) >= 0.999, cosines
+
+
+# -- ONNX Runtime int8 on an opset 11 Paddle graph ----------------------------------------------------------------
+
+def test_ppocr_cls_int8_converts_opset_11_up_and_records_it(work):
+    """Static per-channel int8 on ppocr-cls (opset 11, calibrated on its eval data): the graph is converted to
+    opset 13 for per-channel Q/DQ, the report records the conversion, and accuracy holds (cosine >= 0.9)."""
+    data = _data(work, "ppocr-cls")
+    run = _export(work, "cls-int8", _source(work, "ppocr-cls"), "--target", "onnxruntime", "--precision", "int8",
+                  "--eval", data, "--calibration", data)
+    _, report = _ok(run)
+    conversion = report["compile"]["quantization"]["opset_conversion"]
+    assert conversion is not None
+    assert (conversion["from"], conversion["to"]) == (11, 13), conversion
+    cosines = _cosines(report)
+    assert len(cosines) == 1 and min(cosines.values()) >= 0.9, cosines
+
+
+# -- a representative subset at ONNX Runtime fp32 -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_corpus_subset_fp32_matches_the_source(work, name):
+    """tf2onnx (an 'unk__' batch dim), skl2onnx, a torch module and a Paddle classifier at ONNX Runtime fp32, on
+    their own data: every float output matches the source at cosine >= 0.9999, integer labels match exactly."""
+    model = by_name(name)
+    run = _export(work, f"subset-{name}", model.source(work), "--target", "onnxruntime", "--precision", "fp32",
+                  "--eval", _data(work, name), *model.args)
+    _, report = _ok(run)
+    outputs = report["accuracy"]["outputs"]
+    assert outputs
+    cosines = _cosines(report)
+    assert cosines, outputs
+    assert min(cosines.values()) >= FP32_COSINE, cosines
+    for output, m in outputs.items():
+        if "cosine_min" not in m:  # a class label (int64): compared exactly
+            assert m["exact_match"] == 1.0, (output, m)
+    assert report["export"]["check"]["passed"] is True
