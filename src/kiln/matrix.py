@@ -60,11 +60,16 @@ def _accuracy(report: dict, primary: tuple) -> tuple[str | None, float | None]:
     logits = [m["top1_agreement"] for m in chosen.values() if m.get("class_logits") and "top1_agreement" in m]
     if logits:
         return "top1_agreement", min(logits)
-    cosines = [m["cosine_min"] for m in chosen.values() if "cosine_min" in m]
+    rows = [m for m in chosen.values() if "cosine_min" in m]
+    cosines = [m["cosine_min"] for m in rows]
+    if any(c is None or c != c or m.get("non_finite_samples") for c, m in zip(cosines, rows)):
+        return "cosine_min", None  # NaN/Inf outputs: no figure, and never within a budget
     return ("cosine_min", min(cosines)) if cosines else (None, None)
 
 
 def _meets(metric: str | None, value: float | None, budget: dict) -> bool:
+    if metric is not None and value is None:
+        return False
     if metric == "top1_agreement" and budget.get("max_top1_disagreement") is not None:
         return 1.0 - value <= budget["max_top1_disagreement"]
     if metric == "cosine_min" and budget.get("min_cosine") is not None:

@@ -39,7 +39,10 @@ def output_metrics(refs: list[np.ndarray], gots: list[np.ndarray], classes: bool
         "samples": len(refs), "max_abs_error": abs_err, "max_rel_error": abs_err / scale,
         "mean_abs_error": float(np.mean([np.mean(np.abs(r.astype(np.float64) - g)) for r, g in zip(refs, gots)])),
         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "cosine_p01": float(np.quantile(cos, 0.01)),
-        "worst_sample": int(cos.argmin()),
+        "worst_sample": int(np.nan_to_num(cos, nan=-2.0).argmin()),
+        # outputs the source model gives finite and the compiled model does not (fp16 overflow): every other
+        # figure is then NaN (null in JSON), and the gate must not read that as a pass
+        "non_finite_samples": sum(1 for r, g in zip(refs, gots) if np.isfinite(r).all() and not np.isfinite(g).all()),
     }
     if classes:
         ref = np.concatenate([r.reshape(-1, r.shape[-1]) for r in refs])
@@ -106,6 +109,10 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
 def gate(metrics: dict, budget: AccuracyBudget) -> list[str]:
     failures = []
     for name, m in metrics.items():
+        if budget.active and m.get("non_finite_samples"):
+            failures.append(f"{name}: {m['non_finite_samples']} of {m['samples']} samples have NaN/Inf outputs "
+                            "where the source model's are finite")
+            continue
         if budget.min_cosine is not None and "cosine_min" in m and m["cosine_min"] < budget.min_cosine:
             failures.append(f"{name}: minimum cosine {m['cosine_min']:.5f} < {budget.min_cosine}")
         if budget.max_abs_error is not None and "max_abs_error" in m and m["max_abs_error"] > budget.max_abs_error:

@@ -65,6 +65,22 @@ def load_onnx(path: Path, *, with_data: bool = True) -> tuple[onnx.ModelProto, l
     return model, data_files
 
 
+def _refuse_non_tensor_values(model: onnx.ModelProto, name: str) -> None:
+    """Inputs and outputs must be tensors: a sequence of maps (scikit-learn's ZipMap), a sequence or an optional has
+    no shape to compare, quantize or bind. One line naming the value and the converter option that avoids it."""
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for value in values:
+            which = value.type.WhichOneof("value")
+            if which not in (None, "tensor_type"):
+                what = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional",
+                        "sparse_tensor_type": "a sparse tensor"}.get(which, which)
+                if which == "sequence_type" and value.type.sequence_type.elem_type.WhichOneof("value") == "map_type":
+                    what = "a sequence of maps (scikit-learn's ZipMap)"
+                raise UsageError(f"{name}: {kind} '{value.name}' is {what}, not a tensor; kiln compares, quantizes and "
+                                 f"binds tensors only", hint="convert the model with tensor outputs (skl2onnx: options="
+                                 "{id(model): {'zipmap': False}}), or remove that output from the graph")
+
+
 class OnnxFileSource:
     """An ONNX file. The reference is the file itself, run by ONNX Runtime with optimizations off."""
 
@@ -77,6 +93,7 @@ class OnnxFileSource:
             first = str(exc).strip().splitlines()[0][:300]
             raise UsageError(f"{path.name} fails the ONNX checker: {first}",
                              hint="fix the graph or export it again") from None
+        _refuse_non_tensor_values(self.model, path.name)
         self.signature = read_signature(self.model)
         self.info = SourceInfo("onnx", str(path), sha256_file(path), {
             "external_data_files": [p.name for p in self.data_files],

@@ -29,11 +29,61 @@ FRAGILE_OPS = ("LayerNormalization", "BatchNormalization", "InstanceNormalizatio
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
 
-def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = ()) -> dict:
+# Activations beyond this stay fp32: fp16's largest finite value is 65504, and a quarter of it leaves room for
+# inputs larger than the measured ones (int16-scaled audio squared in a spectrogram reaches 1e9).
+FP16_SAFE = 65504.0 / 4
+
+
+def out_of_range_nodes(model: onnx.ModelProto, feeds: list[dict], limit: float = FP16_SAFE) -> dict[str, float]:
+    """Main-graph nodes that read or write a float tensor whose magnitude exceeds `limit` on `feeds` (measured by
+    running the fp32 graph with every float tensor exposed), with that magnitude: fp16 would turn them into Inf."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    typed = onnx.shape_inference.infer_shapes(model)
+    floats = {v.name for v in list(typed.graph.value_info) + list(typed.graph.output) + list(typed.graph.input)
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    exposed = [o for n in model.graph.node for o in n.output if o in floats]
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in exposed if name not in known)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    inputs = {i.name for i in session.get_inputs()}
+    peak: dict[str, float] = {}
+    for feed in feeds:
+        values = session.run(names, {k: v for k, v in feed.items() if k in inputs})
+        for name, value in zip(names, values):
+            if name in floats and value.size:
+                finite = np.abs(value[np.isfinite(value)]) if value.dtype.kind == "f" else np.abs(value)
+                peak[name] = max(peak.get(name, 0.0), float(finite.max()) if finite.size else 0.0)
+    for name, value in feeds[0].items() if feeds else ():
+        if value.dtype.kind == "f" and value.size:
+            peak[name] = max(peak.get(name, 0.0), float(np.abs(value).max()))
+    flagged = {}
+    for node in model.graph.node:
+        big = max((peak.get(t, 0.0) for t in list(node.input) + list(node.output)), default=0.0)
+        if node.name and big > limit:
+            flagged[node.name] = big
+    return flagged
+
+
+def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[dict] | None = None) -> dict:
+    """`src` with fp16 casts at `dst`; nodes named in `keep_nodes`, fragile ops, control flow and (given `feeds`)
+    nodes whose activations exceed fp16's range stay fp32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
-    keep = [n.name for n in model.graph.node if n.name and any(p == n.name or p in n.name for p in keep_nodes)]
+    for index, node in enumerate(model.graph.node):  # only named nodes can be kept out of fp16
+        node.name = node.name or f"kiln_{node.op_type}_{index}"
+    keep = [n.name for n in model.graph.node if any(p == n.name or p in n.name for p in keep_nodes)]
+    ranged = out_of_range_nodes(model, feeds) if feeds else {}
+    keep += [name for name in ranged if name not in keep]
     try:
         with quiet():
             half = convert_float_to_float16(model, keep_io_types=True,
@@ -42,13 +92,15 @@ def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = ()) -> dict:
     except Exception as exc:  # the converter raises plain exceptions on graphs it cannot type
         raise ExportError(f"fp16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
                           hint="keep the failing node in fp32 with --keep-fp32 NAME, or use fp32") from None
+    collapsed = collapse_cast_pairs(half)
     reconnect_empty_resize_parameters(half)
     onnx.save(half, str(dst))
     _check_loads(dst, half)
     kept = sorted({n.op_type for n in half.graph.node if n.op_type in FRAGILE_OPS + CONTROL_FLOW_OPS})
     counts = count_types(half)
     return {"pass": "fp16 casts", "tool": "onnxruntime.transformers.float16", "kept_fp32_ops": kept,
-            "kept_fp32_nodes": keep, "casts": sum(1 for n in half.graph.node if n.op_type == "Cast"), **counts}
+            "kept_fp32_nodes": keep, "kept_fp32_out_of_range": {k: round(v, 1) for k, v in ranged.items()},
+            "range_samples": len(feeds or ()), "fp16_round_trips_removed": collapsed, "casts": sum(1 for n in half.graph.node if n.op_type == "Cast"), **counts}
 
 
 def _check_loads(path: Path, model: onnx.ModelProto) -> None:
@@ -72,6 +124,33 @@ def _check_loads(path: Path, model: onnx.ModelProto) -> None:
         raise ExportError(f"the fp16 graph is invalid {where}{why} ({re.sub(r'.*?failed:', '', text)[:160]})",
                           hint="use --precision fp32 for this model on this target, or keep the node in fp32 with "
                                "--keep-fp32 NAME") from None
+
+
+def collapse_cast_pairs(model: onnx.ModelProto) -> int:
+    """Between two nodes kept in fp32 the converter still passes the tensor through fp16 (a Cast to fp16 after the
+    first, a Cast back before the second): values beyond 65504 become Inf there, and the rest lose bits for nothing.
+    Each such round trip is removed (only the converter's own Casts, whose input is fp32 by construction)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    outputs = {o.name for o in model.graph.output}
+    rename: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "Cast" or not node.name.endswith("_cast_to_fp32_node"):
+            continue
+        first = producers.get(node.input[0])
+        if first is not None and first.op_type == "Cast" and first.name.endswith("_cast_to_fp16_node") \
+                and node.output[0] not in outputs:
+            rename[node.output[0]] = first.input[0]
+    if not rename:
+        return 0
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    used = {i for n in model.graph.node for i in n.input} | outputs
+    keep = [n for n in model.graph.node if not (n.op_type == "Cast" and not set(n.output) & used)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return len(rename)
 
 
 def reconnect_empty_resize_parameters(model: onnx.ModelProto) -> int:

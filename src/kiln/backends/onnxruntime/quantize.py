@@ -15,7 +15,7 @@ import onnx
 
 from kiln.calibration import Samples
 from kiln.config import QuantizationPlan
-from kiln.errors import ExportError
+from kiln.errors import ExportError, UnsupportedTargetError
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.quiet import quiet
 
@@ -126,6 +126,10 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
     model = onnx.load(str(src), load_external_data=False)
     excluded = matching_nodes(model, plan.keep_fp32)
     inputs = {i.name for i in model.graph.input}
+    if not any(n.op_type in STATIC_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        found = sorted({f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph.node})[:6]
+        raise UnsupportedTargetError(f"static int8 has nothing to quantize here: the graph has no Conv, MatMul or Gemm "
+                                     f"(its ops: {', '.join(found)})", hint="use --precision fp32 for this model")
     activation = QuantType.QUInt8 if plan.activation_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="kiln-quant-") as tmp:
         prepared, upgraded = Path(tmp) / "prepared.onnx", Path(tmp) / "upgraded.onnx"

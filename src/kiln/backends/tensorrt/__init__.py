@@ -14,7 +14,7 @@ from kiln.backends.base import Compiled
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
 from kiln.calibration import Feed, Samples
 from kiln.config import Plan
-from kiln.errors import ExportError, MissingDependencyError
+from kiln.errors import ExportError, MissingDependencyError, UnsupportedTargetError
 from kiln.exporters import ExportedGraph
 from kiln.signature import Signature, read_signature
 from kiln.targets import TargetSpec, nvidia_gpu
@@ -23,7 +23,7 @@ KIT = "tensorrt"
 
 
 def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
-                   calibration: Samples | None) -> dict:
+                   calibration: Samples | None, example: Feed | None = None) -> dict:
     """The graph TensorRT will build, with its precision decided: copied (fp32), cast (fp16), or Q/DQ."""
     if plan.precision == "fp32":
         shutil.copyfile(graph.path, target)
@@ -31,7 +31,9 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
     if plan.precision == "fp16":
         from kiln.passes.half_precision import to_fp16
 
-        return to_fp16(graph.path, target, plan.quantization.keep_fp32 if plan.quantization else ())
+        feeds = list(calibration.feeds[:8]) if calibration is not None and len(calibration) else \
+            [example] if example else []
+        return to_fp16(graph.path, target, plan.quantization.keep_fp32 if plan.quantization else (), feeds)
     if calibration is None or not len(calibration):
         raise ExportError(f"{plan.precision} needs calibration samples and none were loaded",
                           hint="pass --calibration PATH")
@@ -76,6 +78,17 @@ def _build_engines(kit: Path, plan: Plan) -> dict:
     return {"built": True, **result}
 
 
+def _refuse_foreign_domains(path: Path) -> None:
+    """TensorRT's ONNX parser builds ai.onnx operators (and its own plugins): a graph with ai.onnx.ml trees and
+    scalers (scikit-learn) or com.microsoft contrib ops cannot become an engine, so no kit is written for it."""
+    model = onnx.load(str(path), load_external_data=False)
+    foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx", "trt")})
+    if foreign:
+        raise UnsupportedTargetError(f"TensorRT's ONNX parser has no {', '.join(foreign[:4])} operator"
+                                     f"{'s' if len(foreign) > 1 else ''}",
+                                     hint="use --target onnxruntime for this model")
+
+
 class TensorRtBackend:
     name = "tensorrt"
 
@@ -97,9 +110,10 @@ class TensorRtBackend:
         kit.mkdir(parents=True, exist_ok=True)
         stage.mkdir(parents=True, exist_ok=True)
         details: dict = {"steps": []}
+        _refuse_foreign_domains(graph.path)
         t0 = time.perf_counter()
         target = kit / "model.onnx"
-        details["graph_precision"] = _prepare_graph(graph, plan, stage, target, calibration)
+        details["graph_precision"] = _prepare_graph(graph, plan, stage, target, calibration, example)
         details["steps"].append({"step": f"{plan.precision} graph", "seconds": round(time.perf_counter() - t0, 3)})
         if plan.quantization is not None:
             details["quantization"] = {"mode": "static", "tool": details["graph_precision"].get("tool", ""),
