@@ -278,3 +278,37 @@ def test_corpus_subset_fp32_matches_the_source(work, name):
         if "cosine_min" not in m:  # a class label (int64): compared exactly
             assert m["exact_match"] == 1.0, (output, m)
     assert report["export"]["check"]["passed"] is True
+
+
+# -- fp16 on a model whose activations leave fp16's range ---------------------------------------------------------
+
+def test_mel_front_end_fp16_keeps_out_of_range_activations_fp32_and_matches(work):
+    """openWakeWord's mel front end takes int16-scaled audio: its power spectrum reaches ~2e12, far past fp16's 65504.
+    The TensorRT fp16 graph keeps the nodes whose measured activations exceed fp16's range in fp32 (with no fp16
+    round trip between them) and matches the source; a naive cast gives Inf outputs (cosine NaN) on every sample."""
+    run = _export(work, "mel-fp16", _source(work, "oww-melspectrogram"), "--target", "tensorrt", "--precision", "fp16",
+                  "--eval", _data(work, "oww-melspectrogram"), "--min-cosine", "0.999")
+    _, report = _ok(run)
+    precision = report["compile"]["graph_precision"]
+    assert any(op.startswith("Pow") for op in precision["kept_fp32_out_of_range"]), precision["kept_fp32_out_of_range"]
+    assert max(precision["kept_fp32_out_of_range"].values()) > 1e9
+    assert precision["fp16_round_trips_removed"] >= 1
+    output = report["accuracy"]["outputs"]["output"]
+    assert output["non_finite_samples"] == 0 and output["cosine_min"] >= FP32_COSINE, output
+
+
+def test_non_finite_outputs_fail_the_accuracy_gate():
+    """Metrics of a compiled model whose outputs overflowed (Inf in 2 of 3 samples, the source finite): the
+    samples are counted and a --min-cosine gate fails on them (NaN compares false, which used to read as a pass)."""
+    import numpy as np
+
+    from kiln.config import AccuracyBudget
+    from kiln.validate import gate, output_metrics
+
+    refs = [np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4) * (i + 1) for i in range(3)]
+    gots = [refs[0].copy(), np.full((3, 4), np.inf, np.float32), refs[2] * np.float32(np.inf)]
+    metrics = output_metrics(refs, gots, classes=False)
+    assert metrics["non_finite_samples"] == 2
+    failures = gate({"output": metrics}, AccuracyBudget(min_cosine=0.99))
+    assert failures == ["output: 2 of 3 samples have NaN/Inf outputs where the source model's are finite"]
+    assert gate({"output": metrics}, AccuracyBudget()) == []

@@ -14,7 +14,7 @@ from kiln.calibration import DataContext, Feed, Samples
 from kiln.config import ExportConfig
 from kiln.errors import ExportError, KilnError, UsageError
 from kiln.exporters.base import ExportRecord, Source
-from kiln.exporters.shapes import choose_probe, describe, failure, feed_at, spec_dims
+from kiln.exporters.shapes import choose_probes, describe, failure, feed_at, spec_dims
 from kiln.signature import Signature, default_opset, read_signature
 
 
@@ -91,12 +91,6 @@ def _source_outputs(source: Source, feed: Feed, what: str, fix: str) -> dict[str
         raise UsageError(f"the source model cannot run {what} ({describe(feed)}): {failure(exc)}", hint=fix) from None
 
 
-def _skipped(probe, exc: BaseException) -> dict:
-    return {"inputs": probe.label, "status": "skipped", "reason": f"the source model cannot run {describe(probe.feed)}: "
-            f"{failure(exc)}; checked at the export shape and the data's shapes only (--check-shape NAME=DIM,... "
-            f"names another)"}
-
-
 def export_graph(source: Source, config: ExportConfig, context: DataContext, workdir: Path,
                  evaluation: Samples, calibration: tuple[Samples, ...] = ()) -> ExportedGraph:
     """Write the graph, check it, and compare it with the source at the export shape, on two evaluation samples and
@@ -136,22 +130,29 @@ def export_graph(source: Source, config: ExportConfig, context: DataContext, wor
 
     checks: list[tuple[str, Feed, dict | None]] = [("export shape", example, want)]
     checks += [(f"sample {i}", evaluation.feeds[i], None) for i in range(min(2, len(evaluation)))]
-    probe = choose_probe(context, example, (evaluation, *calibration),
-                         spec_dims(context.signature, config.check_shapes, "--check-shape"), rng)
+    probes = choose_probes(context, example, (evaluation, *calibration),
+                           spec_dims(context.signature, config.check_shapes, "--check-shape"), rng)
     probe_record = {"inputs": None, "status": "none", "reason": "the model has no dynamic dims"}
-    if probe is not None:
-        probe_record = {"inputs": probe.label, "status": "checked", "reason": None}
+    refusals: list[str] = []
+    for probe in probes:
         try:
             checks.append((probe.label, probe.feed, source.run(probe.feed)))
-        except KilnError as exc:
-            if not (probe.derived and isinstance(exc, UsageError)):  # a torch source's "rejected inputs"
-                raise
-            probe_record = _skipped(probe, exc)
-        except Exception as exc:
-            if not probe.derived:
+        except Exception as exc:  # ORT and torch raise their own types; a torch source's is a UsageError
+            if not probe.derived or (isinstance(exc, KilnError) and not isinstance(exc, UsageError)):
+                if isinstance(exc, KilnError):
+                    raise
                 raise UsageError(f"the source model cannot run {probe.label} ({describe(probe.feed)}): {failure(exc)}",
                                  hint="give a shape the model runs with --check-shape NAME=DIM,...") from None
-            probe_record = _skipped(probe, exc)
+            refusals.append(f"{describe(probe.feed)}: {failure(exc)}")
+            continue
+        probe_record = {"inputs": probe.label, "shapes": {k: list(v.shape) for k, v in probe.feed.items()},
+                        "status": "checked", "reason": None}
+        break
+    else:
+        if probes:
+            probe_record = {"inputs": probes[0].label, "status": "skipped", "reason":
+                            f"the source model cannot run {'; nor '.join(refusals)[:600]}; checked at the export shape "
+                            f"and the data's shapes only (--check-shape NAME=DIM,... names another)"}
     report = []
     for label, feed, reference in checks:
         feed = {k: v for k, v in feed.items() if k in signature.input_names}

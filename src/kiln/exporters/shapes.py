@@ -80,14 +80,21 @@ class Probe:
     derived: bool  # made up by kiln (a source that cannot run it is reported, not an error)
 
 
-def _grown(context: DataContext) -> dict[str, int]:
-    """Every dynamic dim doubled that is neither named like a batch nor of size 1 (doubling keeps divisibility and
-    minimums; a size-1 axis is a batch more often than not, e.g. a recurrent state's axis 1); when there is no
-    such dim, the batch-like ones grow by one."""
+def _grown(context: DataContext) -> list[dict[str, int]]:
+    """Derived second shapes, most thorough first: batch-like dims grown by one together with every other dynamic
+    dim larger than 1 doubled (doubling keeps divisibility and minimums); then the non-batch growth alone; then the
+    batch alone (a size-1 axis not named like a batch is left alone: more often than not it is a batch kiln cannot
+    name, e.g. a recurrent state's axis 1)."""
+    batch = {n: s + 1 for n, s in context.dims.items() if is_batch(n)}
     others = {n: s * 2 for n, s in context.dims.items() if not is_batch(n) and s > 1}
-    if others:
-        return others
-    return {n: s + 1 for n, s in context.dims.items()}
+    if not batch and not others:
+        return [{n: s + 1 for n, s in context.dims.items()}]
+    candidates = [{**batch, **others}, others, batch]
+    unique: list[dict[str, int]] = []
+    for candidate in candidates:
+        if candidate and candidate not in unique:
+            unique.append(candidate)
+    return unique
 
 
 def feed_at(context: DataContext, base: Feed, dims: dict[str, int], rng: np.random.Generator) -> Feed:
@@ -102,20 +109,21 @@ def feed_at(context: DataContext, base: Feed, dims: dict[str, int], rng: np.rand
     return feed
 
 
-def choose_probe(context: DataContext, base: Feed, data: tuple[Samples, ...], check_dims: dict[str, int],
-                 rng: np.random.Generator) -> Probe | None:
-    """The second shape: `--check-shape`, else the first data sample whose shapes differ from `base`, else the
-    export shape grown (`_grown`); None when the model has no dynamic dims."""
+def choose_probes(context: DataContext, base: Feed, data: tuple[Samples, ...], check_dims: dict[str, int],
+                  rng: np.random.Generator) -> list[Probe]:
+    """Second shapes to check, in order of preference: `--check-shape`; else the first data sample whose shapes
+    differ from `base`; else the derived ones (`_grown`), of which the first the source model runs is used.
+    Empty when the model has no dynamic dims."""
     if not context.dims:
-        return None
+        return []
     if check_dims:
-        return Probe("--check-shape", feed_at(context, base, check_dims, rng), derived=False)
+        return [Probe("--check-shape", feed_at(context, base, check_dims, rng), derived=False)]
     shape = {k: v.shape for k, v in base.items()}
     for samples in data:
         for i, feed in enumerate(samples.feeds if samples is not None and not samples.synthetic else ()):
             if any(k in shape and v.shape != shape[k] for k, v in feed.items()):
-                return Probe(f"{samples.kind} sample {i} (another shape)", feed, derived=False)
-    return Probe("a derived shape", feed_at(context, base, _grown(context), rng), derived=True)
+                return [Probe(f"{samples.kind} sample {i} (another shape)", feed, derived=False)]
+    return [Probe("a derived shape", feed_at(context, base, dims, rng), derived=True) for dims in _grown(context)]
 
 
 def failure(exc: BaseException) -> str:
