@@ -91,6 +91,31 @@ def _source_outputs(source: Source, feed: Feed, what: str, fix: str) -> dict[str
         raise UsageError(f"the source model cannot run {what} ({describe(feed)}): {failure(exc)}", hint=fix) from None
 
 
+def _first_probe_the_source_runs(source: Source, probes: list) -> tuple[tuple | None, dict]:
+    """(label, feed, source outputs) of the first probe the source model runs, and what the report says about it.
+    A probe the user named or the data holds must run (else one UsageError line); a derived one that does not is
+    reported as skipped, with why."""
+    refusals: list[str] = []
+    for probe in probes:
+        try:
+            outputs = source.run(probe.feed)
+        except Exception as exc:  # ORT and torch raise their own types; a torch source's is a UsageError
+            if not probe.derived or (isinstance(exc, KilnError) and not isinstance(exc, UsageError)):
+                if isinstance(exc, KilnError):
+                    raise
+                raise UsageError(f"the source model cannot run {probe.label} ({describe(probe.feed)}): {failure(exc)}",
+                                 hint="give a shape the model runs with --check-shape NAME=DIM,...") from None
+            refusals.append(f"{describe(probe.feed)}: {failure(exc)}")
+            continue
+        return (probe.label, probe.feed, outputs), {"inputs": probe.label, "status": "checked", "reason": None,
+                                                   "shapes": {k: list(v.shape) for k, v in probe.feed.items()}}
+    if not probes:
+        return None, {"inputs": None, "status": "none", "reason": "the model has no dynamic dims"}
+    return None, {"inputs": probes[0].label, "status": "skipped", "reason":
+                  f"the source model cannot run {'; nor '.join(refusals)[:600]}; checked at the export shape and the "
+                  f"data's shapes only (--check-shape NAME=DIM,... names another)"}
+
+
 def export_graph(source: Source, config: ExportConfig, context: DataContext, workdir: Path,
                  evaluation: Samples, calibration: tuple[Samples, ...] = ()) -> ExportedGraph:
     """Write the graph, check it, and compare it with the source at the export shape, on two evaluation samples and
@@ -132,27 +157,8 @@ def export_graph(source: Source, config: ExportConfig, context: DataContext, wor
     checks += [(f"sample {i}", evaluation.feeds[i], None) for i in range(min(2, len(evaluation)))]
     probes = choose_probes(context, example, (evaluation, *calibration),
                            spec_dims(context.signature, config.check_shapes, "--check-shape"), rng)
-    probe_record = {"inputs": None, "status": "none", "reason": "the model has no dynamic dims"}
-    refusals: list[str] = []
-    for probe in probes:
-        try:
-            checks.append((probe.label, probe.feed, source.run(probe.feed)))
-        except Exception as exc:  # ORT and torch raise their own types; a torch source's is a UsageError
-            if not probe.derived or (isinstance(exc, KilnError) and not isinstance(exc, UsageError)):
-                if isinstance(exc, KilnError):
-                    raise
-                raise UsageError(f"the source model cannot run {probe.label} ({describe(probe.feed)}): {failure(exc)}",
-                                 hint="give a shape the model runs with --check-shape NAME=DIM,...") from None
-            refusals.append(f"{describe(probe.feed)}: {failure(exc)}")
-            continue
-        probe_record = {"inputs": probe.label, "shapes": {k: list(v.shape) for k, v in probe.feed.items()},
-                        "status": "checked", "reason": None}
-        break
-    else:
-        if probes:
-            probe_record = {"inputs": probes[0].label, "status": "skipped", "reason":
-                            f"the source model cannot run {'; nor '.join(refusals)[:600]}; checked at the export shape "
-                            f"and the data's shapes only (--check-shape NAME=DIM,... names another)"}
+    probe_check, probe_record = _first_probe_the_source_runs(source, probes)
+    checks += [probe_check] if probe_check else []
     report = []
     for label, feed, reference in checks:
         feed = {k: v for k, v in feed.items() if k in signature.input_names}

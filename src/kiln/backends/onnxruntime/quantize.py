@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from kiln.backends.onnxruntime.session import load_error
 from kiln.calibration import Samples
 from kiln.config import QuantizationPlan
 from kiln.errors import ExportError, UnsupportedTargetError
@@ -102,34 +103,19 @@ def _consumers_of_unrangeable(exc: Exception, model_path: Path) -> list[str]:
     return [n.name for n in model.graph.node if found.group(1) in n.input and n.name]
 
 
-def _check_loads(model_path: Path) -> None:
-    """A quantized graph ONNX Runtime refuses (seen on a tf2onnx graph: "Duplicate definition of name") is an
-    ExportError naming ORT's reason, not an invalid artifact found later."""
-    import onnxruntime as ort
-
-    from kiln.exporters.graph import ort_reason
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own exception types
-        raise ExportError(f"static int8 quantization wrote a graph ONNX Runtime refuses: {ort_reason(exc)}",
-                          hint="keep the node it names in fp32 with --keep-fp32 NAME, or use --precision "
-                               "int8-dynamic or fp32 for this model") from None
-
-
 def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibration: Samples) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(src), load_external_data=False)
     excluded = matching_nodes(model, plan.keep_fp32)
     inputs = {i.name for i in model.graph.input}
-    if not any(n.op_type in STATIC_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node):
+    if not any(n.op_type in ("Conv", "MatMul", "Gemm") and n.domain in ("", "ai.onnx") for n in model.graph.node):
         found = sorted({f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph.node})[:6]
-        raise UnsupportedTargetError(f"static int8 has nothing to quantize here: the graph has no Conv, MatMul or Gemm "
-                                     f"(its ops: {', '.join(found)})", hint="use --precision fp32 for this model")
+        flow = sorted({n.op_type for n in model.graph.node if n.op_type in ("If", "Loop", "Scan")})
+        where = (f"its compute is inside {'/'.join(flow)} bodies, which ONNX Runtime's quantizer does not enter" if flow
+                 else f"the graph has no Conv, MatMul or Gemm (its ops: {', '.join(found)})")
+        raise UnsupportedTargetError(f"static int8 has nothing to quantize here: {where}",
+                                     hint="use --precision fp32 for this model (or int8-dynamic where it has MatMuls)")
     activation = QuantType.QUInt8 if plan.activation_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="kiln-quant-") as tmp:
         prepared, upgraded = Path(tmp) / "prepared.onnx", Path(tmp) / "upgraded.onnx"
@@ -155,7 +141,11 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
                         from None
                 unrangeable += consumers
                 continue
-            _check_loads(dst)
+            refused = load_error(dst)
+            if refused:  # seen on a tf2onnx graph: "Duplicate definition of name"
+                raise ExportError(f"static int8 quantization wrote a graph ONNX Runtime refuses: {refused}",
+                                  hint="keep the node it names in fp32 with --keep-fp32 NAME, or use --precision "
+                                       "int8-dynamic or fp32 for this model")
             break
     return {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8",
             "activation_type": plan.activation_type, "calibration_method": "MinMax",

@@ -65,14 +65,44 @@ def _first_reason(message: str) -> str:
     for i, line in enumerate(lines[:-1]):
         if line.startswith("FrontEnd API failed with") and "OpConversionFailure" not in line and lines[i + 1]:
             return lines[i + 1][:200]
-    return ""
+    before_summary = lines[:lines.index("Summary:")] if "Summary:" in lines else []
+    return next((line[:200] for line in reversed(before_summary) if line and not line.startswith("--")), "")
+
+
+def scalar_if_conditions(path: Path) -> tuple[Path, int]:
+    """ONNX's If takes any single-element condition, and torch.onnx writes it as [1, 1]; OpenVINO's If wants rank
+    0 or 1 ("Rank of If condition input must be equal to 0 or 1"). Each main-graph If gets its condition reshaped
+    to a scalar, in a copy beside `path` (external data resolves from the same folder). Returns (graph, count)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    ifs = [n for n in model.graph.node if n.op_type == "If" and n.input and n.input[0]]
+    if not ifs:
+        return path, 0
+    shape = "kiln_scalar_shape"
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.int64), shape))
+    nodes = []
+    for index, node in enumerate(model.graph.node):
+        if node in ifs:
+            scalar = f"{node.input[0]}_kiln_scalar_{index}"
+            nodes.append(helper.make_node("Reshape", [node.input[0], shape], [scalar], name=f"kiln_if_condition_{index}"))
+            node.input[0] = scalar
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    rewritten = path.with_name(path.stem + ".openvino-input.onnx")
+    onnx.save(model, str(rewritten))
+    return rewritten, len(ifs)
 
 
 def convert_onnx(path: Path):
     ov = require("openvino", why="the OpenVINO backend")
+    source, _ = scalar_if_conditions(path)
     try:
         with quiet():
-            return ov.convert_model(str(path))
+            return ov.convert_model(str(source))
     except Exception as exc:  # OpConversionFailure, GeneralFailure, RuntimeError, depending on the frontend
         text = str(exc)
         ops = failed_ops(text)
