@@ -33,6 +33,7 @@ CELLS = {  # name: (target, precision)
     "tensorrt-fp16": ("tensorrt", "fp16"),
 }
 FP32_COSINE = 0.9999
+LOW_ACCURACY = 0.99  # below this an ok cell is marked ⚠: the artifact works, its accuracy needs per-layer fallback
 QUICK_BENCH = ("--warmup", "3", "--runs", "20", "--min-seconds", "0.3", "--profile-runs", "3", "--batch-sizes", "1")
 
 
@@ -85,9 +86,12 @@ def _cell_text(row: dict | None) -> str:
     if row is None:
         return "–"
     if row["status"] in ("ok", "mismatch"):
-        cos = "n/a" if row["cosine_min"] is None else f"{row['cosine_min']:.5f}".rstrip("0")
+        cosine = row["cosine_min"]
+        cos = "n/a (NaN/Inf)" if cosine is None else f"{cosine:.5f}".rstrip("0").rstrip(".") + \
+            (".0" if f"{cosine:.5f}".rstrip("0").endswith(".") else "")
         speed = f", {row['speedup']:.2f}x" if row.get("speedup") else ""
-        return ("✗ " if row["status"] == "mismatch" else "ok ") + f"cos {cos}{speed}"
+        low = cosine is not None and cosine < LOW_ACCURACY
+        return ("✗ " if row["status"] == "mismatch" else "⚠ " if low else "ok ") + f"cos {cos}{speed}"
     mark = "**kiln bug**" if row["status"] == "bug" else f"refused (exit {row.get('exit')})"
     return f"{mark}: {row['reason'].replace('|', '/')}"
 
@@ -121,6 +125,15 @@ def render(rows: list[dict], machine: str, command: str) -> str:
         note = f" ({model.notes})" if model.notes else ""
         lines.append(f"| {model.name} | {model.project} {PACKAGES[model.package][0]} | {model.origin}{note} | "
                      f"{model.task} | {cells} |")
+    refused = [r for r in rows if r["status"] == "refused"]
+    if refused:
+        codes: dict[int, list[str]] = {}
+        for row in refused:
+            codes.setdefault(row["exit"], []).append(f"{row['model']} {row['cell']}")
+        meaning = {2: "bad input: a construct of the model kiln does not take", 3: "the target cannot run the model's "
+                   "ops, or int8 has nothing to quantize", 5: "a runtime's converter or quantizer failed on it"}
+        lines += ["", f"Refused cells ({len(refused)}), each one `kiln: error:` line naming the construct and the fix:", ""]
+        lines += [f"- exit {code} ({meaning.get(code, '')}): {', '.join(cells)}" for code, cells in sorted(codes.items())]
     lines += ["", "Packages (installed with --no-deps by scripts/setup.sh; licenses from their wheels): " +
               "; ".join(f"{name}=={v} ({lic})" for name, (v, _, lic) in PACKAGES.items()) + ".", ""]
     return "\n".join(lines)
@@ -143,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("KILN_CORPUS_DIR", "/tmp/kiln-corpus")))
     parser.add_argument("--no-bench", action="store_true", help="skip the timed runs (no speedup)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/conformance.md alone")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only write docs/conformance.md again from a run's "
+                        "conformance.json (the command and date it records are this run's)")
     args = parser.parse_args(argv)
+    if args.render:
+        (REPO / "docs" / "conformance.md").write_text(render(json.loads(args.render.read_text()), machine(),
+                                                             "python -m benchmarks.conformance"), encoding="utf-8")
+        return 0
     models = [m for m in CORPUS if not args.model or m.name in args.model]
     missing = sorted({m.package for m in models if not installed(m.package)})
     if missing:
