@@ -11,7 +11,7 @@ import onnx
 
 from kiln.calibration.samples import DataContext, Feed
 from kiln.config import ExportConfig
-from kiln.errors import UsageError
+from kiln.errors import ExportError, UsageError
 from kiln.exporters.base import ExportRecord, SourceInfo, sha256_file
 from kiln.exporters.shapes import is_batch, spec_dims
 from kiln.signature import default_opset, read_signature
@@ -81,6 +81,22 @@ def _refuse_non_tensor_values(model: onnx.ModelProto, name: str) -> None:
                                  "{id(model): {'zipmap': False}}), or remove that output from the graph")
 
 
+def _declares_zero(model: onnx.ModelProto) -> bool:
+    return any(d.HasField("dim_value") and d.dim_value == 0
+               for value in model.graph.input for d in value.type.tensor_type.shape.dim)
+
+
+def _zero_dims_named(path: Path, signature) -> onnx.ModelProto:
+    """The model (weights loaded) with every input dim declared 0 replaced by the name kiln reads it as."""
+    model, _ = load_onnx(path, with_data=True)
+    names = {t.name: t.shape for t in signature.inputs}
+    for value in model.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value == 0 and value.name in names:
+                dim.dim_param = names[value.name][axis]
+    return model
+
+
 class OnnxFileSource:
     """An ONNX file. The reference is the file itself, run by ONNX Runtime with optimizations off."""
 
@@ -102,6 +118,9 @@ class OnnxFileSource:
         })
         self.extra_files: dict[str, Path] = {}
         self._session = None
+        # ONNX Runtime holds a declared 0 to size 0; kiln reads it as "any size", as the converters that write it
+        # mean it: such inputs are rewritten with kiln's dim names, in memory, for the source run and the export
+        self._rewritten = _zero_dims_named(self.path, self.signature) if _declares_zero(self.model) else None
 
     def data_context(self, config: ExportConfig) -> DataContext:
         # every named dynamic dim gets a size: the user's (--input), else the data's (pipeline: with_data_dims),
@@ -128,15 +147,28 @@ class OnnxFileSource:
         if self._session is None:
             import onnxruntime as ort
 
+            from kiln.exporters.graph import ort_reason
+
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             options.log_severity_level = 4  # a feed the model rejects is reported in kiln's one line, not logged
-            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            model = self._rewritten.SerializeToString() if self._rewritten is not None else str(self.path)
+            try:
+                self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ORT's own exception types: the file, not a feed, is what it refuses
+                raise ExportError(f"ONNX Runtime cannot load {self.path.name}: {ort_reason(exc)}",
+                                  hint="check the file's opset and custom-domain operators against this ONNX "
+                                       "Runtime (see `kiln targets`)") from None
         outputs = self._session.run(None, feed)
         return dict(zip(self.signature.output_names, outputs))
 
     def to_onnx(self, path: Path, config: ExportConfig, example: Feed) -> ExportRecord:
         start = time.perf_counter()
+        if self._rewritten is not None:
+            onnx.save_model(self._rewritten, str(path), save_as_external_data=bool(self.data_files),
+                            all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
+            return ExportRecord("copy", default_opset(self.model), seconds=time.perf_counter() - start,
+                                notes=("input dims declared 0 written as named dynamic dims",))
         if self.data_files:
             model, _ = load_onnx(self.path, with_data=True)
             onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
