@@ -85,8 +85,10 @@ def assert_checked_at_other_shape(report: dict, dynamic: dict[str, tuple[int, ..
     check = report["export"]["check"]
     assert check["passed"] is True
     by_label = {c["inputs"]: c for c in check["checks"]}
-    assert "export shape" in by_label and "other shape" in by_label, list(by_label)
-    first, other = by_label["export shape"]["shapes"], by_label["other shape"]["shapes"]
+    probe = check["probe"]
+    assert probe["status"] == "checked", probe
+    assert "export shape" in by_label and probe["inputs"] in by_label, list(by_label)
+    first, other = by_label["export shape"]["shapes"], by_label[probe["inputs"]]["shapes"]
     assert set(first) == set(other)
     for name, axes in dynamic.items():
         assert len(first[name]) == len(other[name])
@@ -95,7 +97,7 @@ def assert_checked_at_other_shape(report: dict, dynamic: dict[str, tuple[int, ..
                 assert a != b, (name, axis, first[name], other[name])
             else:
                 assert a == b, (name, axis, first[name], other[name])
-    for row in by_label["other shape"]["outputs"].values():
+    for row in by_label[probe["inputs"]]["outputs"].values():
         assert row["ok"] is True and row["max_abs_error"] <= row["tolerance"], row
 
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from tests.conftest import run_cli, tiny_mlp_onnx, zoo
+from tests.hostile.helpers import VERIFY_FAILED
 from tests.integration.source_checks import (OK, USAGE, sha256, read_artifact, export, signature, files, assert_files_hashed, assert_near_exact,
     assert_checked_at_other_shape, ext_data_onnx)
 
@@ -258,12 +259,12 @@ def test_bench_remeasures_with_recorded_settings_and_refuses_a_tampered_model(tm
     raw[len(raw) // 2] ^= 0x01
     model.write_bytes(bytes(raw))
     refused = run_cli("bench", tampered, "--json", "--runs", "20", "--min-seconds", "0.2")
-    assert refused.returncode == USAGE, refused.stderr
+    assert refused.returncode == VERIFY_FAILED, refused.stderr  # the artifact does not match: exit 6, as kiln verify
     assert "Traceback" not in refused.stderr
     line, = refused.stderr.strip().splitlines()
     assert line.startswith("kiln: error: ") and "sha256" in line
     failure = json.loads(refused.stdout)
-    assert failure["status"] == "failed" and failure["error"]["exit_code"] == USAGE
+    assert failure["status"] == "failed" and failure["error"]["exit_code"] == VERIFY_FAILED
 
 
 # --- 8. reproducibility -----------------------------------------------------------------------------------

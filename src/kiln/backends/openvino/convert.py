@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kiln._deps import require
 from kiln.backends.openvino.session import openvino_message
-from kiln.errors import ExportError, UnsupportedTargetError
+from kiln.errors import ExportError
 from kiln.quiet import quiet
 
 CONVERSION = "ov.convert_model from the checked ONNX graph"
@@ -116,9 +116,6 @@ def convert_onnx(path: Path):
             what += f": {reason}" if reason else ""
         else:
             what = openvino_message(text)
-        # no conversion rule at all (ai.onnx.ml trees, custom domains): the target cannot run these ops (exit 3);
-        # a rule that failed on this graph is a conversion failure (exit 5)
-        error = UnsupportedTargetError if "No conversion rule found" in text else ExportError
-        raise error(f"OpenVINO {ov.__version__.split('-')[0]} cannot convert the ONNX graph: {what}",
-                    hint="use --target onnxruntime for this model, or --exporter to try the other exporter; "
-                         "--debug shows OpenVINO's full message") from None
+        raise ExportError(f"OpenVINO {ov.__version__.split('-')[0]} cannot convert the ONNX graph: {what}",
+                          hint="use --target onnxruntime for this model, or --exporter to try the other exporter; "
+                               "--debug shows OpenVINO's full message") from None
