@@ -125,7 +125,7 @@ class OnnxFileSource:
     def data_context(self, config: ExportConfig) -> DataContext:
         # every named dynamic dim gets a size: the user's (--input), else the data's (pipeline: with_data_dims),
         # else a default (batch-like 1, others 2)
-        given = spec_dims(self.signature, config.inputs, "--input")
+        given = spec_dims(self.signature, config.inputs, "--input", self.path.name)
         dims: dict[str, int] = {d: 1 if is_batch(d) else 2 for t in self.signature.inputs
                                 for d in t.shape if isinstance(d, str)}
         return DataContext(signature=self.signature, dims={**dims, **given}, given=frozenset(given),

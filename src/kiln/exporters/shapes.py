@@ -50,13 +50,14 @@ def with_data_dims(context: DataContext, *samples: Samples) -> DataContext:
     return context
 
 
-def spec_dims(signature: Signature, specs: tuple[InputSpec, ...], option: str) -> dict[str, int]:
-    """Dim sizes named by `--check-shape`-style specs, mapped onto the model's dynamic dim names."""
+def spec_dims(signature: Signature, specs: tuple[InputSpec, ...], option: str,
+              model: str = "the model") -> dict[str, int]:
+    """Dim sizes named by `--input`/`--check-shape` specs, mapped onto the model's dynamic dim names."""
     out: dict[str, int] = {}
     names = set(signature.input_names)
     for spec in specs:
         if spec.name not in names:
-            raise UsageError(f"{option} names '{spec.name}', which is not an input of the model",
+            raise UsageError(f"{option} names '{spec.name}', which is not an input of {model}",
                              hint=f"model inputs are {', '.join(sorted(names))}")
         info = signature.input(spec.name)
         if len(spec.dims) != len(info.shape):
