@@ -77,7 +77,10 @@ def test_roofline_bound_follows_from_the_measured_peaks(matmul_reports, target):
     assert top["bound"] == "memory"
     assert roof["model"]["measured_ms"] == report["latency_ms"]["p50"]
     assert roof["model"]["efficiency"] == pytest.approx(roof["model"]["bound_ms"] / report["latency_ms"]["p50"])
-    assert 0 < roof["model"]["efficiency"] <= 1.5  # the bound is a bound: well above 1 would mean a wrong count
+    # the bound is a bound: far above 1 would mean a wrong count (the counts themselves are pinned exactly above).
+    # Up to ~1.6 was measured on a quiet Intel Xeon (no AMX): this 2 MiB working set sits at the L2/L3 boundary, so
+    # it can run faster than the bandwidth measured for the level kiln assigns it.
+    assert 0 < roof["model"]["efficiency"] <= 2.0
     assert roof["verdict"] in ("memory-bound", "overhead-bound")
     assert roof["advice"]
 
