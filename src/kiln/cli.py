@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a second shape the exported graph is checked at against the source, e.g. x=1,3,640,640 "
                          "(default: a sample of your data with another shape, else the export shape with its "
                          "dynamic dims doubled)")
+    ex.add_argument("--constant", action="append", default=[], metavar="NAME=VALUE",
+                    help="ONNX source: fix an input to a value in the exported graph (e.g. sr=16000); branches that "
+                         "depend only on it are folded away (If), so quantizers and OpenVINO see the compute")
+    ex.add_argument("--zipmap-as-tensor", action="store_true",
+                    help="ONNX source: scikit-learn's ZipMap output (a sequence of maps) becomes the probability "
+                         "tensor it wraps, columns in the model's class order")
     ex.add_argument("--task", help="Hugging Face task when config.json does not say")
     data = ex.add_argument_group("data")
     data.add_argument("--calibration", type=Path, help="calibration data: image folder, .npz/.npy, or .txt lines")
@@ -257,7 +263,7 @@ def _output_options(parser) -> None:
 
 
 def _export_config(args):
-    from kiln.config import (AccuracyBudget, BenchSettings, DataSpec, ExportConfig, ImagePreprocessing, InputSpec,
+    from kiln.config import (AccuracyBudget, BenchSettings, ConstantInput, DataSpec, ExportConfig, ImagePreprocessing, InputSpec,
                              LanguageModelSettings, ReportSettings, ShapeRange, TensorRTSettings, WeightCompression)
 
     prep = None
@@ -272,6 +278,7 @@ def _export_config(args):
             source=args.source, out=args.out, target=args.target, precision=args.precision,
             inputs=tuple(InputSpec.parse(s) for s in args.input), task=args.task,
             check_shapes=tuple(InputSpec.parse(s) for s in args.check_shape),
+            constants=tuple(ConstantInput.parse(s) for s in args.constant), zipmap_as_tensor=args.zipmap_as_tensor,
             calibration=DataSpec(path=args.calibration, limit=args.calibration_limit) if args.calibration else None,
             evaluation=DataSpec(path=args.evaluation, limit=args.eval_limit) if args.evaluation else None,
             synthetic_data=args.synthetic_data, sequence_length=args.sequence_length, image_preprocessing=prep,

@@ -100,6 +100,40 @@ class InputSpec(Frozen):
         return cls(name=name.strip(), dims=tuple(dims), dtype=dtype)
 
 
+class ConstantInput(Frozen):
+    """A model input fixed to a value (`--constant sr=16000`): the export binds it and folds what depends on it."""
+
+    name: str
+    values: tuple[bool | int | float, ...] = Field(min_length=1, max_length=4096)
+
+    def __str__(self) -> str:
+        return f"{self.name}={','.join(str(v).lower() if isinstance(v, bool) else str(v) for v in self.values)}"
+
+    @classmethod
+    def parse(cls, text: str) -> "ConstantInput":
+        """Parse `sr=16000`, `flags=true`, `scales=1.0,2.0` (a scalar, or the values of a 1-D input)."""
+        usage = "write it as NAME=VALUE[,VALUE...], e.g. --constant sr=16000"
+        shown = _shown(text)
+        name, sep, rest = text.partition("=")
+        if not sep or not _IDENT.fullmatch(name.strip()) or not rest.strip():
+            raise UsageError(f"constant '{shown}' is malformed", hint=usage)
+        values: list[bool | int | float] = []
+        for raw in rest.split(","):
+            raw = raw.strip()
+            if raw.lower() in ("true", "false"):
+                values.append(raw.lower() == "true")
+                continue
+            try:
+                values.append(int(raw))
+            except ValueError:
+                try:
+                    values.append(float(raw))
+                except ValueError:
+                    raise UsageError(f"constant '{shown}': value '{_shown(raw)}' is not a number or true/false",
+                                     hint=usage) from None
+        return cls(name=name.strip(), values=tuple(values))
+
+
 def _looks_numeric_x(text: str) -> bool:
     """`1x3x224x224` is accepted as a shorthand for static shapes."""
     return bool(re.fullmatch(r"\d+(x\d+)+", text.strip()))
@@ -247,6 +281,8 @@ class ExportConfig(Frozen):
     precision: Precision = "fp32"
     inputs: tuple[InputSpec, ...] = ()
     check_shapes: tuple[InputSpec, ...] = ()  # the second shape the export check runs at (else data, else derived)
+    constants: tuple[ConstantInput, ...] = ()  # ONNX inputs bound to values in the exported graph
+    zipmap_as_tensor: bool = False  # ONNX: scikit-learn's ZipMap outputs become the probability tensors they wrap
     task: str | None = None
     calibration: DataSpec | None = None
     evaluation: DataSpec | None = None

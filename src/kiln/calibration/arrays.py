@@ -36,6 +36,16 @@ def _split(name: str, array: np.ndarray, rank: int, where: str) -> list[np.ndarr
                      hint=f"store samples stacked on axis 0 (rank {rank}) or as a list of feeds (rank {rank + 1})")
 
 
+def _check_constant(name: str, array: np.ndarray, value: np.ndarray, where: str) -> None:
+    """Data may still hold an input the user bound with --constant (as it fed the unbound model): every sample must
+    hold the bound value, or the artifact would be checked on data it will never see."""
+    samples = array.reshape(-1, *value.shape) if value.ndim else array.reshape(-1)
+    if not samples.size or not (samples == value).all():
+        shown = np.unique(samples)[:4].tolist()
+        raise UsageError(f"{where}: array '{name}' holds {shown}, but --constant binds {name}={value.tolist()}",
+                         hint=f"drop '{name}' from the data, or bind the value it holds")
+
+
 def array_samples(path: Path, context: DataContext, limit: int | None) -> Samples:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
     if not files:
@@ -44,6 +54,9 @@ def array_samples(path: Path, context: DataContext, limit: int | None) -> Sample
     wanted = {t.name: t for t in context.signature.inputs}
     for file in files:
         for name, array in _load(file).items():
+            if name in context.constants:
+                _check_constant(name, array, context.constants[name], file.name)
+                continue
             if name not in wanted:
                 raise UsageError(f"{file.name}: array '{name}' is not a model input",
                                  hint=f"model inputs are {', '.join(wanted)}")

@@ -39,6 +39,7 @@ class DataContext:
     image_preprocessing: ImagePreprocessing | None = None
     int_high: dict[str, int] = field(default_factory=dict)  # exclusive upper bound of integer inputs
     sequence_length: int = 128
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # inputs bound by --constant: data may repeat them
 
 
 def check_finite(feed: Feed, where: str) -> None:

@@ -20,6 +20,15 @@ TORCHSCRIPT_SUFFIXES = (".jit", ".torchscript", ".ts")  # and TorchScript archiv
 
 def open_source(config: ExportConfig, module: Any = None, example_inputs: Any = None) -> Source:
     """Recognise the source by what it is: a module object, a callable spec, or a path's contents."""
+    source = _open(config, module, example_inputs)
+    if (config.constants or config.zipmap_as_tensor) and source.info.kind != "onnx":
+        option = "--constant" if config.constants else "--zipmap-as-tensor"
+        raise UsageError(f"{option} applies to ONNX sources; {config.source} is a {source.info.kind} source",
+                         hint="give a PyTorch model's fixed arguments in a wrapper module's forward() instead")
+    return source
+
+
+def _open(config: ExportConfig, module: Any, example_inputs: Any) -> Source:
     if module is not None:
         from kiln.exporters.torch_module import from_module
 
@@ -48,7 +57,7 @@ def open_source(config: ExportConfig, module: Any = None, example_inputs: Any = 
     if suffix == ".onnx":
         from kiln.exporters.onnx_file import OnnxFileSource
 
-        return OnnxFileSource(path)
+        return OnnxFileSource(path, config.constants, config.zipmap_as_tensor)
     if suffix == ".pt2":
         from kiln.exporters.torch_module import from_exported_program
 
