@@ -366,6 +366,10 @@ def _package(config, plan, host, staged, work, prepared, compiled, accuracy, ben
     stages = dict(progress.timings)
     stages["package"] = 0.0
     notes = list(plan.notes) + runtime_facts["notes"]
+    static = compiled.details.get("static_shapes")
+    if static:
+        shapes = ", ".join(f"{k} {['?' if d is None else d for d in v]}" for k, v in static["shapes"].items())
+        notes.append(f"the artifact takes these input shapes only: {shapes} ({static['reason']})")
     if not accuracy["meaningful"]:
         notes.append("accuracy was measured on synthetic inputs: the figures say nothing about real data")
     report = {

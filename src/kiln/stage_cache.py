@@ -30,10 +30,11 @@ from kiln.toolchain import toolchain_versions
 
 # Settings that shape the graph and the data fed to it (everything else is a later stage's concern).
 # Bumped when what a stage computes changes without a kiln version change (every later key derives from the export
-# key): 2 = shapes from data and probes (issue 14), opset conversion before Q/DQ, fp16 control flow.
-STAGE_LOGIC = 2
-EXPORT_FIELDS = ("inputs", "check_shapes", "task", "synthetic_data", "sequence_length", "image_preprocessing", "exporter", "opset",
-                 "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
+# key): 2 = shapes from data and probes (issue 14), opset conversion before Q/DQ, fp16 control flow;
+# 3 = ai.onnx.ml lowered for OpenVINO, TensorRT and int8, OpenVINO static-shape fallback.
+STAGE_LOGIC = 3
+EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
+                 "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
+from kiln.passes.ml_ops import LINEAR_MODELS, lower_ml_ops
 from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer
 from kiln.backends.onnxruntime.quantize import matching_nodes, quantize_dynamic_int8, quantize_static_int8
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
@@ -80,6 +81,9 @@ class OnnxRuntimeBackend:
             details["smoothing"] = smooth_activations(current, smoothed, calibration, quant.smooth_alpha)
             current = smoothed
             details["steps"].append({"step": "activation smoothing", "seconds": round(time.perf_counter() - t0, 3)})
+        if quant is not None:  # the quantizer sees no MatMul inside scikit-learn's linear models; ONNX Runtime runs
+            # the other ml operators itself (and its quantizer trips on a lowered Scaler's per-feature Mul)
+            current, details["ml_ops"] = lower_ml_ops(current, stage / "ml-lowered.onnx", LINEAR_MODELS)
         if quant is not None and quant.mode == "static" and calibration is not None:
             t0 = time.perf_counter()
             corrected = stage / "bias_corrected.onnx"

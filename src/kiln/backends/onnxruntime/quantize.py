@@ -17,6 +17,7 @@ from kiln.backends.onnxruntime.session import load_error
 from kiln.calibration import Samples
 from kiln.config import QuantizationPlan
 from kiln.errors import ExportError, UnsupportedTargetError
+from kiln.passes.tensor_names import plain_tensor_names
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.quiet import quiet
 
@@ -123,7 +124,8 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
         with quiet():
             prepare_for_quantization(upgraded if conversion else src, prepared)
         unrangeable: list[str] = []
-        for _ in range(MAX_UNRANGEABLE + 2):
+        renamed = 0
+        for _ in range(MAX_UNRANGEABLE + 3):
             try:
                 with quiet():
                     quantize_static(
@@ -142,6 +144,10 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
                 unrangeable += consumers
                 continue
             refused = load_error(dst)
+            if refused and not renamed:  # the quantizer's suffixed names can clash with the graph's own: once more
+                renamed = plain_tensor_names(prepared, prepared)  # with plain internal tensor names
+                if renamed:
+                    continue
             if refused:  # seen on a tf2onnx graph: "Duplicate definition of name"
                 raise ExportError(f"static int8 quantization wrote a graph ONNX Runtime refuses: {refused}",
                                   hint="keep the node it names in fp32 with --keep-fp32 NAME, or use --precision "
@@ -150,4 +156,5 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
     return {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8",
             "activation_type": plan.activation_type, "calibration_method": "MinMax",
             "calibration_samples": len(calibration), "kept_fp32": excluded,
-            "kept_fp32_unquantizable": unrangeable, "opset_conversion": conversion}
+            "kept_fp32_unquantizable": unrangeable, "opset_conversion": conversion,
+            "internal_tensors_renamed": renamed}

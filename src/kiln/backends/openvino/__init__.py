@@ -11,6 +11,8 @@ from kiln._deps import require
 from kiln.backends.base import Compiled
 from kiln.backends.openvino.convert import CONVERSION, convert_onnx
 from kiln.backends.openvino.quantize import compress_weights, quantize_int8
+from kiln.passes.ml_ops import lower_ml_ops
+from kiln.backends.openvino.static_shapes import fix_dynamic_ranks
 from kiln.backends.openvino.session import (CACHE_DIR, OpenVinoRunner, compile_model, default_settings,
                                             resolved_settings, with_threads)
 from kiln.calibration import Feed, Samples
@@ -41,6 +43,13 @@ def _fill_cache(model: Path, settings: dict) -> dict:
             "valid_for": "this OpenVINO version and this device; OpenVINO recompiles (and rewrites it) elsewhere"}
 
 
+def _fixed(declared: tuple, fixed: list | None) -> tuple:
+    """An input's dims after the static-shape fallback: the sizes it was fixed to, dynamic where it stayed so."""
+    if fixed is None:
+        return declared
+    return tuple(d if size is None else size for d, size in zip(declared, fixed))
+
+
 class OpenVinoBackend:
     name = "openvino"
 
@@ -55,7 +64,11 @@ class OpenVinoBackend:
         (root / "openvino").mkdir(parents=True, exist_ok=True)
         details: dict = {"steps": [], "conversion": CONVERSION}
         t0 = time.perf_counter()
-        model = convert_onnx(graph.path)
+        source, details["ml_ops"] = lower_ml_ops(graph.path, workdir / "ml-lowered.onnx")
+        model = convert_onnx(source)
+        static = fix_dynamic_ranks(model, graph.signature, example)
+        if static:
+            details["static_shapes"] = static
         details["steps"].append({"step": "convert", "seconds": round(time.perf_counter() - t0, 3)})
         t0 = time.perf_counter()
         if plan.precision == "int8":
@@ -74,8 +87,9 @@ class OpenVinoBackend:
             details["compiled_cache"] = _fill_cache(target, settings)
             if not details["compiled_cache"]["written"]:
                 del settings["cache_dir"]
+        fixed = static["shapes"] if static else {}
         signature = Signature(
-            tuple(TensorInfo(t.name, t.dtype, t.shape) for t in graph.signature.inputs),
+            tuple(TensorInfo(t.name, t.dtype, _fixed(t.shape, fixed.get(t.name))) for t in graph.signature.inputs),
             tuple(TensorInfo(t.name, t.dtype, t.shape) for t in graph.signature.outputs))
         return Compiled("openvino", root, target, signature, settings, details, time.perf_counter() - start)
 

@@ -4,6 +4,7 @@ ahead of time on any machine, full TensorRT 10/11 on a machine with an NVIDIA GP
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from kiln.calibration import Feed, Samples
 from kiln.config import Plan
 from kiln.errors import ExportError, MissingDependencyError, UnsupportedTargetError
 from kiln.exporters import ExportedGraph
+from kiln.passes.ml_ops import lower_ml_ops
 from kiln.signature import Signature, read_signature
 from kiln.targets import TargetSpec, nvidia_gpu
 
@@ -110,6 +112,8 @@ class TensorRtBackend:
         kit.mkdir(parents=True, exist_ok=True)
         stage.mkdir(parents=True, exist_ok=True)
         details: dict = {"steps": []}
+        lowered, details["ml_ops"] = lower_ml_ops(graph.path, stage / "ml-lowered.onnx")
+        graph = dataclasses.replace(graph, path=lowered)
         _refuse_foreign_domains(graph.path)
         t0 = time.perf_counter()
         target = kit / "model.onnx"
