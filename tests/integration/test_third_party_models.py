@@ -27,7 +27,7 @@ from benchmarks.corpus import by_name, installed  # importable: tests.conftest p
 OK, USAGE = 0, 2
 FP32_COSINE = 0.9999
 SUBSET = ("oww-embedding", "basic-pitch", "sklearn-mlp", "mtcnn-pnet", "doc-orientation")
-MODELS = ("ppocr-cls", "ppocr-det", "silero-vad", *SUBSET)
+MODELS = ("ppocr-cls", "ppocr-det", "silero-vad", "plcmos", "sklearn-logreg-zipmap", *SUBSET)
 
 _missing = sorted({by_name(name).package for name in MODELS if not installed(by_name(name).package)})
 if _missing:
@@ -312,3 +312,102 @@ def test_non_finite_outputs_fail_the_accuracy_gate():
     failures = gate({"output": metrics}, AccuracyBudget(min_cosine=0.99))
     assert failures == ["output: 2 of 3 samples have NaN/Inf outputs where the source model's are finite"]
     assert gate({"output": metrics}, AccuracyBudget()) == []
+
+
+# -- inputs bound to constants, and OpenVINO at the shapes the model can compile at --------------------------------
+
+def test_silero_vad_constant_sr_folds_the_if_and_openvino_runs_it(work):
+    """`--constant sr=16000` binds the scalar input the If branches on: the If is folded away (the export says which),
+    `sr` is no longer an input, and the data's own `sr` arrays (all 16000) are accepted. OpenVINO's CPU plugin cannot
+    compile the Squeeze-on-a-dim If that torch.onnx left inside (dynamic rank): the inputs are fixed to the data's
+    chunk and state shapes with the batch left dynamic, the report says so, and both outputs match the source."""
+    run = _export(work, "vad-openvino-16k", _source(work, "silero-vad"), "--target", "openvino",
+                  "--constant", "sr=16000", "--eval", _data(work, "silero-vad"))
+    manifest, report = _ok(run)
+    assert set(_io(manifest)) == {"input", "state"}
+    assert any("bound sr=16000; folded away: If If_0" in note for note in report["export"]["notes"]), report["export"]
+    static = report["compile"]["static_shapes"]
+    assert static["shapes"] == {"input": [None, 512], "state": [2, 1, 128]} and static["batch_dynamic"] is True
+    assert "dynamic rank" in static["reason"] and "If " in static["reason"], static
+    assert any("takes these input shapes only" in note for note in report["notes"]), report["notes"]
+    cosines = _cosines(report)
+    assert set(cosines) == {"output", "stateN"} and min(cosines.values()) >= FP32_COSINE, cosines
+
+
+def test_plcmos_openvino_fixes_every_dim_when_the_batch_alone_is_not_enough(work):
+    """PLCMOS (torch.onnx, GRU): a Squeeze whose axes are computed has no rank until every input dim is known, so
+    the OpenVINO artifact takes the data's shapes exactly (batch included), and matches the source."""
+    run = _export(work, "plcmos-openvino", _source(work, "plcmos"), "--target", "openvino",
+                  "--eval", _data(work, "plcmos"))
+    _, report = _ok(run)
+    static = report["compile"]["static_shapes"]
+    assert static["batch_dynamic"] is False and "Squeeze" in static["reason"], static
+    assert static["shapes"]["rater_embed"] == [1, 64], static
+    assert min(_cosines(report).values()) >= FP32_COSINE
+
+
+@pytest.mark.parametrize("constant, needles", [
+    ("sr=8000", ("stream.npz: array 'sr' holds [16000]", "--constant binds sr=8000")),
+    ("rate=16000", ("--constant rate", "has no input 'rate'")),
+    ("sr=16000.5", ("does not fit input 'sr' (int64)",)),
+])
+def test_constant_that_does_not_fit_the_model_or_the_data_is_one_line(work, constant, needles):
+    """A bound value the data contradicts, an input the model lacks, a value its dtype cannot hold: exit 2, one line."""
+    run = _export(work, f"vad-constant-{constant}", _source(work, "silero-vad"), "--constant", constant,
+                  "--eval", _data(work, "silero-vad"))
+    error_line(run.result, USAGE, *needles)
+    assert not run.out.exists()
+
+
+def test_constant_on_a_torch_source_is_one_line(work):
+    run = _export(work, "pnet-constant", _source(work, "mtcnn-pnet"), "--constant", "sr=16000",
+                  *by_name("mtcnn-pnet").args, "--synthetic-data")
+    error_line(run.result, USAGE, "--constant applies to ONNX sources")
+
+
+# -- scikit-learn: ZipMap on request, ai.onnx.ml written as standard ONNX where the runtime has none --------------
+
+def test_sklearn_zipmap_refusal_names_the_option(work):
+    run = _export(work, "zipmap-refused", _source(work, "sklearn-logreg-zipmap"),
+                  "--eval", _data(work, "sklearn-logreg-zipmap"))
+    error_line(run.result, USAGE, "sequence of maps (scikit-learn's ZipMap)", "--zipmap-as-tensor")
+
+
+def test_sklearn_zipmap_as_tensor_on_openvino_lowers_the_linear_classifier(work):
+    """`--zipmap-as-tensor` ships the [N, 3] probabilities ZipMap wrapped; OpenVINO has no ai.onnx.ml, so the
+    LinearClassifier and Normalizer are written as MatMul/Add/Softmax/ArgMax/Gather and ReduceSum/Div: labels match
+    exactly and probabilities at cosine >= 0.9999."""
+    run = _export(work, "zipmap-openvino", _source(work, "sklearn-logreg-zipmap"), "--target", "openvino",
+                  "--zipmap-as-tensor", "--eval", _data(work, "sklearn-logreg-zipmap"))
+    manifest, report = _ok(run)
+    outputs = {t["name"]: t for t in manifest["io"]["outputs"]}
+    assert outputs["output_probability"]["dtype"] == "float32" and outputs["output_probability"]["shape"][1] == 3
+    ml = report["compile"]["ml_ops"]
+    assert ml == {"lowered": ["LinearClassifier LinearClassifier", "Normalizer Normalizer"], "left": []}, ml
+    accuracy = report["accuracy"]["outputs"]
+    assert accuracy["output_label"]["exact_match"] == 1.0
+    assert accuracy["output_probability"]["cosine_min"] >= FP32_COSINE
+
+
+def test_sklearn_mlp_tensorrt_graph_has_no_ml_domain_and_matches(work):
+    """The PCA + MLP pipeline's Scaler and ArrayFeatureExtractor lowered for TensorRT's parser (which builds the
+    default domain only); the fp16 graph matches the source and the labels agree on every sample."""
+    run = _export(work, "mlp-trt", _source(work, "sklearn-mlp"), "--target", "tensorrt", "--precision", "fp16",
+                  "--eval", _data(work, "sklearn-mlp"))
+    _, report = _ok(run)
+    assert report["compile"]["ml_ops"]["lowered"] == ["Scaler Scaler", "ArrayFeatureExtractor ArrayFeatureExtractor"]
+    assert report["accuracy"]["outputs"]["label"]["exact_match"] == 1.0
+    assert min(_cosines(report).values()) >= 0.999
+
+
+def test_basic_pitch_int8_survives_the_quantizers_name_clash(work):
+    """tf2onnx names a Conv's bias `a;b` and its output `a;b2`: ONNX Runtime's quantizer's suffixed names then clash
+    and its graph does not load (a Transpose reads the [36] bias). kiln quantizes again with plain internal tensor
+    names: the artifact loads and runs, and the renaming is reported."""
+    data = _data(work, "basic-pitch")
+    run = _export(work, "basic-pitch-int8", _source(work, "basic-pitch"), "--precision", "int8",
+                  "--eval", data, "--calibration", data)
+    _, report = _ok(run)
+    assert report["compile"]["quantization"]["internal_tensors_renamed"] > 100
+    cosines = _cosines(report)
+    assert len(cosines) == 3 and min(cosines.values()) >= 0.8, cosines
