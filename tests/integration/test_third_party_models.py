@@ -411,3 +411,22 @@ def test_basic_pitch_int8_survives_the_quantizers_name_clash(work):
     assert report["compile"]["quantization"]["internal_tensors_renamed"] > 100
     cosines = _cosines(report)
     assert len(cosines) == 3 and min(cosines.values()) >= 0.8, cosines
+
+
+QUICK_BENCH = ("--warmup", "1", "--runs", "5", "--min-seconds", "0.1", "--profile-runs", "2", "--batch-sizes", "1",
+               "--throughput-seconds", "0.3")
+
+
+@pytest.mark.parametrize("label, name, extra", [
+    ("vad-timed", "silero-vad", ("--constant", "sr=16000")),  # the source baseline feeds the bound sr
+    ("zipmap-openvino-timed", "sklearn-logreg-zipmap", ("--target", "openvino", "--zipmap-as-tensor")),  # ports
+])
+def test_timed_exports_of_rewritten_graphs_measure_both_sides(work, label, name, extra):
+    """With measurement on: the source model is timed with the bound constant fed to it, and OpenVINO's throughput
+    and per-layer profile find inputs whose port picked up a folded Cast's name. Both latencies are real numbers."""
+    out = work / "out" / label
+    result = run_cli("export", _source(work, name), "--out", out, "--eval", _data(work, name), *extra, *QUICK_BENCH,
+                     "--quiet", "--json")
+    _, report = _ok(Run(result, out))
+    assert report["source_bench"]["latency_ms"]["p50"] > 0 and report["latency_ms"]["p50"] > 0
+    assert report["speedup_vs_source"] > 0

@@ -74,9 +74,11 @@ def _openvino_model(model, settings, threads):
         config["INFERENCE_NUM_THREADS"] = str(threads)
     if settings.get("cache_dir"):
         config["CACHE_DIR"] = str(model.parent / settings["cache_dir"])
-    compiled = ov.Core().compile_model(str(model), settings.get("device", "CPU"), config)
+    core = ov.Core()
+    # output names as the IR has them: compiling can fold nodes into an output and add their names to its port
+    names = [o.get_any_name() for o in core.read_model(str(model)).outputs]
+    compiled = core.compile_model(str(model), settings.get("device", "CPU"), config)
     request = compiled.create_infer_request()
-    names = [o.get_any_name() for o in compiled.outputs]
 
     def infer(feed):
         result = request.infer({k: v for k, v in feed.items()})

@@ -26,21 +26,22 @@ class CallableRunner:
         return None
 
 
-def _onnx_runner(path: str, threads: int) -> CallableRunner:
+def _onnx_runner(path: str, threads: int, constants: Feed) -> CallableRunner:
+    """The file as the user has it: inputs bound with --constant are fed their value."""
     from pathlib import Path
 
     from kiln.backends.onnxruntime.session import make_session
 
     session = make_session(Path(path), {"intra_op_num_threads": threads, "inter_op_num_threads": 1})
     names = [i.name for i in session.get_inputs()]
-    return CallableRunner(lambda feed: session.run(None, {k: feed[k] for k in names}),
+    return CallableRunner(lambda feed: session.run(None, {k: {**feed, **constants}[k] for k in names}),
                           {"runtime": "onnxruntime (source ONNX, default settings)", "threads": threads})
 
 
 def measure_source(source, feed: Feed, threads: int, settings: BenchSettings) -> dict:
     """The `source_bench` block: latency and throughput of the source model, as measured here."""
     if source.info.kind == "onnx":
-        runner = _onnx_runner(source.info.location, threads)
+        runner = _onnx_runner(source.info.location, threads, getattr(source, "constants", {}))
         result = measure(lambda: runner, feed, settings)
     else:
         import torch

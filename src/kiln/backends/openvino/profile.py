@@ -41,13 +41,13 @@ def _layers(runtime_model) -> dict:
 
 
 def profile_compiled(model: Path, settings: dict, feed: Feed, *, runs: int = 20, warmup: int = 5) -> Profile:
-    from kiln.backends.openvino.session import compile_model, resolved_settings
+    from kiln.backends.openvino.session import port_name, compile_model, resolved_settings
 
     device, config, stand_in = resolved_settings(settings, model)
     config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # never write a blob for a profiling run
     compiled = compile_model(model, settings, device, {**config, "PERF_COUNT": "YES"})
     request = compiled.create_infer_request()
-    inputs = {i.get_any_name(): feed[i.get_any_name()] for i in compiled.inputs}
+    inputs = {name: feed[name] for name in (port_name(i, tuple(feed)) for i in compiled.inputs)}
     for _ in range(warmup):
         request.infer(inputs)
     totals: dict[str, float] = defaultdict(float)

@@ -17,7 +17,7 @@ def kept_nodes(model, patterns: tuple[str, ...]) -> list[str]:
 def quantize_int8(model, plan: Plan, calibration: Samples, transformer: bool) -> tuple:
     """nncf.quantize on the calibration set; transformer mode with kiln's SmoothQuant alpha for transformers."""
     nncf = require("nncf", why="int8 quantization with OpenVINO")
-    inputs = {i.get_any_name() for i in model.inputs}
+    inputs = {n for i in model.inputs for n in i.get_names()}
     dataset = nncf.Dataset([{k: v for k, v in f.items() if k in inputs} for f in calibration.feeds])
     keep = kept_nodes(model, plan.quantization.keep_fp32)
     kwargs = {}

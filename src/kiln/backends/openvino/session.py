@@ -85,7 +85,7 @@ def execution_precision(compiled) -> str:
     return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
-def _port_name(port, declared: tuple[str, ...]) -> str:
+def port_name(port, declared: tuple[str, ...]) -> str:
     """The port's name as the artifact's signature has it: a port can carry several names (after static shapes,
     the CPU plugin folds the ops before an output into it and its names join the output's), any one of them first."""
     names = port.get_names()
@@ -111,8 +111,8 @@ class OpenVinoRunner:
         self.load_seconds = time.perf_counter() - start
         self.settings["execution_precision"] = execution_precision(compiled)
         self._request = compiled.create_infer_request()
-        self._inputs = [_port_name(i, self.signature.input_names) for i in compiled.inputs]
-        self._outputs = [_port_name(o, self.signature.output_names) for o in compiled.outputs]
+        self._inputs = [port_name(i, self.signature.input_names) for i in compiled.inputs]
+        self._outputs = [port_name(o, self.signature.output_names) for o in compiled.outputs]
         self._compiled = compiled
         return self
 

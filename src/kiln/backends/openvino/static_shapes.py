@@ -40,7 +40,7 @@ def fix_dynamic_ranks(model, signature: Signature, example: Feed | None) -> dict
                          else size for axis, size in enumerate(value.shape)]
         return out
 
-    names = {p.get_any_name() for p in model.inputs}
+    names = {n for p in model.inputs for n in p.get_names()}
     for keep_batch in (True, False):
         chosen = {k: v for k, v in shapes(keep_batch).items() if k in names}
         if keep_batch and not any(-1 in v for v in chosen.values()):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kiln.backends.openvino.session import compile_model, execution_precision, resolved_settings
+from kiln.backends.openvino.session import port_name, compile_model, execution_precision, resolved_settings
 from kiln.calibration import Feed
 
 
@@ -28,7 +28,7 @@ def measure_throughput(model: Path, settings: dict, feed: Feed, seconds: float) 
     compiled = compile_model(model, settings, device, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
     requests = _int_property(compiled, "OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1
     queue = ov.AsyncInferQueue(compiled, requests)
-    inputs = {p.get_any_name(): feed[p.get_any_name()] for p in compiled.inputs}
+    inputs = {name: feed[name] for name in (port_name(p, tuple(feed)) for p in compiled.inputs)}
     for _ in range(2 * requests):  # warm-up: every request runs at least once
         queue.start_async(inputs)
     queue.wait_all()
