@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="outputs the gate applies to (default: the model's primary outputs, else all)")
     gate.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",
                       help="keep nodes whose name contains NODE out of quantization (repeat)")
+    gate.add_argument("--fallback", action="store_true",
+                      help="int8/fp8: keep the units that break the budget in float, found by search on a tuning "
+                           "split of the calibration data (--precision auto does this at the target's int8)")
+    gate.add_argument("--search-seconds", type=float, default=150.0,
+                      help="wall-clock limit of the fallback search; on timeout the best point within budget is used")
     gate.add_argument("--smooth-alpha", type=float, default=0.8,
                       help="int8 on transformers: SmoothQuant strength from calibration data (0 turns it off)")
     wc = ex.add_argument_group("weight-only precisions (int8-weights, int4-weights)")
@@ -284,7 +289,8 @@ def _export_config(args):
             synthetic_data=args.synthetic_data, sequence_length=args.sequence_length, image_preprocessing=prep,
             budget=AccuracyBudget(min_cosine=args.min_cosine, max_top1_disagreement=args.max_top1_disagreement,
                                   max_abs_error=args.max_abs_error, outputs=tuple(args.gate_output)),
-            keep_fp32=tuple(args.keep_fp32), smooth_alpha=args.smooth_alpha,
+            keep_fp32=tuple(args.keep_fp32), fallback=args.fallback, search_seconds=args.search_seconds,
+            smooth_alpha=args.smooth_alpha,
             weight_compression=WeightCompression(group_size=args.group_size, ratio=args.ratio, symmetric=args.symmetric),
             compiled_cache=args.compiled_cache,
             tensorrt=TensorRTSettings(

@@ -16,8 +16,9 @@ from kiln.errors import UsageError
 from kiln.errors import one_line as _shown
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
-Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8")
+Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8", "auto"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8",
+                               "auto")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # used with fullmatch: `$` would accept a trailing newline
 
@@ -291,6 +292,8 @@ class ExportConfig(Frozen):
     image_preprocessing: ImagePreprocessing | None = None
     budget: AccuracyBudget = AccuracyBudget()
     keep_fp32: tuple[str, ...] = ()
+    fallback: bool = False  # int8/fp8: search which units to keep in float so that the budget holds
+    search_seconds: float = Field(default=150.0, gt=0)  # wall-clock limit of that search
     smooth_alpha: float = Field(default=0.8, ge=0.0, le=1.0)  # activation smoothing before int8; 0 turns it off
     weight_compression: WeightCompression = WeightCompression()
     compiled_cache: bool = False  # OpenVINO: ship the compiled-model cache for the measured device
@@ -320,6 +323,14 @@ class ExportConfig(Frozen):
 WRITE_OPTIONS = {"out", "bundle", "sign_key", "cache"}
 
 
+class FallbackPlan(Frozen):
+    """Per-unit fallback to float: the budget the tuning split must meet, the outputs it reads, the time limit."""
+
+    budget: AccuracyBudget
+    outputs: tuple[str, ...] = ()  # filled in once the source's primary outputs are known; empty: all
+    seconds: float = 150.0
+
+
 class QuantizationPlan(Frozen):
     """How int8 will be produced, decided from the target and the host before any work."""
 
@@ -330,6 +341,7 @@ class QuantizationPlan(Frozen):
     keep_fp32: tuple[str, ...] = ()
     smooth_alpha: float | None = None  # SmoothQuant strength for transformer MatMuls; None: not applied
     compression: WeightCompression | None = None  # weight-only modes: the resolved options
+    fallback: FallbackPlan | None = None  # --precision auto / --fallback: units kept in float by search
 
 
 class Plan(Frozen):

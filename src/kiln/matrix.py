@@ -149,7 +149,7 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
         if cells:
             prepared = prepare(cells[0][0], [c[1] for c in cells], work, module, example_inputs, progress)
         for index, (cfg, plan, backend, record) in enumerate(cells, 1):
-            progress.say(f"cell {index}/{len(cells)}: {plan.target} {plan.precision}")
+            progress.say(f"cell {index}/{len(cells)}: {plan.target} {cfg.precision}")
             record.update(_run_cell(cfg, plan, backend, host, prepared, progress, budget, debug))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -181,18 +181,18 @@ def _run_cell(cfg, plan, backend, host, prepared, progress, budget, debug) -> di
     primary = prepared.primary
     try:
         result = build(cfg, plan, backend, host, staged, prepared, progress, time.perf_counter())
-        return _cell(plan.target, plan.precision, cfg.out, "ok", report=result.report, primary=primary, budget=budget)
+        return _cell(plan.target, cfg.precision, cfg.out, "ok", report=result.report, primary=primary, budget=budget)
     except AccuracyGateError as error:
-        return _cell(plan.target, plan.precision, cfg.out, "rejected", error.one_line(), error.exit_code,
+        return _cell(plan.target, cfg.precision, cfg.out, "rejected", error.one_line(), error.exit_code,
                      report=error.report, primary=primary, budget=budget)
     except KilnError as error:
         discard(staged, created)
-        return _cell(plan.target, plan.precision, cfg.out, "failed", error.one_line(), error.exit_code)
+        return _cell(plan.target, cfg.precision, cfg.out, "failed", error.one_line(), error.exit_code)
     except Exception as error:  # a bug in one cell must not lose the others' results; --debug re-raises it
         discard(staged, created)
         if debug:
             raise
-        return _cell(plan.target, plan.precision, cfg.out, "failed",
+        return _cell(plan.target, cfg.precision, cfg.out, "failed",
                      f"internal error {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
                      " (a kiln bug: rerun with --debug and report it)", 1)
 

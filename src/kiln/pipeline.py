@@ -212,12 +212,33 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
     return replace(prepared, source_bench=source_bench, stages=stages, export_key=key)
 
 
+def _check_keep_fp32(path: Path, patterns: tuple[str, ...]) -> None:
+    """A --keep-fp32 name that matches no node is a typo or a name from another tool (optimum#1418 ignored them
+    silently): one line, with names the graph does have."""
+    if not patterns:
+        return
+    import onnx
+
+    names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.name]
+    unknown = [p for p in patterns if not any(p == n or p in n for n in names)]
+    if unknown:
+        compute = [n for n in names if any(op in n for op in ("Conv", "MatMul", "Gemm", "conv", "linear"))][:3]
+        raise UsageError(f"--keep-fp32 {', '.join(unknown)} matches no node of the exported graph",
+                         hint=f"pass a node name or part of one, e.g. {', '.join(compute or names[:3])} (report.md "
+                              "lists the units --precision auto kept)")
+
+
 def build(config, plan, backend, host, staged, prepared: Prepared, progress, started) -> Result:
     """Compile, validate, measure and package one plan into `staged`, then publish it to config.out."""
     work = staged / ".work"
     graph, example, stages = prepared.graph, prepared.example, prepared.stages
+    _check_keep_fp32(graph.path, config.keep_fp32)
     kind = _calibration_kind(config, plan)
     calibration = prepared.calibration.get(kind)
+    fallback = plan.quantization.fallback if plan.quantization else None
+    if fallback is not None and not fallback.outputs and prepared.primary:  # the search reads what the gate reads
+        plan = plan.model_copy(update={"quantization": plan.quantization.model_copy(
+            update={"fallback": fallback.model_copy(update={"outputs": prepared.primary})})})
     compile_id = compile_key(prepared.export_key, plan, kind, config)
     with progress.stage("compile") as st:
         compiled = stages.run("compile", compile_id, f"{config.source} -> {plan.target} {plan.precision}",

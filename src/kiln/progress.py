@@ -10,6 +10,23 @@ from kiln import faults
 from kiln.errors import KilnError
 
 
+_ACTIVE: list = []  # (progress, stage name) of the stage running now, for `report`
+
+
+def report(text: str) -> None:
+    """A line of progress from deep inside a stage (a search's step): it overwrites the stage's line on a
+    terminal, and is one indented line in a log."""
+    if not _ACTIVE:
+        return
+    progress, name = _ACTIVE[-1]
+    if not progress.enabled:
+        return
+    if progress._tty:
+        print(f"\x1b[2K  … {name:<10} {text}", end="\r", file=progress.stream, flush=True)
+    else:
+        print(f"      {name}: {text}", file=progress.stream, flush=True)
+
+
 class Progress:
     def __init__(self, enabled: bool = True, stream=None):
         self.enabled = enabled
@@ -29,6 +46,7 @@ class Progress:
         if self.enabled and self._tty:
             print(f"  … {name:<10} {what}", end="\r", file=self.stream, flush=True)
         start = time.perf_counter()
+        _ACTIVE.append((self, name))
         try:
             yield holder
         except BaseException as exc:
@@ -37,6 +55,8 @@ class Progress:
             self.timings[name] = time.perf_counter() - start
             self.say(f"  ✗ {name:<10} {self.timings[name]:6.1f}s  failed")
             raise
+        finally:
+            _ACTIVE.pop()
         self.timings[name] = time.perf_counter() - start
         clear = "\x1b[2K" if self._tty else ""
         self.say(f"{clear}  ✓ {name:<10} {self.timings[name]:6.1f}s  {holder.result}")

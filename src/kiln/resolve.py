@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.config import ExportConfig, Plan, QuantizationPlan, TensorRTSettings, WeightCompression
+from kiln.config import ExportConfig, FallbackPlan, Plan, QuantizationPlan, TensorRTSettings, WeightCompression
 from kiln.errors import UnsupportedTargetError, UsageError
 from kiln.targets import Host, TargetSpec, find_target, host_can_run
 from kiln.targets.catalogue import FP8_MIN_CAPABILITY, RTX_CAPABILITIES
@@ -18,6 +18,12 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
     if trt is None and config.tensorrt != TensorRTSettings():
         raise UsageError(f"TensorRT build options were given but target '{spec.name}' uses {spec.backend}",
                          hint="drop them, or pass --target tensorrt (see `kiln targets`)")
+    fallback = None
+    if config.precision == "auto" or config.fallback:
+        asked = "--precision auto" if config.precision == "auto" else "--fallback"
+        config, fallback = _fallback(config, spec)
+        notes.append(f"{asked}: {config.precision}, with the units that break the accuracy budget kept in float "
+                     f"(searched on a tuning split of the calibration data)")
     if not spec.supports(config.precision):
         raise UnsupportedTargetError(f"target '{spec.name}' cannot run precision '{config.precision}'",
                                      hint=f"it runs {', '.join(spec.precisions)}")
@@ -54,6 +60,8 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
                                  weights=f"{config.precision[:4]} weight-only, {layout}, {groups}"
                                          + (f", {compression.ratio:.0%} of layers (rest int8)" if compression.ratio < 1 else ""),
                                  activations="float (not quantized)")
+    if fallback is not None:
+        quant = quant.model_copy(update={"fallback": fallback})
     if quant is not None and quant.mode != "weights":
         has_data = config.calibration is not None or quant.mode == "static"
         alpha = config.smooth_alpha if config.smooth_alpha > 0 and has_data else None
@@ -80,6 +88,25 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
                 quantization=quant, needs_calibration=config.precision in ("int8", "fp8"), threads=threads,
                 measure=measure, measure_reason=reason, compiled_cache=config.compiled_cache, tensorrt=trt,
                 notes=tuple(notes))
+
+
+def _fallback(config: ExportConfig, spec: TargetSpec) -> tuple[ExportConfig, FallbackPlan]:
+    """--precision auto (the target's int8) or --precision int8/fp8 --fallback: the request with its low precision,
+    and the search's plan. Needs a budget to search for; runs where the low precision is a Q/DQ ONNX graph."""
+    low = "int8" if config.precision == "auto" else config.precision
+    if low not in ("int8", "fp8"):
+        raise UsageError(f"--fallback applies to int8 and fp8, not {config.precision}",
+                         hint="pass --precision int8 --fallback, or --precision auto")
+    if not config.budget.active:
+        raise UsageError(f"--precision {'auto' if config.precision == 'auto' else low + ' --fallback'} needs an "
+                         f"accuracy budget to search for", hint="add --min-cosine X, --max-top1-disagreement Y or "
+                                                                "--max-abs-error Z")
+    if spec.backend not in ("onnxruntime", "tensorrt"):
+        raise UnsupportedTargetError(f"per-unit fallback is not built for {spec.backend} yet (target '{spec.name}')",
+                                     hint="use --target onnxruntime or tensorrt, or --precision int8 with "
+                                          "--keep-fp32 NODE")
+    return (config.model_copy(update={"precision": low}),
+            FallbackPlan(budget=config.budget, outputs=config.budget.outputs, seconds=config.search_seconds))
 
 
 def _compression(config: ExportConfig) -> WeightCompression:

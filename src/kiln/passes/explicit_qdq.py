@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from kiln.backends.onnxruntime.quantize import CalibrationReader, matching_nodes, prepare_for_quantization
+from kiln.passes.qdq_common import CalibrationReader, keep_copy, matching_nodes, prepare_for_quantization
 from kiln.calibration import Samples
 from kiln.errors import ExportError
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
@@ -30,7 +30,7 @@ FUSED_ACTIVATIONS = ("Relu", "Clip")
 
 
 def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str = "int8",
-                          keep_fp32: tuple[str, ...] = ()) -> dict:
+                          keep_fp32: tuple[str, ...] = (), prepared_copy: Path | None = None) -> dict:
     """kind int8: int8 symmetric activations (percentile ranges) and per-channel weights; kind fp8: the same
     ranges and layout in float8 e4m3fn."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -59,10 +59,13 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
                     nodes_to_exclude=excluded,
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": True, "CalibPercentile": 99.99,
                                    "DefaultTensorType": onnx.TensorProto.FLOAT, "AddQDQPairToWeight": False,
-                                   "QuantizeBias": False})  # TensorRT: int32 bias DQ is not accepted
+                                   "QuantizeBias": False,  # TensorRT: int32 bias DQ is not accepted
+                                   # kept for the fallback search: a unit restored to float needs its Relu/Clip
+                                   "QDQKeepRemovableActivations": prepared_copy is not None})
         except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
             raise ExportError(f"{kind} Q/DQ quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
                               hint="exclude the failing node with --keep-fp32 NAME, or use fp16") from None
+        keep_copy(prepared, prepared_copy)
     quantized = onnx.load(str(dst))
     if kind == "fp8":
         int8_to_fp8(quantized)

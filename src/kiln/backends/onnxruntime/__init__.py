@@ -10,9 +10,12 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
+from kiln.fallback.tune import fall_back, split_for_search
+from kiln.progress import report
 from kiln.passes.ml_ops import LINEAR_MODELS, lower_ml_ops
 from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer
-from kiln.backends.onnxruntime.quantize import matching_nodes, quantize_dynamic_int8, quantize_static_int8
+from kiln.backends.onnxruntime.quantize import quantize_dynamic_int8, quantize_static_int8
+from kiln.passes.qdq_common import matching_nodes
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
 from kiln.calibration import Samples
 from kiln.config import Plan
@@ -84,6 +87,9 @@ class OnnxRuntimeBackend:
         if quant is not None:  # the quantizer sees no MatMul inside scikit-learn's linear models; ONNX Runtime runs
             # the other ml operators itself (and its quantizer trips on a lowered Scaler's per-feature Mul)
             current, details["ml_ops"] = lower_ml_ops(current, stage / "ml-lowered.onnx", LINEAR_MODELS)
+        tuning = None
+        if quant is not None and quant.fallback is not None and calibration is not None:
+            calibration, tuning, details["data_split"] = split_for_search(calibration)
         if quant is not None and quant.mode == "static" and calibration is not None:
             t0 = time.perf_counter()
             corrected = stage / "bias_corrected.onnx"
@@ -100,9 +106,16 @@ class OnnxRuntimeBackend:
                 if calibration is None or not len(calibration):
                     raise ExportError("static int8 needs calibration samples and none were loaded",
                                       hint="pass --calibration PATH")
-                details["quantization"] = quantize_static_int8(current, target, plan.quantization, calibration)
+                prepared = stage / "prepared.onnx" if tuning is not None else None
+                details["quantization"] = quantize_static_int8(current, target, plan.quantization, calibration,
+                                                               prepared)
             details["steps"].append({"step": f"int8 {plan.quantization.mode} quantization",
                                      "seconds": round(time.perf_counter() - t0, 3)})
+            if tuning is not None:
+                t0 = time.perf_counter()
+                details["mixed_precision"] = fall_back(graph.path, prepared, target, tuning, quant.fallback, settings,
+                                                       timed=True, progress=report)
+                details["steps"].append({"step": "fallback search", "seconds": round(time.perf_counter() - t0, 3)})
         else:
             _copy_model(current, target)
         shutil.rmtree(stage, ignore_errors=True)

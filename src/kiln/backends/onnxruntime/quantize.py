@@ -17,6 +17,8 @@ from kiln.backends.onnxruntime.session import load_error
 from kiln.calibration import Samples
 from kiln.config import QuantizationPlan
 from kiln.errors import ExportError, UnsupportedTargetError
+from kiln.passes.qdq_common import (CalibrationReader, has_external_data, keep_copy, matching_nodes,
+                                     prepare_for_quantization)
 from kiln.passes.tensor_names import plain_tensor_names
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.quiet import quiet
@@ -24,33 +26,6 @@ from kiln.quiet import quiet
 STATIC_OPS = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "AveragePool", "GlobalAveragePool",
               "MaxPool", "Concat", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Resize", "Sigmoid")
 DYNAMIC_OPS = ("MatMul", "Attention", "Gemm", "LSTM")
-
-
-def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
-    """Node names equal to, or containing, any of the user's --keep-fp32 patterns."""
-    names = [n.name for n in model.graph.node if n.name]
-    return [n for n in names if any(p == n or p in n for p in patterns)]
-
-
-class CalibrationReader:
-    """ORT's CalibrationDataReader protocol over our samples."""
-
-    def __init__(self, samples: Samples, input_names: set[str]):
-        self._feeds = [{k: v for k, v in f.items() if k in input_names} for f in samples.feeds]
-        self._index = 0
-
-    def get_next(self):
-        if self._index >= len(self._feeds):
-            return None
-        self._index += 1
-        return self._feeds[self._index - 1]
-
-    def rewind(self):
-        self._index = 0
-
-
-def _external(model_path: Path) -> bool:
-    return model_path.with_name(model_path.name + ".data").exists()
 
 
 def quantize_dynamic_int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict:
@@ -62,31 +37,13 @@ def quantize_dynamic_int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict:
         with quiet():
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
                              op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_exclude=excluded,
-                             use_external_data_format=_external(src),
+                             use_external_data_format=has_external_data(src),
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
         raise ExportError(f"dynamic int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
                           hint="exclude the failing node with --keep-fp32 NAME, or use fp32") from None
     return {"mode": "dynamic", "op_types": list(DYNAMIC_OPS), "per_channel": True, "weight_type": "int8",
             "kept_fp32": excluded}
-
-
-def prepare_for_quantization(src: Path, dst: Path) -> None:
-    """ORT's recommended pre-processing (symbolic shape inference, basic optimisation) before calibration."""
-    import contextlib
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    src, dst = src.resolve(), dst.resolve()
-    external = _external(src)
-    # When symbolic shape inference gives up (it does on MiniLM), ORT saves its partial model as
-    # sym_shape_infer_temp.onnx plus a 90 MB external-data file in the working directory: run it in a
-    # scratch one so nothing lands in the user's folder.
-    with tempfile.TemporaryDirectory(prefix="kiln-shape-") as scratch, contextlib.chdir(scratch):
-        try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, save_as_external_data=external)
-        except Exception:  # symbolic shape inference fails on some graphs; ONNX shape inference is enough then
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=external)
 
 
 MAX_UNRANGEABLE = 8  # tensors without a usable range kept fp32 before giving up
@@ -104,7 +61,8 @@ def _consumers_of_unrangeable(exc: Exception, model_path: Path) -> list[str]:
     return [n.name for n in model.graph.node if found.group(1) in n.input and n.name]
 
 
-def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibration: Samples) -> dict:
+def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibration: Samples,
+                         prepared_copy: Path | None = None) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(src), load_external_data=False)
@@ -132,9 +90,12 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
                         str(prepared), str(dst), CalibrationReader(calibration, inputs), quant_format=QuantFormat.QDQ,
                         activation_type=activation, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
                         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS),
-                        nodes_to_exclude=excluded + unrangeable, use_external_data_format=_external(src),
+                        nodes_to_exclude=excluded + unrangeable, use_external_data_format=has_external_data(src),
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": activation == QuantType.QInt8,
-                                       "DefaultTensorType": onnx.TensorProto.FLOAT})
+                                       "DefaultTensorType": onnx.TensorProto.FLOAT,
+                                       # a unit restored to float needs its Relu/Clip, which the quantizer would
+                                       # otherwise drop where the Q after it clamps the same range
+                                       "QDQKeepRemovableActivations": plan.fallback is not None})
             except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
                 consumers = _consumers_of_unrangeable(exc, prepared)
                 if not consumers or len(unrangeable) >= MAX_UNRANGEABLE:
@@ -153,6 +114,7 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
                                   hint="keep the node it names in fp32 with --keep-fp32 NAME, or use --precision "
                                        "int8-dynamic or fp32 for this model")
             break
+        keep_copy(prepared, prepared_copy)
     return {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8",
             "activation_type": plan.activation_type, "calibration_method": "MinMax",
             "calibration_samples": len(calibration), "kept_fp32": excluded,

@@ -17,7 +17,9 @@ from kiln.calibration import Feed, Samples
 from kiln.config import Plan
 from kiln.errors import ExportError, MissingDependencyError, UnsupportedTargetError
 from kiln.exporters import ExportedGraph
+from kiln.fallback.tune import fall_back, split_for_search
 from kiln.passes.ml_ops import lower_ml_ops
+from kiln.progress import report
 from kiln.signature import Signature, read_signature
 from kiln.targets import TargetSpec, nvidia_gpu
 
@@ -43,6 +45,9 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
 
     current, steps = graph.path, []
     quant = plan.quantization
+    tuning = split = None
+    if quant.fallback is not None:
+        calibration, tuning, split = split_for_search(calibration)
     if graph.hints.get("transformer") and quant.smooth_alpha:
         from kiln.passes.smooth_activations import smooth_activations
 
@@ -55,7 +60,12 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
         corrected = stage / "bias_corrected.onnx"
         steps.append({"bias_correction": correct_biases(current, corrected, calibration)})
         current = corrected
-    details = quantize_for_tensorrt(current, target, calibration, plan.precision, quant.keep_fp32)
+    prepared = stage / "prepared.onnx" if tuning is not None else None
+    details = quantize_for_tensorrt(current, target, calibration, plan.precision, quant.keep_fp32, prepared)
+    if tuning is not None:  # scored on ONNX Runtime CPU, as the graph is checked; TensorRT's speed is the GPU's
+        details["data_split"] = split
+        details["mixed_precision"] = fall_back(graph.path, prepared, target, tuning, quant.fallback,
+                                               default_settings(plan.threads), timed=False, progress=report)
     return {**details, "before": steps}
 
 

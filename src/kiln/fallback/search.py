@@ -1,0 +1,148 @@
+"""Which units to keep in high precision: the fewest, cheapest ones that bring the tuning split within budget.
+
+The algorithm (see ../shared/research/mixed_precision.md, section 7), deterministic for deterministic evaluations:
+1. all units low: within budget, done (nothing kept);
+2. sensitivity: each unit restored alone, on top of the all-low graph (NNCF's "revert one group" score, which sees
+   the unit's interaction with the rest); a unit whose restore does not help is not a candidate;
+3. order by accuracy recovered per unit of cost (FLOPs kept in high precision), the best buy first;
+4. keep the first k of that order for k = 1, 2, 4, 8, ... until one passes, then bisect between the last failing
+   and the first passing k (O(log n) evaluations, not n);
+5. step back: drop each kept unit in turn, costliest first, where the budget still holds without it.
+A wall-clock deadline bounds steps 2-5; when it passes, the best passing point found so far is the answer, and the
+result says the search was cut short.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kiln.passes.qdq_units import Unit
+
+
+@dataclass(frozen=True)
+class Point:
+    kept: tuple[str, ...]  # unit names in high precision
+    distance: float  # how far from the reference (lower is better): the budget's own metric
+    passed: bool
+    summary: dict = field(default_factory=dict)  # the metrics the budget reads, for the report's curve
+
+    def to_dict(self) -> dict:
+        return {"kept": len(self.kept), "kept_units": list(self.kept), "distance": self.distance,
+                "passed": self.passed, **self.summary}
+
+
+@dataclass
+class SearchResult:
+    chosen: Point | None  # the point shipped: passing and cheapest found; None when nothing passed
+    best: Point  # the closest point (the answer when nothing passed)
+    curve: list[Point]
+    sensitivity: dict[str, float]  # distance recovered by restoring each unit alone
+    order: list[str]
+    evaluations: int
+    timed_out: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"chosen": self.chosen.to_dict() if self.chosen else None, "best": self.best.to_dict(),
+                "curve": [p.to_dict() for p in self.curve], "sensitivity": self.sensitivity, "order": self.order,
+                "evaluations": self.evaluations, "timed_out": self.timed_out, "seconds": round(self.seconds, 2)}
+
+
+class _Deadline(Exception):
+    pass
+
+
+def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seconds: float,
+           report: Callable[[str], None] = lambda text: None) -> SearchResult:
+    """Run the search; `evaluate(kept)` measures the graph with those units restored on the tuning split."""
+    start = time.perf_counter()
+    cost = {u.name: max(u.flops, 1) for u in units}
+    names = [u.name for u in units]
+    seen: dict[tuple[str, ...], Point] = {}
+    on_curve: list[tuple[str, ...]] = []  # the all-low point, the prefixes tried and the step-back trials
+    timed_out = False
+
+    def measure(kept: list[str] | tuple[str, ...], *, required: bool = False, curve: bool = True) -> Point:
+        key = tuple(sorted(kept, key=names.index))
+        if key not in seen:
+            if not required and time.perf_counter() - start > seconds:
+                raise _Deadline
+            seen[key] = evaluate(key)
+        if curve and key not in on_curve:
+            on_curve.append(key)
+        return seen[key]
+
+    low = measure((), required=True)
+    sensitivity: dict[str, float] = {}
+    order: list[str] = []
+    chosen = low if low.passed else None
+    try:
+        if chosen is None:
+            for index, name in enumerate(names):
+                sensitivity[name] = low.distance - measure((name,), curve=False).distance
+                if index % 8 == 7:
+                    report(f"{index + 1}/{len(names)} units scored")
+            order = _ranked(names, sensitivity, cost)
+            chosen = _prefix_search(order, measure, report)
+            if chosen is not None:
+                chosen = _step_back(chosen, cost, lambda kept: measure(kept, curve=False), report)
+                measure(chosen.kept)  # on the curve: the point shipped
+    except _Deadline:
+        timed_out = True
+        if not order and sensitivity:  # scored part of the units: rank what was scored
+            order = _ranked([n for n in names if n in sensitivity], sensitivity, cost)
+        passing = [p for p in seen.values() if p.passed]
+        chosen = min(passing, key=lambda p: (sum(cost[n] for n in p.kept), p.distance)) if passing else None
+    best = chosen or min(seen.values(), key=lambda p: (p.distance, len(p.kept)))
+    curve = sorted((seen[key] for key in on_curve), key=lambda p: (len(p.kept), p.distance))
+    return SearchResult(chosen, best, curve, sensitivity, order, len(seen), timed_out, time.perf_counter() - start)
+
+
+def _ranked(names: list[str], sensitivity: dict[str, float], cost: dict[str, int]) -> list[str]:
+    """Units that help, by accuracy recovered per unit of cost; then the rest, cheapest first (restoring every
+    unit gives the float graph back, so the order always ends at a point that passes if any does)."""
+    helping = sorted((n for n in names if sensitivity[n] > 0), key=lambda n: (-sensitivity[n] / cost[n], names.index(n)))
+    rest = sorted((n for n in names if sensitivity[n] <= 0), key=lambda n: (cost[n], names.index(n)))
+    return helping + rest
+
+
+def _prefix_search(order: list[str], measure, report) -> Point | None:
+    """Keep the first k units of `order`: doubling k until a pass, then bisection below it."""
+    if not order:
+        return None
+    failing, passing = 0, None
+    k = 1
+    while True:
+        k = min(k, len(order))
+        point = measure(order[:k])
+        report(f"k={k}: {'within budget' if point.passed else 'over budget'}")
+        if point.passed:
+            passing = (k, point)
+            break
+        failing = k
+        if k == len(order):
+            return None
+        k *= 2
+    while passing[0] - failing > 1:
+        middle = (failing + passing[0]) // 2
+        point = measure(order[:middle])
+        report(f"k={middle}: {'within budget' if point.passed else 'over budget'}")
+        if point.passed:
+            passing = (middle, point)
+        else:
+            failing = middle
+    return passing[1]
+
+
+def _step_back(point: Point, cost: dict[str, int], measure, report) -> Point:
+    """Drop kept units, costliest first, wherever the budget still holds without them."""
+    for name in sorted(point.kept, key=lambda n: -cost[n]):
+        if len(point.kept) <= 1:
+            break
+        trial = measure(tuple(n for n in point.kept if n != name))
+        if trial.passed:
+            report(f"dropped {name}: still within budget")
+            point = trial
+    return point

@@ -1,0 +1,189 @@
+"""Per-unit fallback on a Q/DQ graph: the search run on ONNX Runtime CPU against the float graph, on a tuning split
+carved from the calibration data (never the evaluation set, which the final gate reads once).
+
+Used by every backend whose low precision is a Q/DQ ONNX graph (ONNX Runtime static int8, the TensorRT int8/fp8
+graph): the graph is edited (units restored to float, `passes/qdq_units.py`), never quantized again, so what was
+scored is what ships, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from kiln.calibration import Samples
+from kiln.config import AccuracyBudget, FallbackPlan
+from kiln.errors import UsageError
+from kiln.fallback.search import Point, search
+from kiln.passes.qdq_units import Unit, find_units, float_weights, restore_units
+from kiln.validate import gate, is_class_logits, output_metrics
+
+MIN_CALIBRATION = 4
+# A point passes on the tuning split only within this share of the budget's slack (cosine 0.99: 0.995): the tuning
+# split is small and its worst sample is not the evaluation set's (MiniLM: 0.990 on 50 tuning sentences, 0.986 on 400)
+TUNING_SHARE = 0.5
+MAX_TUNING = 64
+TIMED_RUNS = 30
+
+
+def _digest(samples: tuple) -> str:
+    h = hashlib.sha256()
+    for feed in samples:
+        for name in sorted(feed):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(feed[name]).tobytes())
+    return h.hexdigest()
+
+
+def split_for_search(calibration: Samples) -> tuple[Samples, Samples, dict]:
+    """(ranges, tuning, record): every 4th calibration sample tunes the search (at most 64), the rest set ranges."""
+    feeds = calibration.feeds
+    tuning_idx = [i for i in range(len(feeds)) if i % 4 == 3][:MAX_TUNING]
+    ranges_idx = [i for i in range(len(feeds)) if i not in set(tuning_idx)]
+    if len(tuning_idx) < 2 or len(ranges_idx) < MIN_CALIBRATION:
+        raise UsageError(f"per-unit fallback needs at least 8 calibration samples (it tunes on every 4th); "
+                         f"{len(feeds)} were loaded", hint="give more --calibration data (32 or more is better)")
+
+    def part(idx: list[int], role: str) -> Samples:
+        labels = tuple(calibration.labels[i] for i in idx) if calibration.labels else ()
+        return Samples(tuple(feeds[i] for i in idx), calibration.kind, f"{calibration.description} ({role})",
+                       calibration.synthetic, labels)
+
+    ranges, tuning = part(ranges_idx, "ranges"), part(tuning_idx, "tuning")
+    record = {"calibration": {"count": len(ranges), "sha256": _digest(ranges.feeds)},
+              "tuning": {"count": len(tuning), "sha256": _digest(tuning.feeds),
+                         "rule": "every 4th calibration sample, at most 64"}}
+    return ranges, tuning, record
+
+
+def _distance(metrics: dict, budget: AccuracyBudget) -> float:
+    """The budget's own metric as one number, 1.0 at the limit: the worst active term over the gated outputs,
+    plus a small share of the mean cosine gap so that coarse metrics (top-1 on a few samples) still rank."""
+    worst, gap = 0.0, 0.0
+    for m in metrics.values():
+        if m.get("non_finite_samples"):
+            return float("inf")
+        if "cosine_mean" in m:
+            gap = max(gap, 1.0 - m["cosine_mean"])
+        if budget.min_cosine is not None and "cosine_min" in m:
+            worst = max(worst, (1.0 - m["cosine_min"]) / max(1.0 - budget.min_cosine, 1e-9))
+        if budget.max_top1_disagreement is not None and m.get("class_logits"):
+            worst = max(worst, (1.0 - m["top1_agreement"]) / max(budget.max_top1_disagreement, 1e-9))
+        if budget.max_abs_error is not None and "max_abs_error" in m:
+            worst = max(worst, m["max_abs_error"] / max(budget.max_abs_error, 1e-12))
+    return worst + 1e-3 * gap
+
+
+class _Evaluator:
+    """Runs graphs on the tuning split with the artifact's session settings and scores them against the float graph."""
+
+    def __init__(self, reference: onnx.ModelProto, float_model: onnx.ModelProto, qdq: onnx.ModelProto,
+                 units: list[Unit], tuning: Samples, budget: AccuracyBudget, outputs: tuple[str, ...], settings: dict):
+        self.floats, self.qdq, self.units = float_weights(reference, float_model), qdq, {u.name: u for u in units}
+        self.tuning, self.budget, self.settings = tuning, budget, settings
+        self.references = self._run(reference)
+        names = list(self.references[0])
+        self.outputs = [n for n in (outputs or names) if n in names] or names
+
+    def graph(self, kept: tuple[str, ...]) -> onnx.ModelProto:
+        return restore_units(self.qdq, [self.units[n] for n in kept], self.floats)
+
+    def _session(self, model: onnx.ModelProto):
+        from kiln.backends.onnxruntime.session import make_session
+
+        return make_session(model.SerializeToString(), self.settings)
+
+    def _run(self, model: onnx.ModelProto) -> list[dict]:
+        session = self._session(model)
+        names = [o.name for o in session.get_outputs()]
+        inputs = [i.name for i in session.get_inputs()]
+        return [dict(zip(names, session.run(None, {k: feed[k] for k in inputs}))) for feed in self.tuning.feeds]
+
+    def __call__(self, kept: tuple[str, ...]) -> Point:
+        gots = self._run(self.graph(kept))
+        metrics = {}
+        for name in self.outputs:
+            refs = [r[name] for r in self.references]
+            if refs[0].dtype.kind not in "fc":
+                continue
+            metrics[name] = output_metrics(refs, [g[name] for g in gots], is_class_logits(name, refs[0].shape))
+        failures = gate(metrics, self.budget)
+        distance = _distance(metrics, self.budget)
+        summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement", "max_abs_error")
+                                  if k in m} for n, m in metrics.items()}}
+        return Point(kept, distance, not failures and distance <= TUNING_SHARE, summary)
+
+    def p50_ms(self, model: onnx.ModelProto) -> float:
+        session = self._session(model)
+        inputs = [i.name for i in session.get_inputs()]
+        feed = {k: self.tuning.feeds[0][k] for k in inputs}
+        for _ in range(3):
+            session.run(None, feed)
+        times = []
+        for _ in range(TIMED_RUNS):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return float(np.median(times))
+
+
+def fall_back(reference_path: Path, float_path: Path, qdq_path: Path, tuning: Samples, plan: FallbackPlan,
+              settings: dict, *, timed: bool, progress=lambda text: None) -> dict:
+    """Search which units of the Q/DQ graph at `qdq_path` to restore to float, and rewrite it in place with them.
+    `reference_path`: the exported graph, whose outputs on the tuning split are the target; `float_path`: the graph
+    the quantizer read (same node names), whose weights restored units take. `timed`: measure p50 of the low, chosen
+    and float graphs here (ONNX Runtime CPU is the target) and ship the float graph when mixed is not faster.
+    Returns the report's `mixed_precision` block."""
+    from kiln.bench.flops import graph_costs
+
+    budget, outputs, seconds = plan.budget, plan.outputs, plan.seconds
+    float_model, qdq = onnx.load(str(float_path)), onnx.load(str(qdq_path))
+    _unique_node_names(qdq)
+    shapes = {k: tuple(v.shape) for k, v in tuning.feeds[0].items()
+              if k in {i.name for i in float_model.graph.input}}
+    try:
+        flops = {name: cost.flops for name, _, cost in graph_costs(float_model, shapes)}
+    except Exception:  # the estimate is only a ranking aid: without it every unit costs the same
+        flops = {}
+    units = find_units(qdq, flops)
+    evaluate = _Evaluator(onnx.load(str(reference_path)), float_model, qdq, units, tuning, budget, outputs, settings)
+    result = search(units, evaluate, seconds, progress)
+    final = result.chosen or result.best
+    block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
+             "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
+             "search_seconds_limit": seconds}
+    if timed:
+        low_ms = evaluate.p50_ms(qdq)
+        high = evaluate.graph(tuple(evaluate.units))
+        high_ms = evaluate.p50_ms(high)
+        chosen_ms = low_ms if not final.kept else evaluate.p50_ms(evaluate.graph(final.kept))
+        block["p50_ms"] = {"low": round(low_ms, 4), "chosen": round(chosen_ms, 4), "high": round(high_ms, 4),
+                           "timed_runs": TIMED_RUNS, "note": "tuning sample 0, this host"}
+        if final.kept and chosen_ms >= high_ms:
+            block["shipped"] = "high"
+            block["why"] = f"mixed ({chosen_ms:.3f} ms) is not faster than all-float ({high_ms:.3f} ms)"
+            final = Point(tuple(evaluate.units), 0.0, True)
+    block["kept_fp32"] = list(final.kept)
+    _save(evaluate.graph(final.kept), qdq_path)
+    return block
+
+
+def _unique_node_names(model: onnx.ModelProto) -> None:
+    """Units are found and restored by node name: unnamed or repeated names get `<op>_kiln_<index>`."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_kiln_{index}"
+        seen.add(node.name)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    big = model.ByteSize() > 1_800_000_000
+    for leftover in (path, path.with_name(path.name + ".data")):
+        leftover.unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=1024)

@@ -1,0 +1,70 @@
+"""What every Q/DQ producer shares (ONNX Runtime's static int8, the TensorRT int8/fp8 graph): the quantizer's input
+preparation, its calibration-data protocol, --keep-fp32 matching, and the float graph the quantizer read, kept for the
+fallback search. Runtime-agnostic: it uses onnxruntime.quantization as a tool, whatever the target."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from kiln.calibration import Samples
+
+
+def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
+    """Node names equal to, or containing, any of the user's --keep-fp32 patterns."""
+    names = [n.name for n in model.graph.node if n.name]
+    return [n for n in names if any(p == n or p in n for p in patterns)]
+
+
+class CalibrationReader:
+    """ORT's CalibrationDataReader protocol over our samples."""
+
+    def __init__(self, samples: Samples, input_names: set[str]):
+        self._feeds = [{k: v for k, v in f.items() if k in input_names} for f in samples.feeds]
+        self._index = 0
+
+    def get_next(self):
+        if self._index >= len(self._feeds):
+            return None
+        self._index += 1
+        return self._feeds[self._index - 1]
+
+    def rewind(self):
+        self._index = 0
+
+
+def has_external_data(model_path: Path) -> bool:
+    return model_path.with_name(model_path.name + ".data").exists()
+
+
+def prepare_for_quantization(src: Path, dst: Path) -> None:
+    """ORT's recommended pre-processing (symbolic shape inference, basic optimisation) before calibration."""
+    import contextlib
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = src.resolve(), dst.resolve()
+    external = has_external_data(src)
+    # When symbolic shape inference gives up (it does on MiniLM), ORT saves its partial model as
+    # sym_shape_infer_temp.onnx plus a 90 MB external-data file in the working directory: run it in a
+    # scratch one so nothing lands in the user's folder.
+    with tempfile.TemporaryDirectory(prefix="kiln-shape-") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, save_as_external_data=external)
+        except Exception:  # symbolic shape inference fails on some graphs; ONNX shape inference is enough then
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=external)
+
+
+def keep_copy(model: Path, copy: Path | None) -> None:
+    """Copy a model (and its external data) out of a temporary folder: the float graph the fallback search restores
+    units from is the one the quantizer read, node for node."""
+    if copy is None:
+        return
+    import shutil
+
+    shutil.copyfile(model, copy)
+    data = model.with_name(model.name + ".data")
+    if data.exists():
+        shutil.copyfile(data, copy.with_name(model.name + ".data"))

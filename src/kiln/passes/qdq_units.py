@@ -1,0 +1,206 @@
+"""Units of a Q/DQ graph, and the graph with chosen units back in float.
+
+A unit is what a backend runs as one low-precision kernel: a node that reads a DequantizeLinear output (a Conv,
+MatMul, Gemm, or an Add/Concat the quantizer also wrapped), together with the element-wise nodes fused into it (a
+Relu or Clip whose only input is that node's quantized output). Every quantized node belongs to exactly one unit,
+so restoring every unit gives the float graph back. A unit is named after its first node: the name the user passes
+to `--keep-fp32`.
+
+Restoring a unit rewires its nodes' inputs from DequantizeLinear outputs to the float tensors behind them: the
+Q node's input for activations, the original float initializer for weights and biases (looked up in the float
+graph by the quantizer's `_quantized` suffix, else dequantized). The unit's own output stays quantized where a
+quantized neighbour reads it: the boundary a float island between int8 neighbours needs. Q/DQ nodes nobody reads
+any more are removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FUSED = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish")
+FUSED_WITH_CONSTANT = ("Add", "Mul")  # a bias or a scale: one varying input, the other a constant
+QUANT_SUFFIX = "_quantized"
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str  # the first node's name
+    nodes: tuple[str, ...]  # node names, first the compute node, then what is fused into it
+    op_type: str
+    flops: int = 0  # high-precision cost estimate (FLOPs of its nodes in the float graph)
+
+
+def _index(graph: onnx.GraphProto):
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producers, consumers
+
+
+def _reads_dq(node: onnx.NodeProto, producers: dict) -> bool:
+    return any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+
+
+def _producer(name: str, producers: dict) -> onnx.NodeProto | None:
+    """The node a tensor comes from, looking through a Q -> DQ pair; None for constants and graph inputs."""
+    node = producers.get(name)
+    if node is not None and node.op_type == "DequantizeLinear":
+        q = producers.get(node.input[0])
+        return producers.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+    return node
+
+
+def find_units(qdq: onnx.ModelProto, flops: dict[str, int] | None = None) -> list[Unit]:
+    """The units of a Q/DQ graph, in graph order. A quantized element-wise node joins the unit of the node it reads
+    (looking through Q/DQ) when it reads nothing else that varies and is that node's only reader: a bias Add, a
+    Relu, a Clip, as the backends fuse them."""
+    producers, consumers = _index(qdq.graph)
+    quantized = [n for n in qdq.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                 and _reads_dq(n, producers)]
+    in_unit = {n.name for n in quantized}
+    head: dict[str, str] = {}
+    for node in quantized:
+        head[node.name] = node.name
+        if node.op_type not in FUSED + FUSED_WITH_CONSTANT:
+            continue
+        sources = [_producer(i, producers) for i in node.input if i]
+        varying = [s for s in sources if s is not None]
+        if len(varying) != 1 or (node.op_type in FUSED_WITH_CONSTANT and len(sources) < 2):
+            continue
+        source = varying[0]
+        readers = consumers.get(source.output[0], [])
+        direct = len(readers) == 1 and (readers[0] is node or readers[0].op_type == "QuantizeLinear")
+        if source.name in in_unit and direct:
+            head[node.name] = head.get(source.name, source.name)
+    members: dict[str, list[str]] = {}
+    for node in quantized:
+        members.setdefault(head[node.name], []).append(node.name)
+    ops = {n.name: n.op_type for n in qdq.graph.node}
+    costs = flops or {}
+    return [Unit(name, tuple(names), ops.get(name, "?"), sum(costs.get(n, 0) for n in names))
+            for name, names in members.items() if name in ops]
+
+
+def float_weights(*models: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers by name, the first model's winning: the exported graph's original weights before the graph the
+    quantizer read (whose biases bias correction moved, and whose fused Conv+BN weights only it has)."""
+    found: dict[str, onnx.TensorProto] = {}
+    for model in reversed(models):
+        found.update({t.name: t for t in model.graph.initializer})
+    return found
+
+
+def restore_units(qdq: onnx.ModelProto, units: list[Unit], floats: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of `qdq` with every node of `units` reading float inputs (weights from `floats`, by the quantizer's
+    names); dead Q/DQ nodes and weights removed."""
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    graph = model.graph
+    if not units:
+        return model
+    producers, _ = _index(graph)
+    inits = {t.name: t for t in graph.initializer}
+    wanted = {name for unit in units for name in unit.nodes}
+    added: dict[str, str] = {}
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        for index, name in enumerate(node.input):
+            dq = producers.get(name)
+            if name in inits and name in floats and _differs(inits[name], floats[name]):
+                node.input[index] = added.setdefault(name, _copy_of(floats[name], graph))  # a bias corrected for
+                continue  # int8 (TensorRT's are float, read directly): the float unit takes the original
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            source = dq.input[0]
+            q = producers.get(source)
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[index] = q.input[0]
+            elif source in inits:
+                node.input[index] = added.setdefault(name, _float_weight(dq, inits, floats, graph))
+    _float_graph_outputs(graph, wanted)
+    return _without_dead_nodes(model)
+
+
+def _float_graph_outputs(graph: onnx.GraphProto, wanted: set[str]) -> None:
+    """A graph output the quantizer wrapped in Q -> DQ after a restored node is that node's float value again."""
+    producers, _ = _index(graph)
+    outputs = {o.name for o in graph.output}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "DequantizeLinear" or node.output[0] not in outputs:
+            continue
+        q = producers.get(node.input[0])
+        source = producers.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+        if source is not None and source.name in wanted:
+            graph.node[index].CopyFrom(onnx.helper.make_node("Identity", [q.input[0]], [node.output[0]],
+                                                             name=f"{node.name}_kiln_float"))
+
+
+def _differs(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
+    return a.dims != b.dims or not np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def _copy_of(tensor: onnx.TensorProto, graph: onnx.GraphProto) -> str:
+    name = f"{tensor.name}_kiln_float"
+    if not any(t.name == name for t in graph.initializer):
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        copy.name = name
+        graph.initializer.append(copy)
+    return name
+
+
+def _float_weight(dq: onnx.NodeProto, inits: dict, floats: dict, graph: onnx.GraphProto) -> str:
+    """The float tensor behind a DequantizeLinear of a constant, as a new initializer: the float graph's original when
+    the quantizer's name leads back to it (a bias's DQ output may carry the original name itself), else the
+    dequantized values."""
+    source = dq.input[0]
+    name = f"{source}_kiln_float"
+    if any(t.name == name for t in graph.initializer):
+        return name
+    original = source[:-len(QUANT_SUFFIX)] if source.endswith(QUANT_SUFFIX) else None
+    if original in floats:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(floats[original])
+        tensor.name = name
+        graph.initializer.append(tensor)
+        return name
+    q = numpy_helper.to_array(inits[source]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+    zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] in inits \
+        else np.zeros_like(scale)
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if scale.ndim and q.ndim:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), name))
+    return name
+
+
+def _without_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove nodes whose outputs nobody reads (repeatedly: a dead DQ makes its Q dead), then unused initializers."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output if o)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {i for n in graph.node for i in n.input} | outputs
+    kept = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    alive = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | {t.name for t in kept}
+    stale = [v for v in graph.value_info if v.name not in alive]
+    for value in stale:
+        graph.value_info.remove(value)
+    return model

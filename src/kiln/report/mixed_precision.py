@@ -1,0 +1,49 @@
+"""The report's mixed-precision section: which units stayed in float, why, and the trade-off curve searched."""
+
+from __future__ import annotations
+
+
+def mixed_precision_block(compile_details: dict) -> tuple[dict | None, dict | None]:
+    """(mixed_precision, data_split) from the compile details of any backend (TensorRT nests them in its graph)."""
+    for where in (compile_details, compile_details.get("graph_precision") or {}):
+        if where.get("mixed_precision"):
+            return where["mixed_precision"], where.get("data_split")
+    return None, None
+
+
+def _tuning(point: dict) -> str:
+    parts = []
+    for name, m in (point.get("tuning") or {}).items():
+        figures = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in m.items())
+        parts.append(f"{name}: {figures}")
+    return "; ".join(parts) or "–"
+
+
+def markdown_lines(compile_details: dict) -> list[str]:
+    block, split = mixed_precision_block(compile_details)
+    if not block:
+        return []
+    search = block["search"]
+    shipped = {"low": "all units in low precision (the budget held without fallback)",
+               "mixed": f"mixed: {len(block['kept_fp32'])} of {block['units']} units kept in float",
+               "high": f"all units in float ({block.get('why', '')})"}[block["shipped"]]
+    lines = ["## Mixed precision", "", f"Shipped: **{shipped}**."]
+    if split:
+        lines.append(f"Data: ranges from {split['calibration']['count']} calibration samples, search on "
+                     f"{split['tuning']['count']} tuning samples ({split['tuning']['rule']}; sha256 "
+                     f"{split['tuning']['sha256'][:12]}), the gate on the evaluation set once.")
+    budget_note = "met" if block["budget_met_on_tuning"] else "NOT met by any point tried (the closest is shipped)"
+    lines.append(f"Search: {search['evaluations']} graphs evaluated in {search['seconds']:.1f} s"
+                 f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
+                 f"{budget_note}.")
+    if block.get("p50_ms"):
+        t = block["p50_ms"]
+        lines.append(f"p50 on this host: low {t['low']:.3f} ms, chosen {t['chosen']:.3f} ms, float {t['high']:.3f} ms.")
+    if block["shipped"] == "mixed":
+        lines += ["", "Kept in float (pass back with `--keep-fp32 NAME` to pin them): "
+                  + ", ".join(f"`{n}`" for n in block["kept_fp32"]) + "."]
+    lines += ["", "| units in float | distance (1 = budget limit) | within budget | tuning split |", "|---|---|---|---|"]
+    for point in search["curve"]:
+        lines.append(f"| {point['kept']} | {point['distance']:.3f} | {'yes' if point['passed'] else 'no'} | "
+                     f"{_tuning(point)} |")
+    return lines + [""]

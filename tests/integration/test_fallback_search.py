@@ -1,0 +1,123 @@
+"""--precision auto / --fallback on real graphs: MTCNN's ONet with trained weights and one planted outlier channel
+(tests/integration/planted.py), through the real `kiln export` CLI, the real ONNX Runtime quantizer and the search.
+
+The plant leaves the float model as it was and ruins int8 where conv2 reads the scaled channel: the search must
+rank that unit first, keep it, and bring the artifact within the budget on the evaluation set it never tuned on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.hostile.helpers import error_line
+from tests.integration.planted import write_face_crops
+
+from benchmarks.corpus import installed
+
+if not installed("facenet-pytorch"):
+    pytest.skip("facenet-pytorch is not installed (scripts/setup.sh installs it)", allow_module_level=True)
+
+SOURCE = "tests.integration.planted:onet_with_outlier_channel"
+INPUT = ("--input", "x=batch=1,3,48,48")
+PLANTED_UNIT = "node_conv2d_1"  # conv2 in torch.onnx's dynamo naming (torch 2.13)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> Path:
+    return write_face_crops(tmp_path_factory.mktemp("faces"))
+
+
+def _auto(out: Path, crops: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("export", SOURCE, *INPUT, "--precision", "auto", "--calibration", crops, "--eval", crops,
+                   "--out", out, "--no-bench", "--no-analysis", "--quiet", "--json", *extra)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, crops) -> list[tuple[subprocess.CompletedProcess, Path]]:
+    """The same request twice (the stage cache off for the second, so the search runs again)."""
+    root = tmp_path_factory.mktemp("auto")
+    return [(_auto(root / f"run{i}", crops, "--min-cosine", "0.995", *(("--no-cache",) if i else ())), root / f"run{i}")
+            for i in range(2)]
+
+
+def _report(run) -> dict:
+    result, out = run
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def test_the_planted_unit_is_ranked_first_kept_and_the_budget_holds(runs):
+    report = _report(runs[0])
+    block = report["compile"]["mixed_precision"]
+    search = block["search"]
+    sensitivity = search["sensitivity"]
+    assert max(sensitivity, key=sensitivity.get) == PLANTED_UNIT, sorted(sensitivity.items(), key=lambda kv: -kv[1])
+    assert search["curve"][0]["kept"] == 0 and not search["curve"][0]["passed"]  # int8 alone misses the budget
+    chosen = search["chosen"]
+    assert chosen["passed"] and PLANTED_UNIT in chosen["kept_units"], chosen
+    assert chosen["kept"] < block["units"] / 2, chosen  # a few units, not the whole graph
+    assert search["evaluations"] < 4 * block["units"], search["evaluations"]
+    split = report["compile"]["data_split"]
+    assert (split["calibration"]["count"], split["tuning"]["count"]) == (18, 6)
+    assert block["shipped"] in ("mixed", "high")  # high when mixed is not faster here, which the block then says
+    assert (block["shipped"] == "high") == ("why" in block)
+    gate = report["accuracy"]["gate"]
+    assert gate["checked"] and gate["passed"], gate
+    assert min(m["cosine_min"] for m in report["accuracy"]["outputs"].values()) >= 0.995
+    assert "## Mixed precision" in (runs[0][1] / "report.md").read_text()
+
+
+def test_the_search_is_deterministic(runs):
+    """Two runs: the same units scored the same, the same point chosen; and the same bytes when both shipped the same
+    kind of graph (the mixed-or-float decision reads a timing)."""
+    first, second = (_report(r)["compile"]["mixed_precision"] for r in runs)
+    strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
+    assert strip(first["search"]) == strip(second["search"])
+    if first["shipped"] == second["shipped"]:
+        digests = [hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest() for _, out in runs]
+        assert digests[0] == digests[1]
+
+
+def test_a_search_out_of_time_ships_its_best_point_and_the_gate_says_so(tmp_path, crops):
+    """--search-seconds too short to score a single unit: the all-int8 point is all there is, the report says the
+    search was cut short and the budget not met, and the gate fails on the evaluation set (exit 4)."""
+    result = _auto(tmp_path / "out", crops, "--min-cosine", "0.995", "--search-seconds", "0.001", "--no-cache")
+    assert result.returncode == 4, result.stderr[-2000:]
+    report = json.loads((tmp_path / "out.rejected" / "report.json").read_text())
+    block = report["compile"]["mixed_precision"]
+    assert block["search"]["timed_out"] and not block["budget_met_on_tuning"] and block["search"]["chosen"] is None
+    assert block["shipped"] == "low"
+    assert not (tmp_path / "out").exists()
+
+
+def test_tensorrt_int8_graph_with_fallback_holds_the_budget(tmp_path, crops):
+    """The TensorRT int8 Q/DQ graph (symmetric, percentile ranges) searched the same way, on ONNX Runtime CPU."""
+    result = run_cli("export", SOURCE, *INPUT, "--target", "tensorrt", "--precision", "int8", "--fallback",
+                     "--min-cosine", "0.995", "--calibration", crops, "--eval", crops, "--out", tmp_path / "trt",
+                     "--no-bench", "--no-analysis", "--quiet", "--json")
+    report = _report((result, tmp_path / "trt"))
+    block = report["compile"]["graph_precision"]["mixed_precision"]
+    assert block["search"]["chosen"]["passed"] and "p50_ms" not in block  # CPU time says nothing of a GPU engine
+    assert report["accuracy"]["gate"]["passed"]
+
+
+@pytest.mark.parametrize("args, code, needles", [
+    (("--precision", "auto"), 2, ("needs an accuracy budget", "--min-cosine")),
+    (("--precision", "auto", "--min-cosine", "0.99", "--target", "openvino"), 3,
+     ("per-unit fallback is not built for openvino",)),
+    (("--precision", "fp32", "--fallback", "--min-cosine", "0.99"), 2, ("--fallback applies to int8 and fp8",)),
+    (("--precision", "int8", "--keep-fp32", "no_such_node", "--min-cosine", "0.99"), 2,
+     ("--keep-fp32 no_such_node matches no node of the exported graph", "node_conv2d")),
+])
+def test_requests_it_cannot_serve_are_one_line(tmp_path, crops, args, code, needles):
+    result = run_cli("export", SOURCE, *INPUT, "--calibration", crops, "--eval", crops, "--out", tmp_path / "out",
+                     "--no-bench", "--quiet", *args)
+    error_line(result, code, *needles)
+    assert not (tmp_path / "out").exists()
