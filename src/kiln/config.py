@@ -329,6 +329,7 @@ class FallbackPlan(Frozen):
     budget: AccuracyBudget
     outputs: tuple[str, ...] = ()  # filled in once the source's primary outputs are known; empty: all
     seconds: float = 150.0
+    ladder: bool = False  # --precision auto: other recipes of the target (dynamic int8) compete with the search's
 
 
 class QuantizationPlan(Frozen):

@@ -106,7 +106,8 @@ def _fallback(config: ExportConfig, spec: TargetSpec) -> tuple[ExportConfig, Fal
                                      hint="use --target onnxruntime or tensorrt, or --precision int8 with "
                                           "--keep-fp32 NODE")
     return (config.model_copy(update={"precision": low}),
-            FallbackPlan(budget=config.budget, outputs=config.budget.outputs, seconds=config.search_seconds))
+            FallbackPlan(budget=config.budget, outputs=config.budget.outputs, seconds=config.search_seconds,
+                         ladder=config.precision == "auto"))
 
 
 def _compression(config: ExportConfig) -> WeightCompression:

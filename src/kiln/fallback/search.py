@@ -55,8 +55,10 @@ class _Deadline(Exception):
 
 
 def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seconds: float,
-           report: Callable[[str], None] = lambda text: None) -> SearchResult:
-    """Run the search; `evaluate(kept)` measures the graph with those units restored on the tuning split."""
+           report: Callable[[str], None] = lambda text: None,
+           sweep: Callable[[tuple[str, ...]], Point] | None = None) -> SearchResult:
+    """Run the search; `evaluate(kept)` measures the graph with those units restored on the tuning split, `sweep`
+    (default: evaluate) the same on a part of it, for the one-unit-at-a-time sensitivity scores."""
     start = time.perf_counter()
     cost = {u.name: max(u.flops, 1) for u in units}
     names = [u.name for u in units]
@@ -75,13 +77,18 @@ def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seco
         return seen[key]
 
     low = measure((), required=True)
+    sweep = sweep or evaluate
     sensitivity: dict[str, float] = {}
     order: list[str] = []
     chosen = low if low.passed else None
     try:
         if chosen is None:
+            base = sweep(()).distance if sweep is not evaluate else low.distance
             for index, name in enumerate(names):
-                sensitivity[name] = low.distance - measure((name,), curve=False).distance
+                if time.perf_counter() - start > seconds:
+                    raise _Deadline
+                sensitivity[name] = base - (sweep((name,)) if sweep is not evaluate
+                                            else measure((name,), curve=False)).distance
                 if index % 8 == 7:
                     report(f"{index + 1}/{len(names)} units scored")
             order = _ranked(names, sensitivity, cost)

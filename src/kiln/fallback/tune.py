@@ -26,7 +26,8 @@ MIN_CALIBRATION = 4
 # A point passes on the tuning split only within this share of the budget's slack (cosine 0.99: 0.995): the tuning
 # split is small and its worst sample is not the evaluation set's (MiniLM: 0.990 on 50 tuning sentences, 0.986 on 400)
 TUNING_SHARE = 0.5
-MAX_TUNING = 64
+SWEEP_SAMPLES = 16  # tuning samples the one-unit-at-a-time sensitivity sweep runs
+MAX_TUNING = 128
 TIMED_RUNS = 30
 
 
@@ -40,12 +41,13 @@ def _digest(samples: tuple) -> str:
 
 
 def split_for_search(calibration: Samples) -> tuple[Samples, Samples, dict]:
-    """(ranges, tuning, record): every 4th calibration sample tunes the search (at most 64), the rest set ranges."""
+    """(ranges, tuning, record): every other calibration sample tunes the search (at most 128), the rest set ranges.
+    Ranges need few samples (MinMax/percentile of activations); a budget on the worst sample needs many."""
     feeds = calibration.feeds
-    tuning_idx = [i for i in range(len(feeds)) if i % 4 == 3][:MAX_TUNING]
+    tuning_idx = [i for i in range(len(feeds)) if i % 2 == 1][:MAX_TUNING]
     ranges_idx = [i for i in range(len(feeds)) if i not in set(tuning_idx)]
     if len(tuning_idx) < 2 or len(ranges_idx) < MIN_CALIBRATION:
-        raise UsageError(f"per-unit fallback needs at least 8 calibration samples (it tunes on every 4th); "
+        raise UsageError(f"per-unit fallback needs at least 8 calibration samples (it tunes on every other one); "
                          f"{len(feeds)} were loaded", hint="give more --calibration data (32 or more is better)")
 
     def part(idx: list[int], role: str) -> Samples:
@@ -56,7 +58,7 @@ def split_for_search(calibration: Samples) -> tuple[Samples, Samples, dict]:
     ranges, tuning = part(ranges_idx, "ranges"), part(tuning_idx, "tuning")
     record = {"calibration": {"count": len(ranges), "sha256": _digest(ranges.feeds)},
               "tuning": {"count": len(tuning), "sha256": _digest(tuning.feeds),
-                         "rule": "every 4th calibration sample, at most 64"}}
+                         "rule": "every other calibration sample, at most 128"}}
     return ranges, tuning, record
 
 
@@ -81,9 +83,9 @@ def _distance(metrics: dict, budget: AccuracyBudget) -> float:
 class _Evaluator:
     """Runs graphs on the tuning split with the artifact's session settings and scores them against the float graph."""
 
-    def __init__(self, reference: onnx.ModelProto, float_model: onnx.ModelProto, qdq: onnx.ModelProto,
+    def __init__(self, reference: onnx.ModelProto, weights: dict, qdq: onnx.ModelProto,
                  units: list[Unit], tuning: Samples, budget: AccuracyBudget, outputs: tuple[str, ...], settings: dict):
-        self.floats, self.qdq, self.units = float_weights(reference, float_model), qdq, {u.name: u for u in units}
+        self.floats, self.qdq, self.units = weights, qdq, {u.name: u for u in units}
         self.tuning, self.budget, self.settings = tuning, budget, settings
         self.references = self._run(reference)
         names = list(self.references[0])
@@ -97,17 +99,25 @@ class _Evaluator:
 
         return make_session(model.SerializeToString(), self.settings)
 
-    def _run(self, model: onnx.ModelProto) -> list[dict]:
+    def _run(self, model: onnx.ModelProto, count: int | None = None) -> list[dict]:
         session = self._session(model)
         names = [o.name for o in session.get_outputs()]
         inputs = [i.name for i in session.get_inputs()]
-        return [dict(zip(names, session.run(None, {k: feed[k] for k in inputs}))) for feed in self.tuning.feeds]
+        return [dict(zip(names, session.run(None, {k: feed[k] for k in inputs})))
+                for feed in self.tuning.feeds[:count]]
 
-    def __call__(self, kept: tuple[str, ...]) -> Point:
-        gots = self._run(self.graph(kept))
+    def sweep(self, kept: tuple[str, ...]) -> Point:
+        """The same score on the first SWEEP_SAMPLES tuning samples: enough to rank units, at a fraction of the time."""
+        return self(kept, SWEEP_SAMPLES)
+
+    def __call__(self, kept: tuple[str, ...], count: int | None = None) -> Point:
+        return self.score(self.graph(kept), kept, count)
+
+    def score(self, model: onnx.ModelProto, kept: tuple[str, ...] = (), count: int | None = None) -> Point:
+        gots = self._run(model, count)
         metrics = {}
         for name in self.outputs:
-            refs = [r[name] for r in self.references]
+            refs = [r[name] for r in self.references[:len(gots)]]
             if refs[0].dtype.kind not in "fc":
                 continue
             metrics[name] = output_metrics(refs, [g[name] for g in gots], is_class_logits(name, refs[0].shape))
@@ -117,31 +127,35 @@ class _Evaluator:
                                   if k in m} for n, m in metrics.items()}}
         return Point(kept, distance, not failures and distance <= TUNING_SHARE, summary)
 
-    def p50_ms(self, model: onnx.ModelProto) -> float:
+    def p50_ms(self, model: onnx.ModelProto, runs: int = TIMED_RUNS) -> float:
         session = self._session(model)
         inputs = [i.name for i in session.get_inputs()]
         feed = {k: self.tuning.feeds[0][k] for k in inputs}
         for _ in range(3):
             session.run(None, feed)
         times = []
-        for _ in range(TIMED_RUNS):
+        for _ in range(runs):
             start = time.perf_counter()
             session.run(None, feed)
             times.append((time.perf_counter() - start) * 1000.0)
         return float(np.median(times))
 
 
-def fall_back(reference_path: Path, float_path: Path, qdq_path: Path, tuning: Samples, plan: FallbackPlan,
-              settings: dict, *, timed: bool, progress=lambda text: None) -> dict:
+def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_path: Path, tuning: Samples,
+              plan: FallbackPlan, settings: dict, *, timed: bool, progress=lambda text: None) -> dict:
     """Search which units of the Q/DQ graph at `qdq_path` to restore to float, and rewrite it in place with them.
-    `reference_path`: the exported graph, whose outputs on the tuning split are the target; `float_path`: the graph
-    the quantizer read (same node names), whose weights restored units take. `timed`: measure p50 of the low, chosen
-    and float graphs here (ONNX Runtime CPU is the target) and ship the float graph when mixed is not faster.
-    Returns the report's `mixed_precision` block."""
+    `reference_path`: the exported graph, whose outputs on the tuning split are the target. `float_paths`: where
+    restored units take their weights, first match by name winning: the graph before bias correction (its biases
+    compensate int8 error, wrong in float; None when there was none), then the graph the quantizer read (smoothed
+    weights that match their smoothed inputs, fused Conv+BN). `timed`: measure p50 of the low, chosen and float
+    graphs here (ONNX Runtime CPU is the target) and ship the float graph when mixed is not faster. Returns the
+    report's `mixed_precision` block."""
     from kiln.bench.flops import graph_costs
 
     budget, outputs, seconds = plan.budget, plan.outputs, plan.seconds
+    uncorrected, float_path = float_paths
     float_model, qdq = onnx.load(str(float_path)), onnx.load(str(qdq_path))
+    weights = float_weights(*([onnx.load(str(uncorrected))] if uncorrected else []), float_model)
     _unique_node_names(qdq)
     shapes = {k: tuple(v.shape) for k, v in tuning.feeds[0].items()
               if k in {i.name for i in float_model.graph.input}}
@@ -150,8 +164,9 @@ def fall_back(reference_path: Path, float_path: Path, qdq_path: Path, tuning: Sa
     except Exception:  # the estimate is only a ranking aid: without it every unit costs the same
         flops = {}
     units = find_units(qdq, flops)
-    evaluate = _Evaluator(onnx.load(str(reference_path)), float_model, qdq, units, tuning, budget, outputs, settings)
-    result = search(units, evaluate, seconds, progress)
+    evaluate = _Evaluator(onnx.load(str(reference_path)), weights, qdq, units, tuning, budget, outputs, settings)
+    result = search(units, evaluate, seconds, progress,
+                    sweep=evaluate.sweep if len(tuning) > SWEEP_SAMPLES else None)
     final = result.chosen or result.best
     block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
              "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
@@ -187,3 +202,24 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
         leftover.unlink(missing_ok=True)
     onnx.save(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
               location=path.name + ".data", size_threshold=1024)
+
+
+LADDER_RUNS = 100  # timed runs per candidate when whole recipes are compared
+
+
+def fastest_within_budget(reference_path: Path, tuning: Samples, plan: FallbackPlan, settings: dict,
+                          candidates: dict[str, Path]) -> dict:
+    """The recipe ladder above per-unit fallback (ONNX Runtime: the searched static int8 graph, dynamic int8): each
+    candidate scored on the tuning split and timed, in this order, here; the fastest within budget wins (the first
+    candidate when none is). Returns {"candidates": {name: figures}, "chosen": name}."""
+    evaluate = _Evaluator(onnx.load(str(reference_path)), {}, onnx.ModelProto(), [], tuning, plan.budget,
+                          plan.outputs, settings)
+    rows = {}
+    for name, path in candidates.items():
+        model = onnx.load(str(path))
+        point = evaluate.score(model)
+        rows[name] = {"passed": point.passed, "distance": point.distance, "p50_ms": round(evaluate.p50_ms(
+            model, LADDER_RUNS), 4), **point.summary}
+    passing = [n for n, r in rows.items() if r["passed"]]
+    chosen = min(passing, key=lambda n: rows[n]["p50_ms"]) if passing else next(iter(candidates))
+    return {"candidates": rows, "chosen": chosen, "timed_runs": LADDER_RUNS}

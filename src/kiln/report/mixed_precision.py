@@ -26,7 +26,8 @@ def markdown_lines(compile_details: dict) -> list[str]:
     search = block["search"]
     shipped = {"low": "all units in low precision (the budget held without fallback)",
                "mixed": f"mixed: {len(block['kept_fp32'])} of {block['units']} units kept in float",
-               "high": f"all units in float ({block.get('why', '')})"}[block["shipped"]]
+               "high": f"all units in float ({block.get('why', '')})",
+               "dynamic": "dynamic int8 (faster than the searched static int8 graph, and within budget)"}[block["shipped"]]
     lines = ["## Mixed precision", "", f"Shipped: **{shipped}**."]
     if split:
         lines.append(f"Data: ranges from {split['calibration']['count']} calibration samples, search on "
@@ -42,6 +43,11 @@ def markdown_lines(compile_details: dict) -> list[str]:
     if block["shipped"] == "mixed":
         lines += ["", "Kept in float (pass back with `--keep-fp32 NAME` to pin them): "
                   + ", ".join(f"`{n}`" for n in block["kept_fp32"]) + "."]
+    ladder = block.get("ladder")
+    if ladder:
+        lines += ["", "| recipe | within budget (tuning split) | p50 ms (this host) |", "|---|---|---|"]
+        lines += [f"| {name}{' (shipped)' if name == ladder['chosen'] else ''} | {'yes' if row['passed'] else 'no'} | "
+                  f"{row['p50_ms']:.3f} |" for name, row in ladder["candidates"].items()]
     lines += ["", "| units in float | distance (1 = budget limit) | within budget | tuning split |", "|---|---|---|---|"]
     for point in search["curve"]:
         lines.append(f"| {point['kept']} | {point['distance']:.3f} | {'yes' if point['passed'] else 'no'} | "

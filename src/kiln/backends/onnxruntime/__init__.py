@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
-from kiln.fallback.tune import fall_back, split_for_search
+from kiln.fallback.tune import fall_back, fastest_within_budget, split_for_search
 from kiln.progress import report
 from kiln.passes.ml_ops import LINEAR_MODELS, lower_ml_ops
 from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer
@@ -87,12 +87,12 @@ class OnnxRuntimeBackend:
         if quant is not None:  # the quantizer sees no MatMul inside scikit-learn's linear models; ONNX Runtime runs
             # the other ml operators itself (and its quantizer trips on a lowered Scaler's per-feature Mul)
             current, details["ml_ops"] = lower_ml_ops(current, stage / "ml-lowered.onnx", LINEAR_MODELS)
-        tuning = None
+        tuning = uncorrected = None
         if quant is not None and quant.fallback is not None and calibration is not None:
             calibration, tuning, details["data_split"] = split_for_search(calibration)
         if quant is not None and quant.mode == "static" and calibration is not None:
             t0 = time.perf_counter()
-            corrected = stage / "bias_corrected.onnx"
+            corrected, uncorrected = stage / "bias_corrected.onnx", current
             details["bias_correction"] = correct_biases(current, corrected, calibration,
                                                         set(matching_nodes(model, quant.keep_fp32)))
             current = corrected
@@ -113,8 +113,19 @@ class OnnxRuntimeBackend:
                                      "seconds": round(time.perf_counter() - t0, 3)})
             if tuning is not None:
                 t0 = time.perf_counter()
-                details["mixed_precision"] = fall_back(graph.path, prepared, target, tuning, quant.fallback, settings,
-                                                       timed=True, progress=report)
+                details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning,
+                                                       quant.fallback, settings, timed=True, progress=report)
+                if quant.fallback.ladder:  # --precision auto: dynamic int8 (MiniLM's best recipe) competes
+                    dynamic = stage / "dynamic.onnx"
+                    quantize_dynamic_int8(uncorrected or current, dynamic, quant)
+                    ladder = fastest_within_budget(graph.path, tuning, quant.fallback, settings,
+                                                   {"static int8 (searched)": target, "dynamic int8": dynamic})
+                    details["mixed_precision"]["ladder"] = ladder
+                    if ladder["chosen"] == "dynamic int8":
+                        target.with_name(target.name + ".data").unlink(missing_ok=True)
+                        _copy_model(dynamic, target)
+                        details["mixed_precision"]["shipped"] = "dynamic"
+                        details["quantization"] = {**details["quantization"], "shipped_instead": "dynamic int8"}
                 details["steps"].append({"step": "fallback search", "seconds": round(time.perf_counter() - t0, 3)})
         else:
             _copy_model(current, target)

@@ -45,7 +45,7 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
 
     current, steps = graph.path, []
     quant = plan.quantization
-    tuning = split = None
+    tuning = split = uncorrected = None
     if quant.fallback is not None:
         calibration, tuning, split = split_for_search(calibration)
     if graph.hints.get("transformer") and quant.smooth_alpha:
@@ -57,14 +57,14 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
     elif plan.precision == "int8" and not graph.hints.get("transformer"):
         from kiln.passes.bias_correction import correct_biases
 
-        corrected = stage / "bias_corrected.onnx"
+        corrected, uncorrected = stage / "bias_corrected.onnx", current
         steps.append({"bias_correction": correct_biases(current, corrected, calibration)})
         current = corrected
     prepared = stage / "prepared.onnx" if tuning is not None else None
     details = quantize_for_tensorrt(current, target, calibration, plan.precision, quant.keep_fp32, prepared)
     if tuning is not None:  # scored on ONNX Runtime CPU, as the graph is checked; TensorRT's speed is the GPU's
         details["data_split"] = split
-        details["mixed_precision"] = fall_back(graph.path, prepared, target, tuning, quant.fallback,
+        details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning, quant.fallback,
                                                default_settings(plan.threads), timed=False, progress=report)
     return {**details, "before": steps}
 
