@@ -77,6 +77,8 @@ def test_the_planted_unit_is_ranked_first_kept_and_the_budget_holds(runs):
     assert gate["checked"] and gate["passed"], gate
     assert report["accuracy"]["outputs"]["output_1"]["cosine_min"] >= 0.995
     assert "## Mixed precision" in (runs[0][1] / "report.md").read_text()
+    page = (runs[0][1] / "report.html").read_text()
+    assert '<section id="mixed">' in page and 'aria-label="fallback search: units kept in float' in page
 
 
 def test_the_search_is_deterministic(runs):

@@ -12,6 +12,7 @@ import html
 import re
 
 from kiln.report import plots
+from kiln.report.mixed_precision import mixed_precision_block
 
 CSS = """
 :root{--ink:#1a1a1a;--mid:#5a5a5a;--line:#dcdcdc;--soft:#f6f6f5} *{box-sizing:border-box}
@@ -350,11 +351,25 @@ DETAIL_SECTIONS = (("latency", "Latency", _latency), ("per-op", "Where the time 
                    ("roofline", "Roofline", _roofline), ("accuracy", "Accuracy against the source model", _accuracy))
 
 
+def _mixed(report: dict) -> str:
+    """The fallback search (--precision auto / --fallback): its curve, the shipped point and the kept units."""
+    block, _ = mixed_precision_block(report.get("compile") or {})
+    search = block["search"]
+    chosen = search["chosen"]["kept"] if search.get("chosen") else None
+    text = (f'<p>Shipped: <strong>{e(block["shipped"])}</strong>; {search["evaluations"]} graphs evaluated in '
+            f'{search["seconds"]:.1f} s{" (cut short)" if search["timed_out"] else ""}.</p>')
+    if block["shipped"] == "mixed":
+        text += "<p>Kept in float: " + ", ".join(f"<code>{e(n)}</code>" for n in block["kept_fp32"]) + "</p>"
+    return _plot(plots.fallback_curve, search["curve"], chosen, block.get("tuning_share", 0.5)) + text
+
+
 def render_html(report: dict) -> str:
     """One artifact's report.json as a self-contained page."""
     model, target = (report.get("model") or {}).get("name", "model"), (report.get("target") or {}).get("name", "–")
     title = f"kiln report: {model} → {target} ({report.get('precision', '–')})"
-    parts = [("summary", "Summary", _summary), *DETAIL_SECTIONS, ("scatter", "Speed against accuracy", _scatter_single),
+    mixed = [("mixed", "Mixed precision", _mixed)] if mixed_precision_block(report.get("compile") or {})[0] else []
+    parts = [("summary", "Summary", _summary), *DETAIL_SECTIONS, *mixed,
+             ("scatter", "Speed against accuracy", _scatter_single),
              ("batch", "Batch size", _batch), ("cost", "Cost", _cost), ("notes", "Notes", _notes)]
     failed = report.get("status") == "failed"
     reason = f"the export failed: {(report.get('error') or {}).get('message', 'unknown error')}"

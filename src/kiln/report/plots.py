@@ -346,3 +346,30 @@ def batch_sweep(points: list[dict], budget_ms: float | None, best_batch: int | N
     right.legend(loc="upper left")
     fig.tight_layout(w_pad=2.5)
     return _svg(fig, "throughput and latency against batch size")
+
+
+@_styled
+def fallback_curve(points: list[dict], chosen: int | None, target: float = 0.5) -> str:
+    """The fallback search's trade-off: units kept in float against the distance to the budget on the tuning split
+    (1 = the budget's limit; a point passes at or below `target`, the margin left for unseen data)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(WIDTH, 3.6))
+    for passed, mark in ((False, dict(marker="o", markerfacecolor="white", markeredgecolor=INK)),
+                         (True, dict(marker="o", color=INK))):
+        chosen_points = [p for p in points if p["passed"] is passed]
+        ax.plot([p["kept"] for p in chosen_points], [p["distance"] for p in chosen_points], linestyle="none",
+                markersize=7, label="within budget" if passed else "over budget", **mark)
+    best = next((p for p in points if p["kept"] == chosen and p["passed"]), None)
+    if best is not None:
+        ax.plot(best["kept"], best["distance"], marker="*", markersize=18, color=INK, markeredgecolor="white",
+                linestyle="none", label="shipped point", zorder=5)
+    for level, text in ((1.0, "budget limit"), (target, "tuning-split target (margin for unseen data)")):
+        ax.axhline(level, color=INK if level == 1.0 else MID, linestyle=(0, (1, 2)), linewidth=1.1)
+        ax.annotate(text, (0.01, level), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                    textcoords="offset points", fontsize=8)
+    if max(p["distance"] for p in points) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("units kept in float")
+    ax.set_ylabel("distance to the reference (1 = budget)")
+    ax.legend(loc="best")
+    return _svg(fig, "fallback search: units kept in float against accuracy")
