@@ -3,6 +3,8 @@ run by the real ONNX Runtime before and after; the outputs must be the same, and
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,7 +20,8 @@ def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
-def _sklearn_cases():
+@functools.cache
+def _sklearn_cases():  # trained once for all the cases that read it
     from skl2onnx import to_onnx
     from sklearn.datasets import load_diabetes, load_iris
     from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge

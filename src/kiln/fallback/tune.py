@@ -9,7 +9,6 @@ scored is what ships, byte for byte.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -128,17 +127,11 @@ class _Evaluator:
         return Point(kept, distance, not failures and distance <= TUNING_SHARE, summary)
 
     def p50_ms(self, model: onnx.ModelProto, runs: int = TIMED_RUNS) -> float:
-        session = self._session(model)
-        inputs = [i.name for i in session.get_inputs()]
-        feed = {k: self.tuning.feeds[0][k] for k in inputs}
-        for _ in range(3):
-            session.run(None, feed)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - start) * 1000.0)
-        return float(np.median(times))
+        from kiln.backends.onnxruntime.fusion import median_latency_ms
+
+        inputs = {i.name for i in model.graph.input}
+        return median_latency_ms(model.SerializeToString(), self.settings,
+                                 {k: v for k, v in self.tuning.feeds[0].items() if k in inputs}, runs)
 
 
 def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_path: Path, tuning: Samples,

@@ -37,7 +37,7 @@ def fuse_transformer(src: Path, dst: Path, *, num_heads: int = 0, hidden_size: i
     return {op: counts[op] for op in FUSED_OPS if counts[op]}
 
 
-def median_latency_ms(model: Path, settings: dict, feed: Feed, runs: int = 20) -> float:
+def median_latency_ms(model: Path | bytes, settings: dict, feed: Feed, runs: int = 20) -> float:
     session = make_session(model, settings)
     for _ in range(5):
         session.run(None, feed)
