@@ -185,19 +185,7 @@ def efficientnet(work: Path) -> ModelSpec:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from kiln.calibration.images import list_images, preprocess
-    from kiln.config import ImagePreprocessing
-
-    work.mkdir(parents=True, exist_ok=True)
-    eval_dir, cal_dir = zoo.sample_images(work, "eval"), zoo.sample_images(work, "calibration")
-    prep = ImagePreprocessing(**zoo.EFFICIENTNET_PREPROCESSING)
-    evals = [preprocess(p, prep) for p in list_images(eval_dir)]
-    cals = [preprocess(p, prep) for p in list_images(cal_dir)]
-    model = zoo.efficientnet_lite0()
-    with torch.inference_mode():
-        reference = np.concatenate([model(torch.from_numpy(x)).numpy() for x in evals])
-    prob = np.exp(reference - reference.max(1, keepdims=True))
-    confident = (prob / prob.sum(1, keepdims=True)).max(1) >= 0.5
+    model, eval_dir, cal_dir, evals, cals, reference, confident = zoo.efficientnet_data(work)
 
     def agreement(run: Callable) -> str:
         out = np.concatenate([run({"images": x})[0] for x in evals])

@@ -37,6 +37,28 @@ def efficientnet_lite0():
     return model.eval()
 
 
+def efficientnet_data(work: Path):
+    """(model, eval_dir, cal_dir, eval arrays, calibration arrays, torch fp32 logits on eval, confident mask
+    (fp32 top-1 probability >= 0.5)): what every EfficientNet-Lite0 benchmark compares against."""
+    import numpy as np
+    import torch
+
+    from kiln.calibration.images import list_images, preprocess
+    from kiln.config import ImagePreprocessing
+
+    work.mkdir(parents=True, exist_ok=True)
+    eval_dir, cal_dir = sample_images(work, "eval"), sample_images(work, "calibration")
+    prep = ImagePreprocessing(**EFFICIENTNET_PREPROCESSING)
+    evals = [preprocess(p, prep) for p in list_images(eval_dir)]
+    cals = [preprocess(p, prep) for p in list_images(cal_dir)]
+    model = efficientnet_lite0()
+    with torch.inference_mode():
+        reference = np.concatenate([model(torch.from_numpy(x)).numpy() for x in evals])
+    prob = np.exp(reference - reference.max(1, keepdims=True))
+    confident = (prob / prob.sum(1, keepdims=True)).max(1) >= 0.5
+    return model, eval_dir, cal_dir, evals, cals, reference, confident
+
+
 def sample_images(folder: Path, kind: str = "eval") -> Path:
     """Write (once) and return a folder of scikit-image sample images: kind 'eval' or 'calibration'."""
     from kiln.calibration.sample_images import write_sample_images

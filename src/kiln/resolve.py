@@ -92,7 +92,7 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
 
 def _fallback(config: ExportConfig, spec: TargetSpec) -> tuple[ExportConfig, FallbackPlan]:
     """--precision auto (the target's int8) or --precision int8/fp8 --fallback: the request with its low precision,
-    and the search's plan. Needs a budget to search for; runs where the low precision is a Q/DQ ONNX graph."""
+    and the search's plan. Needs a budget to search for."""
     low = "int8" if config.precision == "auto" else config.precision
     if low not in ("int8", "fp8"):
         raise UsageError(f"--fallback applies to int8 and fp8, not {config.precision}",
@@ -101,10 +101,6 @@ def _fallback(config: ExportConfig, spec: TargetSpec) -> tuple[ExportConfig, Fal
         raise UsageError(f"--precision {'auto' if config.precision == 'auto' else low + ' --fallback'} needs an "
                          f"accuracy budget to search for", hint="add --min-cosine X, --max-top1-disagreement Y or "
                                                                 "--max-abs-error Z")
-    if spec.backend not in ("onnxruntime", "tensorrt"):
-        raise UnsupportedTargetError(f"per-unit fallback is not built for {spec.backend} yet (target '{spec.name}')",
-                                     hint="use --target onnxruntime or tensorrt, or --precision int8 with "
-                                          "--keep-fp32 NODE")
     return (config.model_copy(update={"precision": low}),
             FallbackPlan(budget=config.budget, outputs=config.budget.outputs, seconds=config.search_seconds,
                          ladder=config.precision == "auto"))

@@ -79,6 +79,23 @@ def _distance(metrics: dict, budget: AccuracyBudget) -> float:
     return worst + 1e-3 * gap
 
 
+def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], budget: AccuracyBudget,
+                  kept: tuple[str, ...] = ()) -> Point:
+    """A point from a graph's outputs on (a prefix of) the tuning split: within budget on the tuning split only
+    within TUNING_SHARE of its slack. Shared by every backend's evaluator."""
+    metrics = {}
+    for name in outputs:
+        refs = [r[name] for r in references[:len(gots)]]
+        if refs[0].dtype.kind not in "fc":
+            continue
+        metrics[name] = output_metrics(refs, [g[name] for g in gots], is_class_logits(name, refs[0].shape))
+    failures = gate(metrics, budget)
+    distance = _distance(metrics, budget)
+    summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement", "max_abs_error")
+                              if k in m} for n, m in metrics.items()}}
+    return Point(kept, distance, not failures and distance <= TUNING_SHARE, summary)
+
+
 class _Evaluator:
     """Runs graphs on the tuning split with the artifact's session settings and scores them against the float graph."""
 
@@ -113,18 +130,7 @@ class _Evaluator:
         return self.score(self.graph(kept), kept, count)
 
     def score(self, model: onnx.ModelProto, kept: tuple[str, ...] = (), count: int | None = None) -> Point:
-        gots = self._run(model, count)
-        metrics = {}
-        for name in self.outputs:
-            refs = [r[name] for r in self.references[:len(gots)]]
-            if refs[0].dtype.kind not in "fc":
-                continue
-            metrics[name] = output_metrics(refs, [g[name] for g in gots], is_class_logits(name, refs[0].shape))
-        failures = gate(metrics, self.budget)
-        distance = _distance(metrics, self.budget)
-        summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement", "max_abs_error")
-                                  if k in m} for n, m in metrics.items()}}
-        return Point(kept, distance, not failures and distance <= TUNING_SHARE, summary)
+        return score_outputs(self.references, self._run(model, count), self.outputs, self.budget, kept)
 
     def p50_ms(self, model: onnx.ModelProto, runs: int = TIMED_RUNS) -> float:
         from kiln.backends.onnxruntime.fusion import median_latency_ms
@@ -132,6 +138,17 @@ class _Evaluator:
         inputs = {i.name for i in model.graph.input}
         return median_latency_ms(model.SerializeToString(), self.settings,
                                  {k: v for k, v in self.tuning.feeds[0].items() if k in inputs}, runs)
+
+
+def node_flops(model: onnx.ModelProto, tuning: Samples) -> dict[str, int]:
+    """FLOPs per ONNX node at the tuning split's shapes: what keeping a unit in high precision costs, for ranking."""
+    from kiln.bench.flops import graph_costs
+
+    shapes = {k: tuple(v.shape) for k, v in tuning.feeds[0].items() if k in {i.name for i in model.graph.input}}
+    try:
+        return {name: cost.flops for name, _, cost in graph_costs(model, shapes)}
+    except Exception:  # the estimate is only a ranking aid: without it every unit costs the same
+        return {}
 
 
 def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_path: Path, tuning: Samples,
@@ -143,20 +160,12 @@ def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_p
     weights that match their smoothed inputs, fused Conv+BN). `timed`: measure p50 of the low, chosen and float
     graphs here (ONNX Runtime CPU is the target) and ship the float graph when mixed is not faster. Returns the
     report's `mixed_precision` block."""
-    from kiln.bench.flops import graph_costs
-
     budget, outputs, seconds = plan.budget, plan.outputs, plan.seconds
     uncorrected, float_path = float_paths
     float_model, qdq = onnx.load(str(float_path)), onnx.load(str(qdq_path))
     weights = float_weights(*([onnx.load(str(uncorrected))] if uncorrected else []), float_model)
     _unique_node_names(qdq)
-    shapes = {k: tuple(v.shape) for k, v in tuning.feeds[0].items()
-              if k in {i.name for i in float_model.graph.input}}
-    try:
-        flops = {name: cost.flops for name, _, cost in graph_costs(float_model, shapes)}
-    except Exception:  # the estimate is only a ranking aid: without it every unit costs the same
-        flops = {}
-    units = find_units(qdq, flops)
+    units = find_units(qdq, node_flops(float_model, tuning))
     evaluate = _Evaluator(onnx.load(str(reference_path)), weights, qdq, units, tuning, budget, outputs, settings)
     result = search(units, evaluate, seconds, progress,
                     sweep=evaluate.sweep if len(tuning) > SWEEP_SAMPLES else None)

@@ -25,7 +25,9 @@ def markdown_lines(compile_details: dict) -> list[str]:
         return []
     search = block["search"]
     shipped = {"low": "all units in low precision (the budget held without fallback)",
-               "mixed": f"mixed: {len(block['kept_fp32'])} of {block['units']} units kept in float",
+               "mixed": f"mixed: {len(block['kept_fp32'])} of {block['units']} units kept in float"
+                        + (" (their weights int8: as fast, and a smaller file)" if block.get("kept_weights") == "int8"
+                           else ""),
                "high": f"all units in float ({block.get('why', '')})",
                "dynamic": "dynamic int8 (faster than the searched static int8 graph, and within budget)"}[block["shipped"]]
     lines = ["## Mixed precision", "", f"Shipped: **{shipped}**."]
@@ -40,6 +42,10 @@ def markdown_lines(compile_details: dict) -> list[str]:
     if block.get("p50_ms"):
         t = block["p50_ms"]
         lines.append(f"p50 on this host: low {t['low']:.3f} ms, chosen {t['chosen']:.3f} ms, float {t['high']:.3f} ms.")
+    if block.get("int8_weights_rung"):
+        rung = block["int8_weights_rung"]
+        lines.append(f"The kept units with int8 weights (float activations): "
+                     f"{'within budget' if rung['passed'] else 'over budget'} on the tuning split ({_tuning(rung)}).")
     if block["shipped"] == "mixed":
         lines += ["", "Kept in float (pass back with `--keep-fp32 NAME` to pin them): "
                   + ", ".join(f"`{n}`" for n in block["kept_fp32"]) + "."]

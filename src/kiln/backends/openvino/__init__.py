@@ -50,6 +50,33 @@ def _fixed(declared: tuple, fixed: list | None) -> tuple:
     return tuple(d if size is None else size for d, size in zip(declared, fixed))
 
 
+def _quantize_with_fallback(model, onnx_source: Path, plan: Plan, calibration: Samples, transformer: bool,
+                            signature: Signature, details: dict):
+    """int8 with the units the search keeps in float (--precision auto / --fallback): ranges from half the calibration
+    data, the search on the other half, scored and timed on OpenVINO's CPU plugin (timed only when the target is
+    this CPU)."""
+    import onnx
+
+    from kiln.backends.openvino.fallback import fall_back
+    from kiln.backends.openvino.quantize import compress_quantized_weights
+    from kiln.fallback.tune import node_flops, split_for_search
+    from kiln.progress import report
+
+    ranges, tuning, details["data_split"] = split_for_search(calibration)
+    t0 = time.perf_counter()
+    quantized, details["quantization"] = quantize_int8(model, plan, ranges, transformer, float_weights=True)
+    details["steps"].append({"step": "nncf.quantize", "seconds": round(time.perf_counter() - t0, 3)})
+    t0 = time.perf_counter()
+    cpu = default_settings("CPU", "int8", plan.threads)["config"]
+    flops = node_flops(onnx.load(str(onnx_source)), tuning)
+    shipped, details["mixed_precision"] = fall_back(
+        model, quantized, tuning, plan.quantization.fallback, cpu, flops=flops, declared=signature.output_names,
+        timed=DEVICE[plan.device] == "CPU", progress=report)
+    compress_quantized_weights(shipped)
+    details["steps"].append({"step": "fallback search", "seconds": round(time.perf_counter() - t0, 3)})
+    return shipped
+
+
 class OpenVinoBackend:
     name = "openvino"
 
@@ -74,10 +101,15 @@ class OpenVinoBackend:
         if plan.precision == "int8":
             if calibration is None or not len(calibration):
                 raise ExportError("int8 needs calibration samples and none were loaded", hint="pass --calibration PATH")
-            model, details["quantization"] = quantize_int8(model, plan, calibration, bool(graph.hints.get("transformer")))
+            transformer = bool(graph.hints.get("transformer"))
+            if plan.quantization.fallback is None:
+                model, details["quantization"] = quantize_int8(model, plan, calibration, transformer)
+            else:
+                model = _quantize_with_fallback(model, source, plan, calibration, transformer, graph.signature,
+                                                details)
         elif plan.precision in ("int8-weights", "int4-weights"):
             model, details["quantization"] = compress_weights(model, plan)
-        if "quantization" in details:
+        if "quantization" in details and "mixed_precision" not in details:
             details["steps"].append({"step": details["quantization"]["tool"], "seconds": round(time.perf_counter() - t0, 3)})
         target = root / "openvino" / "model.xml"
         ov.save_model(model, str(target), compress_to_fp16=plan.precision == "fp16")

@@ -14,13 +14,15 @@ def kept_nodes(model, patterns: tuple[str, ...]) -> list[str]:
     return [n for n in names if any(p == n or p in n for p in patterns)]
 
 
-def quantize_int8(model, plan: Plan, calibration: Samples, transformer: bool) -> tuple:
-    """nncf.quantize on the calibration set; transformer mode with kiln's SmoothQuant alpha for transformers."""
+def quantize_int8(model, plan: Plan, calibration: Samples, transformer: bool, float_weights: bool = False) -> tuple:
+    """nncf.quantize on the calibration set; transformer mode with kiln's SmoothQuant alpha for transformers.
+    `float_weights`: weights stay float behind their FakeQuantize, so that the fallback search can revert units
+    (they are compressed to int8 once it is done)."""
     nncf = require("nncf", why="int8 quantization with OpenVINO")
     inputs = {n for i in model.inputs for n in i.get_names()}
     dataset = nncf.Dataset([{k: v for k, v in f.items() if k in inputs} for f in calibration.feeds])
     keep = kept_nodes(model, plan.quantization.keep_fp32)
-    kwargs = {}
+    kwargs, advanced = {}, {}
     alpha = plan.quantization.smooth_alpha
     if not transformer:
         # full bias correction: EfficientNet-Lite0 top-1 agreement 78 % -> 83 % (100 % where fp32 is confident)
@@ -28,13 +30,19 @@ def quantize_int8(model, plan: Plan, calibration: Samples, transformer: bool) ->
     if transformer:
         # NNCF's transformer default smooths MatMul inputs with alpha 0.95; 0.8 measured better on MiniLM
         # (minimum sentence cosine 0.984 -> 0.995), as with kiln's own smoothing for ONNX Runtime.
-        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                           AdvancedSmoothQuantParameters)
+        from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
 
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         if alpha:
-            kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
+            advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=alpha)
+    if float_weights:
+        from nncf.openvino.quantization.backend_parameters import BackendParameters
+
+        advanced["backend_params"] = {BackendParameters.COMPRESS_WEIGHTS: False}
+    if advanced:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
     if keep:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
     with quiet():
@@ -65,3 +73,10 @@ def compress_weights(model, plan: Plan) -> tuple:
     return compressed, {"mode": "weights", "tool": "nncf.compress_weights", "weights": mode.value,
                         "group_size": options.group_size, "ratio": options.ratio, "symmetric": options.symmetric,
                         "kept_fp32": keep}
+
+
+def compress_quantized_weights(model) -> None:
+    """Float weights behind FakeQuantize become int8 constants, as nncf.quantize leaves them by default."""
+    from nncf.openvino.quantization.quantize_model import compress_quantize_weights_transformation
+
+    compress_quantize_weights_transformation(model)
