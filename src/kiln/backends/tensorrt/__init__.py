@@ -65,8 +65,16 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
     if tuning is not None:  # scored on ONNX Runtime CPU, as the graph is checked; TensorRT's speed is the GPU's
         details["data_split"] = split
         details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning, quant.fallback,
-                                               default_settings(plan.threads), timed=False, progress=report)
+                                               graph_check_settings(plan), timed=False, progress=report)
     return {**details, "before": steps}
+
+
+def graph_check_settings(plan: Plan) -> dict:
+    """ONNX Runtime CPU settings that run the prepared graph (the check, and the fallback search's scoring)."""
+    settings = default_settings(plan.threads)
+    if plan.precision == "fp8":  # ORT 1.32's ClipQuantFusion rejects float8 zero points: run the graph as written
+        settings["graph_optimization_level"] = "ORT_DISABLE_ALL"
+    return settings
 
 
 def _build_engines(kit: Path, plan: Plan) -> dict:
@@ -139,12 +147,10 @@ class TensorRtBackend:
         details["engine"] = _build_engines(kit, plan)
         details["steps"].append({"step": "engine build", "seconds": round(time.perf_counter() - t0, 3)})
         shutil.rmtree(stage, ignore_errors=True)
-        settings = {**default_settings(plan.threads), "graph_check": "ONNX Runtime CPU runs the prepared graph"}
+        settings = {**graph_check_settings(plan), "graph_check": "ONNX Runtime CPU runs the prepared graph"}
         engine = details["engine"]
         if engine.get("built") and engine.get("builder") == "tensorrt":  # built on this GPU: run the engine itself
             settings["engine"] = f"engines/{engine['engines'][0]['file']}"
-        if plan.precision == "fp8":  # ORT 1.32's ClipQuantFusion rejects float8 zero points: run the graph as written
-            settings["graph_optimization_level"] = "ORT_DISABLE_ALL"
         return Compiled("tensorrt", root, target, signature, settings, details, time.perf_counter() - start)
 
     def runner(self, model: Path, signature: Signature, settings: dict):
