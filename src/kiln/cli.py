@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "split of the calibration data (--precision auto does this at the target's int8)")
     gate.add_argument("--search-seconds", type=float, default=150.0,
                       help="wall-clock limit of the fallback search; on timeout the best point within budget is used")
+    gate.add_argument("--tuning-margin", type=float, default=0.5,
+                      help="share of the budget's slack the search leaves unused on its tuning split, against the "
+                           "noise of a small split (0.5: cosine 0.99 is searched at 0.995; 0: at the budget, as "
+                           "NNCF's accuracy control does)"),
     gate.add_argument("--smooth-alpha", type=float, default=0.8,
                       help="int8 on transformers: SmoothQuant strength from calibration data (0 turns it off)")
     wc = ex.add_argument_group("weight-only precisions (int8-weights, int4-weights)")
@@ -290,6 +294,7 @@ def _export_config(args):
             budget=AccuracyBudget(min_cosine=args.min_cosine, max_top1_disagreement=args.max_top1_disagreement,
                                   max_abs_error=args.max_abs_error, outputs=tuple(args.gate_output)),
             keep_fp32=tuple(args.keep_fp32), fallback=args.fallback, search_seconds=args.search_seconds,
+            tuning_margin=args.tuning_margin,
             smooth_alpha=args.smooth_alpha,
             weight_compression=WeightCompression(group_size=args.group_size, ratio=args.ratio, symmetric=args.symmetric),
             compiled_cache=args.compiled_cache,

@@ -294,6 +294,7 @@ class ExportConfig(Frozen):
     keep_fp32: tuple[str, ...] = ()
     fallback: bool = False  # int8/fp8: search which units to keep in float so that the budget holds
     search_seconds: float = Field(default=150.0, gt=0)  # wall-clock limit of that search
+    tuning_margin: float = Field(default=0.5, ge=0.0, lt=1.0)  # share of the budget's slack kept free on the tuning split
     smooth_alpha: float = Field(default=0.8, ge=0.0, le=1.0)  # activation smoothing before int8; 0 turns it off
     weight_compression: WeightCompression = WeightCompression()
     compiled_cache: bool = False  # OpenVINO: ship the compiled-model cache for the measured device
@@ -330,6 +331,7 @@ class FallbackPlan(Frozen):
     outputs: tuple[str, ...] = ()  # filled in once the source's primary outputs are known; empty: all
     seconds: float = 150.0
     ladder: bool = False  # --precision auto: other recipes of the target (dynamic int8) compete with the search's
+    tuning_share: float = 0.5  # a point passes on the tuning split within this share of the budget's slack
 
 
 class QuantizationPlan(Frozen):

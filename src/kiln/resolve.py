@@ -103,6 +103,7 @@ def _fallback(config: ExportConfig, spec: TargetSpec) -> tuple[ExportConfig, Fal
                                                                 "--max-abs-error Z")
     return (config.model_copy(update={"precision": low}),
             FallbackPlan(budget=config.budget, outputs=config.budget.outputs, seconds=config.search_seconds,
+                         tuning_share=1.0 - config.tuning_margin,
                          ladder=config.precision == "auto"))
 
 

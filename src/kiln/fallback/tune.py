@@ -22,9 +22,9 @@ from kiln.passes.qdq_units import Unit, find_units, float_weights, restore_units
 from kiln.validate import gate, is_class_logits, output_metrics
 
 MIN_CALIBRATION = 4
-# A point passes on the tuning split only within this share of the budget's slack (cosine 0.99: 0.995): the tuning
-# split is small and its worst sample is not the evaluation set's (MiniLM: 0.990 on 50 tuning sentences, 0.986 on 400)
-TUNING_SHARE = 0.5
+# By default a point passes on the tuning split only within half the budget's slack (cosine 0.99: 0.995; --tuning-margin):
+# the tuning split is small and its worst sample is not the evaluation set's (MiniLM: 0.990 on 50 tuning sentences, 0.986
+# on 400), and a rate on 42 images has a standard error of about 4.5 points.
 SWEEP_SAMPLES = 16  # tuning samples the one-unit-at-a-time sensitivity sweep runs
 MAX_TUNING = 128
 TIMED_RUNS = 30
@@ -79,10 +79,10 @@ def _distance(metrics: dict, budget: AccuracyBudget) -> float:
     return worst + 1e-3 * gap
 
 
-def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], budget: AccuracyBudget,
+def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], budget: AccuracyBudget, share: float,
                   kept: tuple[str, ...] = ()) -> Point:
     """A point from a graph's outputs on (a prefix of) the tuning split: within budget on the tuning split only
-    within TUNING_SHARE of its slack. Shared by every backend's evaluator."""
+    within `share` of its slack. Shared by every backend's evaluator."""
     metrics = {}
     for name in outputs:
         refs = [r[name] for r in references[:len(gots)]]
@@ -93,44 +93,109 @@ def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], 
     distance = _distance(metrics, budget)
     summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement", "max_abs_error")
                               if k in m} for n, m in metrics.items()}}
-    return Point(kept, distance, not failures and distance <= TUNING_SHARE, summary)
+    return Point(kept, distance, not failures and distance <= share, summary)
 
 
-class _Evaluator:
-    """Runs graphs on the tuning split with the artifact's session settings and scores them against the float graph."""
+class TuningEvaluator:
+    """Scores graphs on the tuning split against the reference's outputs there. A backend supplies `graph(kept)` (the
+    low-precision graph with those units restored) and `_run(model, indices)` (its outputs on those tuning samples).
 
-    def __init__(self, reference: onnx.ModelProto, weights: dict, qdq: onnx.ModelProto,
-                 units: list[Unit], tuning: Samples, budget: AccuracyBudget, outputs: tuple[str, ...], settings: dict):
-        self.floats, self.qdq, self.units = weights, qdq, {u.name: u for u in units}
-        self.tuning, self.budget, self.settings = tuning, budget, settings
-        self.references = self._run(reference)
+    The one-unit sensitivity sweep runs on the SWEEP_SAMPLES samples the all-low graph gets most wrong (a flipped
+    top-1 first, then the lowest cosine), as NNCF ranks on its worst items: on the samples every unit gets right,
+    restoring a unit changes nothing the budget reads, and a sweep on them ranks units by noise."""
+
+    def __init__(self, tuning: Samples, plan: FallbackPlan):
+        self.tuning, self.budget, self.share = tuning, plan.budget, plan.tuning_share
+        outputs = plan.outputs
+        self.references = self._run(self.reference_model(), None)
         names = list(self.references[0])
         self.outputs = [n for n in (outputs or names) if n in names] or names
+        self._hardest: list[int] | None = None
+
+    def reference_model(self):
+        raise NotImplementedError
+
+    def graph(self, kept: tuple[str, ...]):
+        raise NotImplementedError
+
+    def _run(self, model, indices: list[int] | None) -> list[dict]:
+        raise NotImplementedError
+
+    def __call__(self, kept: tuple[str, ...]) -> Point:
+        return self.score(self.graph(kept), kept)
+
+    def score(self, model, kept: tuple[str, ...] = (), indices: list[int] | None = None) -> Point:
+        references = self.references if indices is None else [self.references[i] for i in indices]
+        gots = self._run(model, indices)
+        if self._hardest is None and indices is None and not kept:  # the all-low graph: its worst samples
+            self._hardest = hardest_samples(self.references, gots, self.outputs, SWEEP_SAMPLES)
+        return score_outputs(references, gots, self.outputs, self.budget, self.share, kept)
+
+    def sweep(self, kept: tuple[str, ...]) -> Point:
+        """A continuous score on the hardest SWEEP_SAMPLES tuning samples, for ranking units: the mean normalised
+        squared error of the gated outputs (NNCF's ranking score). The budget's own metric is too coarse there: a
+        top-1 rate on 16 samples moves in steps of 6 %, and ranked EfficientNet-Lite0's units by which flips a unit
+        happened to fix on the tuning split (86.9 % on the evaluation set, where NNCF's NMSE ranking gave 92.3 %
+        with as many units)."""
+        if self._hardest is None:
+            self(())
+        gots = self._run(self.graph(kept), self._hardest)
+        return Point(kept, normalised_error([self.references[i] for i in self._hardest], gots, self.outputs), False)
+
+
+def normalised_error(references: list[dict], gots: list[dict], outputs: list[str]) -> float:
+    """Mean over samples and float outputs of ||ref - got||^2 / ||ref||^2."""
+    values = []
+    for ref, got in zip(references, gots):
+        for name in outputs:
+            a = np.asarray(ref[name])
+            if a.dtype.kind not in "fc":
+                continue
+            a, b = a.astype(np.float64).ravel(), np.asarray(got[name], dtype=np.float64).ravel()
+            values.append(float(np.sum((a - b) ** 2)) / max(float(np.sum(a * a)), 1e-30))
+    return float(np.mean(values)) if values else 0.0
+
+
+def hardest_samples(references: list[dict], gots: list[dict], outputs: list[str], count: int) -> list[int]:
+    """Indices of the `count` samples furthest from the reference: a changed argmax first, then the lowest cosine
+    over the float outputs, in sample order among equals (deterministic)."""
+    def badness(i: int) -> tuple:
+        flips, gap = 0, 0.0
+        for name in outputs:
+            ref, got = np.asarray(references[i][name]), np.asarray(gots[i][name])
+            if ref.dtype.kind not in "fc":
+                continue
+            a, b = ref.ravel().astype(np.float64), got.ravel().astype(np.float64)
+            gap = max(gap, 1.0 - float(a @ b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-30))
+            flips += int(ref.ndim >= 1 and ref.size > 1 and np.argmax(a) != np.argmax(b))
+        return (-flips, -gap, i)
+
+    return sorted(sorted(range(len(references)), key=badness)[:count])
+
+
+class _Evaluator(TuningEvaluator):
+    """ONNX Runtime graphs (Q/DQ units restored), with the artifact's session settings, against the float graph."""
+
+    def __init__(self, reference: onnx.ModelProto, weights: dict, qdq: onnx.ModelProto,
+                 units: list[Unit], tuning: Samples, plan: FallbackPlan, settings: dict):
+        self.floats, self.qdq, self.units, self.settings = weights, qdq, {u.name: u for u in units}, settings
+        self._reference = reference
+        super().__init__(tuning, plan)
+
+    def reference_model(self) -> onnx.ModelProto:
+        return self._reference
 
     def graph(self, kept: tuple[str, ...]) -> onnx.ModelProto:
         return restore_units(self.qdq, [self.units[n] for n in kept], self.floats)
 
-    def _session(self, model: onnx.ModelProto):
+    def _run(self, model: onnx.ModelProto, indices: list[int] | None) -> list[dict]:
         from kiln.backends.onnxruntime.session import make_session
 
-        return make_session(model.SerializeToString(), self.settings)
-
-    def _run(self, model: onnx.ModelProto, count: int | None = None) -> list[dict]:
-        session = self._session(model)
+        session = make_session(model.SerializeToString(), self.settings)
         names = [o.name for o in session.get_outputs()]
         inputs = [i.name for i in session.get_inputs()]
-        return [dict(zip(names, session.run(None, {k: feed[k] for k in inputs})))
-                for feed in self.tuning.feeds[:count]]
-
-    def sweep(self, kept: tuple[str, ...]) -> Point:
-        """The same score on the first SWEEP_SAMPLES tuning samples: enough to rank units, at a fraction of the time."""
-        return self(kept, SWEEP_SAMPLES)
-
-    def __call__(self, kept: tuple[str, ...], count: int | None = None) -> Point:
-        return self.score(self.graph(kept), kept, count)
-
-    def score(self, model: onnx.ModelProto, kept: tuple[str, ...] = (), count: int | None = None) -> Point:
-        return score_outputs(self.references, self._run(model, count), self.outputs, self.budget, kept)
+        feeds = self.tuning.feeds if indices is None else [self.tuning.feeds[i] for i in indices]
+        return [dict(zip(names, session.run(None, {k: feed[k] for k in inputs}))) for feed in feeds]
 
     def p50_ms(self, model: onnx.ModelProto, runs: int = TIMED_RUNS) -> float:
         from kiln.backends.onnxruntime.fusion import median_latency_ms
@@ -160,19 +225,18 @@ def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_p
     weights that match their smoothed inputs, fused Conv+BN). `timed`: measure p50 of the low, chosen and float
     graphs here (ONNX Runtime CPU is the target) and ship the float graph when mixed is not faster. Returns the
     report's `mixed_precision` block."""
-    budget, outputs, seconds = plan.budget, plan.outputs, plan.seconds
+    seconds = plan.seconds
     uncorrected, float_path = float_paths
     float_model, qdq = onnx.load(str(float_path)), onnx.load(str(qdq_path))
     weights = float_weights(*([onnx.load(str(uncorrected))] if uncorrected else []), float_model)
     _unique_node_names(qdq)
     units = find_units(qdq, node_flops(float_model, tuning))
-    evaluate = _Evaluator(onnx.load(str(reference_path)), weights, qdq, units, tuning, budget, outputs, settings)
-    result = search(units, evaluate, seconds, progress,
-                    sweep=evaluate.sweep if len(tuning) > SWEEP_SAMPLES else None)
+    evaluate = _Evaluator(onnx.load(str(reference_path)), weights, qdq, units, tuning, plan, settings)
+    result = search(units, evaluate, seconds, progress, sweep=evaluate.sweep)
     final = result.chosen or result.best
     block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
              "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
-             "search_seconds_limit": seconds, "tuning_share": TUNING_SHARE}
+             "search_seconds_limit": seconds, "tuning_share": plan.tuning_share}
     if timed:
         low_ms = evaluate.p50_ms(qdq)
         high = evaluate.graph(tuple(evaluate.units))
@@ -214,8 +278,7 @@ def fastest_within_budget(reference_path: Path, tuning: Samples, plan: FallbackP
     """The recipe ladder above per-unit fallback (ONNX Runtime: the searched static int8 graph, dynamic int8): each
     candidate scored on the tuning split and timed, in this order, here; the fastest within budget wins (the first
     candidate when none is). Returns {"candidates": {name: figures}, "chosen": name}."""
-    evaluate = _Evaluator(onnx.load(str(reference_path)), {}, onnx.ModelProto(), [], tuning, plan.budget,
-                          plan.outputs, settings)
+    evaluate = _Evaluator(onnx.load(str(reference_path)), {}, onnx.ModelProto(), [], tuning, plan, settings)
     rows = {}
     for name, path in candidates.items():
         model = onnx.load(str(path))

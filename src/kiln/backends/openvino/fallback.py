@@ -20,8 +20,8 @@ import numpy as np
 
 from kiln.calibration import Samples
 from kiln.config import FallbackPlan
-from kiln.fallback.search import Point, search
-from kiln.fallback.tune import SWEEP_SAMPLES, TUNING_SHARE, score_outputs
+from kiln.fallback.search import search
+from kiln.fallback.tune import TuningEvaluator
 from kiln.passes.qdq_units import Unit
 from kiln.quiet import quiet
 
@@ -41,7 +41,7 @@ class _Groups:
         from nncf.common.factory import build_graph
         from nncf.common.utils.backend import get_backend
         from nncf.quantization.algorithms.accuracy_control.algorithm import get_algo_backend
-        from nncf.quantization.algorithms.accuracy_control.ranker import Ranker
+        from nncf.quantization.algorithms.accuracy_control.ranker import GroupToRank, Ranker
 
         self.quantized = quantized
         self.backend = get_algo_backend(get_backend(quantized))
@@ -55,10 +55,16 @@ class _Groups:
                     self.backend.get_bias_value(node, initial, float_model)
         ranker = Ranker(1, None, self.backend, None, 1)
         groups = ranker.find_groups_of_quantizers_to_rank(self.graph)
-        self.groups: dict[str, object] = {}
-        for group in reversed(groups):  # NNCF walks from the outputs; units are listed in graph order
+        # NNCF walks from the outputs; units are listed in graph order. Groups that share their first op (an Add's
+        # two input quantizers) are one unit: restoring every unit must give the float model back.
+        self.groups: dict[str, GroupToRank] = {}
+        for group in reversed(groups):
             name = unit_name(group.operations[0].node_name) if group.operations else group.quantizers[0].node_name
-            self.groups.setdefault(name, group)
+            if name in self.groups:
+                held = self.groups[name]
+                group = GroupToRank(held.quantizers + [q for q in group.quantizers if q not in held.quantizers],
+                                    held.operations + [o for o in group.operations if o not in held.operations])
+            self.groups[name] = group
 
     def units(self, flops: dict[str, int]) -> list[Unit]:
         return [Unit(name, tuple(unit_name(op.node_name) for op in g.operations),
@@ -82,44 +88,40 @@ class _Groups:
                 self.backend.is_node_with_weight, self.backend.get_weight_tensor_port_ids)
 
 
-class _Evaluator:
-    """Runs OpenVINO models on the tuning split on the CPU plugin, scored against the float model's outputs."""
+class _Evaluator(TuningEvaluator):
+    """OpenVINO models on the tuning split on the CPU plugin, scored against the float model's outputs."""
 
     def __init__(self, float_model, groups: _Groups, tuning: Samples, plan: FallbackPlan, config: dict,
                  declared: tuple[str, ...]):
         import openvino as ov
 
-        self.core, self.config, self.groups = ov.Core(), config, groups
-        self.tuning, self.budget, self.declared = tuning, plan.budget, declared
+        self.core, self.config, self.groups, self.declared = ov.Core(), config, groups, declared
+        self.float_model = float_model
         self.inputs = {n for i in float_model.inputs for n in i.get_names()}
-        self.references = self._run(float_model)
-        names = list(self.references[0])
-        self.outputs = [n for n in (plan.outputs or names) if n in names] or names
+        super().__init__(tuning, plan)
+
+    def reference_model(self):
+        return self.float_model
+
+    def graph(self, kept: tuple[str, ...]):
+        return self.groups.model(kept)
 
     def _compiled(self, model):
         with quiet():
             return self.core.compile_model(model, "CPU", self.config)
 
-    def _run(self, model, count: int | None = None) -> list[dict]:
+    def _run(self, model, indices: list[int] | None) -> list[dict]:
         from kiln.backends.openvino.session import port_name
 
         compiled = self._compiled(model)
         request = compiled.create_infer_request()
         names = [port_name(o, self.declared) for o in compiled.outputs]
+        feeds = self.tuning.feeds if indices is None else [self.tuning.feeds[i] for i in indices]
         results = []
-        for feed in self.tuning.feeds[:count]:
+        for feed in feeds:
             out = request.infer({k: v for k, v in feed.items() if k in self.inputs})
             results.append({n: np.array(out[port]) for n, port in zip(names, compiled.outputs)})
         return results
-
-    def score(self, model, kept: tuple[str, ...] = (), count: int | None = None) -> Point:
-        return score_outputs(self.references, self._run(model, count), self.outputs, self.budget, kept)
-
-    def __call__(self, kept: tuple[str, ...], count: int | None = None) -> Point:
-        return self.score(self.groups.model(kept), kept, count)
-
-    def sweep(self, kept: tuple[str, ...]) -> Point:
-        return self(kept, SWEEP_SAMPLES)
 
     def p50_ms(self, model, runs: int = TIMED_RUNS) -> float:
         compiled = self._compiled(model)
@@ -143,12 +145,11 @@ def fall_back(float_model, quantized, tuning: Samples, plan: FallbackPlan, confi
     groups = _Groups(float_model, quantized)
     units = groups.units(flops)
     evaluate = _Evaluator(float_model, groups, tuning, plan, config, declared)
-    result = search(units, evaluate, plan.seconds, progress,
-                    sweep=evaluate.sweep if len(tuning) > SWEEP_SAMPLES else None)
+    result = search(units, evaluate, plan.seconds, progress, sweep=evaluate.sweep)
     final = result.chosen or result.best
     block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
              "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
-             "search_seconds_limit": plan.seconds, "tuning_share": TUNING_SHARE,
+             "search_seconds_limit": plan.seconds, "tuning_share": plan.tuning_share,
              "tool": "nncf accuracy-control groups and revert, kiln search, scored on OpenVINO CPU"}
     shipped = groups.model(final.kept)
     if final.kept and result.chosen is not None:  # the middle rung: the kept units' weights stay int8
