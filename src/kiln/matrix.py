@@ -23,6 +23,7 @@ from kiln.config import ExportConfig
 from kiln.errors import AccuracyGateError, KilnError, MissingDependencyError, UnsupportedTargetError, UsageError
 from kiln.pipeline import build, prepare, rejected_path, resolve_plan
 from kiln.progress import Progress
+from kiln.report.mixed_precision import mixed_precision_block
 from kiln.targets import detect_host
 
 COMPARISON_SCHEMA = "kiln.comparison/1"
@@ -53,12 +54,13 @@ def budget_of(config: ExportConfig) -> dict:
     return {"min_cosine": b.min_cosine, "max_top1_disagreement": b.max_top1_disagreement, "given": True}
 
 
-def _accuracy(report: dict, primary: tuple) -> tuple[str | None, float | None]:
-    """(metric, value) for the matrix: top-1 agreement for classifiers, else the worst cosine of the primary outputs."""
+def _accuracy(report: dict, primary: tuple, budget: dict) -> tuple[str | None, float | None]:
+    """(metric, value) for the matrix: top-1 agreement for classifiers when the budget limits it, else the worst
+    cosine of the primary outputs (a cosine budget on outputs that look like logits is judged by cosine)."""
     outputs = (report.get("accuracy") or {}).get("outputs", {})
     chosen = {n: m for n, m in outputs.items() if not primary or n in primary} or outputs
     logits = [m["top1_agreement"] for m in chosen.values() if m.get("class_logits") and "top1_agreement" in m]
-    if logits:
+    if logits and (budget.get("max_top1_disagreement") is not None or budget.get("min_cosine") is None):
         return "top1_agreement", min(logits)
     rows = [m for m in chosen.values() if "cosine_min" in m]
     cosines = [m["cosine_min"] for m in rows]
@@ -83,9 +85,10 @@ def _cell(target: str, precision: str, out: Path, status: str, reason: str | Non
                             "exit_code": exit_code, "out": str(out), "report": None, "size_mib": None,
                             "accuracy_metric": None, "accuracy": None, "meets_budget": False, "p50_ms": None,
                             "p99_ms": None, "throughput_per_s": None, "speedup_vs_source": None,
-                            "execution_precision": None, "cost_per_million": None, "recommended": False}
+                            "execution_precision": None, "cost_per_million": None, "recommended": False,
+                            "mixed_precision": None}
     if report is not None:
-        metric, value = _accuracy(report, primary)
+        metric, value = _accuracy(report, primary, budget or {})
         lat = report.get("latency_ms") or {}
         where = out if status == "ok" else rejected_path(out)
         cell.update(report=f"{where.name}/report.json", size_mib=report["size"]["model_mib"], accuracy_metric=metric,
@@ -94,6 +97,10 @@ def _cell(target: str, precision: str, out: Path, status: str, reason: str | Non
                     speedup_vs_source=report.get("speedup_vs_source"),
                     execution_precision=report.get("execution_precision"),
                     cost_per_million=(report.get("cost") or {}).get("artifact_per_million"))
+        block, _ = mixed_precision_block(report.get("compile") or {})
+        if block:
+            cell["mixed_precision"] = {"shipped": block["shipped"], "kept_fp32": len(block["kept_fp32"]),
+                                       "units": block["units"]}
     return cell
 
 
@@ -178,7 +185,7 @@ def _run_cell(cfg, plan, backend, host, prepared, progress, budget, debug) -> di
     clean_leftovers(cfg.out)
     created = missing_parents(cfg.out)
     staged = staging_dir(cfg.out)
-    primary = prepared.primary
+    primary = cfg.budget.outputs or prepared.primary  # the outputs the gate reads (--gate-output), as the cell's gate
     try:
         result = build(cfg, plan, backend, host, staged, prepared, progress, time.perf_counter())
         return _cell(plan.target, cfg.precision, cfg.out, "ok", report=result.report, primary=primary, budget=budget)

@@ -159,3 +159,29 @@ def test_requests_it_cannot_serve_are_one_line(tmp_path, crops, args, code, need
                      "--no-bench", "--quiet", *args)
     error_line(result, code, *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_matrix_takes_auto_and_can_recommend_a_searched_cell(tmp_path, crops):
+    """`--precision int8,auto` on ONNX Runtime and OpenVINO: the auto cells are searched like single exports, say what
+    they shipped in comparison.json (schema-valid) and comparison.md, and compete for the recommendation like any
+    other cell; here plain int8 misses the budget on both targets, so only an auto cell can be recommended."""
+    from kiln.schemas import validate_document
+
+    out = tmp_path / "cmp"
+    result = run_cli("export", SOURCE, *INPUT, "--target", "onnxruntime,openvino", "--precision", "int8,auto",
+                     "--min-cosine", "0.98", "--gate-output", "output_1", "--calibration", crops, "--eval", crops,
+                     "--out", out, "--no-analysis", "--quiet", "--warmup", "2", "--runs", "10", "--min-seconds", "0")
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert validate_document(comparison, "comparison") == []
+    cells = {(c["target"], c["precision"]): c for c in comparison["cells"]}
+    for target in ("onnxruntime-cpu", "openvino-cpu"):
+        plain, auto = cells[(target, "int8")], cells[(target, "auto")]
+        assert plain["status"] == "rejected" and plain["mixed_precision"] is None, plain
+        assert auto["status"] == "ok" and auto["meets_budget"], auto
+        assert auto["mixed_precision"]["shipped"] in ("mixed", "high", "dynamic", "low"), auto
+        assert auto["mixed_precision"]["units"] > 0
+    recommended = comparison["recommendation"]
+    assert recommended is not None and recommended["precision"] == "auto", recommended
+    markdown = (out / "comparison.md").read_text()
+    assert "| auto (" in markdown

@@ -11,6 +11,17 @@ def _status(cell: dict) -> str:
     return "ok" if cell["status"] == "ok" else f"{cell['status']}: {cell['reason']}"
 
 
+def precision_label(cell: dict) -> str:
+    """The cell's precision, and for a searched mixed-precision cell (auto) what it shipped."""
+    mixed = cell.get("mixed_precision")
+    if not mixed:
+        return cell["precision"]
+    shipped = {"mixed": f"mixed, {mixed['kept_fp32']} of {mixed['units']} units float",
+               "low": "all units low precision", "high": "all float: mixed was not faster",
+               "dynamic": "dynamic int8"}.get(mixed["shipped"], mixed["shipped"])
+    return f"{cell['precision']} ({shipped})"
+
+
 def _accuracy(cell: dict) -> str:
     if cell["accuracy"] is None:
         return "–"
@@ -30,7 +41,7 @@ def render_comparison_markdown(comparison: dict) -> str:
     for c in comparison["cells"]:
         mark = "★" if c["recommended"] else ""
         size = None if c["size_mib"] is None else c["size_mib"] * 2**20 / 1e6
-        lines.append(f"| {mark} | {c['target']} | {c['precision']} | {_status(c)} | {_num(size)} | {_accuracy(c)} | "
+        lines.append(f"| {mark} | {c['target']} | {precision_label(c)} | {_status(c)} | {_num(size)} | {_accuracy(c)} | "
                      f"{_num(c['p50_ms'])} | {_num(c['p99_ms'])} | {_num(c['throughput_per_s'], '.1f')} | "
                      f"{_num(c['speedup_vs_source'], '.2f')}{'x' if c['speedup_vs_source'] else ''} | "
                      f"{c['execution_precision'] or '–'} | {_num(c['cost_per_million'], '.3g')} |")

@@ -12,6 +12,7 @@ import html
 import re
 
 from kiln.report import plots
+from kiln.report.comparison import precision_label
 from kiln.report.mixed_precision import mixed_precision_block
 
 CSS = """
@@ -381,7 +382,7 @@ def render_html(report: dict) -> str:
 # --- the comparison matrix -------------------------------------------------------------------------------------
 
 def _label(cell: dict) -> str:
-    return f"{cell.get('target')}/{cell.get('precision')}"
+    return f"{cell.get('target')}/{precision_label(cell) if cell.get('precision') else None}"
 
 
 def _slug(cell: dict) -> str:
