@@ -61,7 +61,7 @@ def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seco
            sweep: Callable[[tuple[str, ...]], Point] | None = None) -> SearchResult:
     """Run the search; `evaluate(kept)` measures the graph with those units restored on the tuning split, `sweep`
     (default: evaluate) scores it for the one-unit-at-a-time sensitivity sweep (lower is better; a continuous
-    error on the hardest samples in practice)."""
+    error on a few tuning samples in practice, see TuningEvaluator.sweep)."""
     start = time.perf_counter()
     cost = unit_costs(units)
     names = [u.name for u in units]
