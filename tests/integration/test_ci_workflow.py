@@ -132,3 +132,16 @@ def test_compare_thresholds_with_noise(real_report, tmp_path, case, new, regress
     elif case == "slower but within the noise of a jittery run":
         se = 1.2533 * np.hypot(8.0 / np.sqrt(20) / 11.5, 0.5 / np.sqrt(200) / 10.0)
         assert latency["noise"] == pytest.approx(2 * se, rel=1e-6) and latency["allowed"] > latency["change"]
+
+
+@pytest.mark.parametrize("old_p50, new_p50, regression", [(0.010, 0.020, False), (0.010, 0.040, True)])
+def test_a_microsecond_slowdown_is_noise_not_a_regression(real_report, tmp_path, old_p50, new_p50, regression):
+    """+100 % of 10 µs is 10 µs: below kiln compare's 20 µs floor, scheduling noise; +300 % (30 µs) is a regression."""
+    old_path, new_path = tmp_path / "old.json", tmp_path / "new.json"
+    old_path.write_text(json.dumps(_report(real_report, old_p50, 0.0001, 200, 0.99, 0.98, 1.0)))
+    new_path.write_text(json.dumps(_report(real_report, new_p50, 0.0001, 200, 0.99, 0.98, 1.0)))
+    result = run_cli("compare", new_path, "--baseline", old_path, "--json")
+    latency = json.loads(result.stdout)["checks"][0]
+    assert latency["change"] > latency["allowed"]  # beyond the share and the noise either way
+    assert (latency["status"] == "regression") == regression and result.returncode == (4 if regression else 0)
+    assert regression or "scheduling noise" in latency["note"]
