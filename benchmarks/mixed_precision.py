@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -29,16 +28,6 @@ import numpy as np
 from benchmarks import zoo
 
 ROUNDS, PER_ROUND = 7, 50
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _export(out: Path, *args: str) -> dict:
@@ -65,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-disagreement", type=float, default=0.10)
     args = parser.parse_args(argv)
     import nncf
+
+    from kiln.targets import detect_host
     import openvino as ov
 
     work = args.work
@@ -137,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     block = _mixed(reports["kiln openvino auto"])
     same = _mixed(reports["kiln openvino auto --tuning-margin 0"])
-    print(f"\nEfficientNet-Lite0, OpenVINO CPU, budget top-1 disagreement <= {args.max_disagreement:.0%}; {_cpu()}, "
+    print(f"\nEfficientNet-Lite0, OpenVINO CPU, budget top-1 disagreement <= {args.max_disagreement:.0%}; {detect_host().cpu_model}, "
           f"{len(evals)} evaluation images, {ROUNDS}x{PER_ROUND} runs interleaved\n")
     print("| variant | p50 ms | speed vs kiln int8 | top-1 agreement (confident) | search |")
     print("|---|---|---|---|---|")

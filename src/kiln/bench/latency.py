@@ -16,6 +16,19 @@ from kiln.config import BenchSettings
 PERCENTILES = (50, 90, 95, 99)
 
 
+def median_ms(run, runs: int, warmup: int = 5) -> float:
+    """Median wall time of `run()` over `runs` calls after `warmup` untimed ones, in milliseconds: the quick timing
+    that compile-time decisions (fusion on or off, mixed or float) are made on."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        run()
+        times.append(time.perf_counter_ns() - start)
+    return float(np.median(times)) / 1e6
+
+
 def _rss() -> int:
     import psutil
 

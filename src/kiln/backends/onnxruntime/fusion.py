@@ -6,10 +6,8 @@ Kept only when they help: the fused and plain graphs are timed back to back, and
 from __future__ import annotations
 
 import collections
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from kiln.backends.onnxruntime.session import make_session
@@ -38,15 +36,10 @@ def fuse_transformer(src: Path, dst: Path, *, num_heads: int = 0, hidden_size: i
 
 
 def median_latency_ms(model: Path | bytes, settings: dict, feed: Feed, runs: int = 20) -> float:
+    from kiln.bench.latency import median_ms
+
     session = make_session(model, settings)
-    for _ in range(5):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        session.run(None, feed)
-        times.append(time.perf_counter_ns() - start)
-    return float(np.median(times)) / 1e6
+    return median_ms(lambda: session.run(None, feed), runs)
 
 
 def faster_of(plain: Path, fused: Path, settings: dict, feed: Feed) -> tuple[bool, dict]:

@@ -14,8 +14,6 @@ only when it is faster than float.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from kiln.calibration import Samples
@@ -124,17 +122,11 @@ class _Evaluator(TuningEvaluator):
         return results
 
     def p50_ms(self, model, runs: int = TIMED_RUNS) -> float:
-        compiled = self._compiled(model)
-        request = compiled.create_infer_request()
+        from kiln.bench.latency import median_ms
+
+        request = self._compiled(model).create_infer_request()
         feed = {k: v for k, v in self.tuning.feeds[0].items() if k in self.inputs}
-        for _ in range(5):
-            request.infer(feed)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            request.infer(feed)
-            times.append((time.perf_counter() - start) * 1000.0)
-        return float(np.median(times))
+        return median_ms(lambda: request.infer(feed), runs)
 
 
 def fall_back(float_model, quantized, tuning: Samples, plan: FallbackPlan, config: dict, *, flops: dict[str, int],
