@@ -125,7 +125,8 @@ class TuningEvaluator:
     def score(self, model, kept: tuple[str, ...] = (), indices: list[int] | None = None) -> Point:
         references = self.references if indices is None else [self.references[i] for i in indices]
         gots = self._run(model, indices)
-        if self._hardest is None and indices is None and not kept:  # the all-low graph: its worst samples
+        if self._hardest is None and indices is None and not kept and self.budget.max_top1_disagreement is not None:
+            # the all-low graph: its worst samples, which a top-1 budget's sweep runs on
             self._hardest = hardest_samples(self.references, gots, self.outputs, SWEEP_SAMPLES)
         return score_outputs(references, gots, self.outputs, self.budget, self.share, kept)
 
