@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="share of the budget's slack the search leaves unused on its tuning split, against the "
                            "noise of a small split (0.5: cosine 0.99 is searched at 0.995; 0: at the budget, as "
                            "NNCF's accuracy control does)"),
-    gate.add_argument("--smooth-alpha", type=float, default=0.8,
-                      help="int8 on transformers: SmoothQuant strength from calibration data (0 turns it off)")
+    gate.add_argument("--smooth-alpha", type=float, default=None,
+                      help="int8 on transformers: SmoothQuant strength from calibration data (0 turns it off; "
+                           "default 0.8, or chosen on the tuning split when a TensorRT graph is searched per unit)")
     wc = ex.add_argument_group("weight-only precisions (int8-weights, int4-weights)")
     wc.add_argument("--group-size", type=int, help="int4: weights sharing one scale (default 128; -1: per channel)")
     wc.add_argument("--ratio", type=float, help="int4: share of weight layers in int4, the rest int8 (default 1.0)")

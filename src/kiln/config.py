@@ -295,7 +295,9 @@ class ExportConfig(Frozen):
     fallback: bool = False  # int8/fp8: search which units to keep in float so that the budget holds
     search_seconds: float = Field(default=150.0, gt=0)  # wall-clock limit of that search
     tuning_margin: float = Field(default=0.5, ge=0.0, lt=1.0)  # share of the budget's slack kept free on the tuning split
-    smooth_alpha: float = Field(default=0.8, ge=0.0, le=1.0)  # activation smoothing before int8; 0 turns it off
+    # activation smoothing before int8; 0 turns it off; None: kiln's default (0.8), or, when a TensorRT Q/DQ graph is
+    # searched per unit, the strength of resolve.SMOOTH_ALPHA_CHOICES that scores best on the tuning split
+    smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
     weight_compression: WeightCompression = WeightCompression()
     compiled_cache: bool = False  # OpenVINO: ship the compiled-model cache for the measured device
     tensorrt: TensorRTSettings = TensorRTSettings()
@@ -343,6 +345,7 @@ class QuantizationPlan(Frozen):
     activation_type: Literal["uint8", "int8"] = "uint8"
     keep_fp32: tuple[str, ...] = ()
     smooth_alpha: float | None = None  # SmoothQuant strength for transformer MatMuls; None: not applied
+    smooth_alpha_choices: tuple[float, ...] = ()  # when set: strengths tried on the tuning split, the best one used
     compression: WeightCompression | None = None  # weight-only modes: the resolved options
     fallback: FallbackPlan | None = None  # --precision auto / --fallback: units kept in float by search
 

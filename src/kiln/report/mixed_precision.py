@@ -38,7 +38,13 @@ def markdown_lines(compile_details: dict) -> list[str]:
     budget_note = "met" if block["budget_met_on_tuning"] else "NOT met by any point tried (the closest is shipped)"
     lines.append(f"Search: {search['evaluations']} graphs evaluated in {search['seconds']:.1f} s"
                  f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
-                 f"{budget_note}.")
+                 f"{budget_note}" + (f" (a point passes there within {block['tuning_share']:.0%} of the budget's slack)"
+                                     if "tuning_share" in block else "") + ".")
+    if block.get("smoothing_choice"):
+        choice = block["smoothing_choice"]
+        tried = ", ".join(f"{a}: {row['distance']:.3f}" for a, row in choice["candidates"].items())
+        lines.append(f"SmoothQuant strength {choice['chosen']:g}, chosen on the tuning split before the search (the "
+                     f"all-low-precision graph's distance to the budget at each strength tried: {tried}).")
     if block.get("p50_ms"):
         t = block["p50_ms"]
         lines.append(f"p50 on this host: low {t['low']:.3f} ms, chosen {t['chosen']:.3f} ms, float {t['high']:.3f} ms.")

@@ -45,14 +45,27 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
 
     current, steps = graph.path, []
     quant = plan.quantization
-    tuning = split = uncorrected = None
+    tuning = split = uncorrected = choice = None
     if quant.fallback is not None:
         calibration, tuning, split = split_for_search(calibration)
     if graph.hints.get("transformer") and quant.smooth_alpha:
         from kiln.passes.smooth_activations import smooth_activations
 
+        alpha = quant.smooth_alpha
+        if quant.smooth_alpha_choices and tuning is not None:
+            from kiln.fallback.smoothing import choose_alpha
+
+            def smoothed_graph(src: Path, dst: Path, samples: Samples, strength: float) -> None:
+                smooth_activations(src, dst.with_suffix(".smoothed.onnx"), samples, strength)
+                quantize_for_tensorrt(dst.with_suffix(".smoothed.onnx"), dst, samples, plan.precision,
+                                      quant.keep_fp32)
+                dst.with_suffix(".smoothed.onnx").unlink()
+
+            alpha, choice = choose_alpha(graph.path, current, calibration, tuning, quant.fallback,
+                                         graph_check_settings(plan), quant.smooth_alpha_choices, smoothed_graph,
+                                         stage, progress=report)
         smoothed = stage / "smoothed.onnx"
-        steps.append({"smoothing": smooth_activations(current, smoothed, calibration, quant.smooth_alpha)})
+        steps.append({"smoothing": smooth_activations(current, smoothed, calibration, alpha)})
         current = smoothed
     elif plan.precision == "int8" and not graph.hints.get("transformer"):
         from kiln.passes.bias_correction import correct_biases
@@ -66,6 +79,8 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
         details["data_split"] = split
         details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning, quant.fallback,
                                                graph_check_settings(plan), timed=False, progress=report)
+        if choice:
+            details["mixed_precision"]["smoothing_choice"] = choice
     return {**details, "before": steps}
 
 
