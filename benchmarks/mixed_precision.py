@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ ROUNDS, PER_ROUND = 7, 50
 
 def _export(out: Path, *args: str) -> dict:
     """One `kiln export` through the CLI (as users run it); its report, or a failure's report."""
+    for stale in (out, out.with_name(out.name + ".rejected")):  # a report left by an earlier run is not this run's
+        shutil.rmtree(stale, ignore_errors=True)
     command = [sys.executable, "-m", "kiln.cli", "export", "benchmarks.zoo:efficientnet_lite0", *zoo.EFFICIENTNET_CLI,
                "--out", str(out), "--no-bench", "--no-analysis", "--quiet", "--json", *args]
     result = subprocess.run(command, capture_output=True, text=True)
