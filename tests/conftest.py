@@ -18,10 +18,11 @@ sys.path.insert(0, str(REPO))  # benchmarks.zoo: the real models and data
 from benchmarks import zoo  # noqa: E402
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real `kiln` command in a subprocess, as a build script would."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real `kiln` command in a subprocess, as a build script would (`env`: variables added to ours)."""
     return subprocess.run([sys.executable, "-m", "kiln.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=timeout)
+                          cwd=cwd or REPO, timeout=timeout, env={**os.environ, **env} if env else None)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -54,9 +54,12 @@ class _Groups:
         ranker = Ranker(1, None, self.backend, None, 1)
         groups = ranker.find_groups_of_quantizers_to_rank(self.graph)
         # NNCF walks from the outputs; units are listed in graph order. Groups that share their first op (an Add's
-        # two input quantizers) are one unit: restoring every unit must give the float model back.
+        # two input quantizers) are one unit: restoring every unit must give the float model back. NNCF collects a
+        # group's operations in a set of nodes hashed by their text, so their order (and the unit's name, its first
+        # op) changed with Python's hash seed from run to run: they are put in graph order here.
         self.groups: dict[str, GroupToRank] = {}
         for group in reversed(groups):
+            group = GroupToRank(group.quantizers, sorted(group.operations, key=lambda op: op.node_id))
             name = unit_name(group.operations[0].node_name) if group.operations else group.quantizers[0].node_name
             if name in self.groups:
                 held = self.groups[name]
