@@ -31,8 +31,9 @@ from kiln.toolchain import toolchain_versions
 # Settings that shape the graph and the data fed to it (everything else is a later stage's concern).
 # Bumped when what a stage computes changes without a kiln version change (every later key derives from the export
 # key): 2 = shapes from data and probes (issue 14), opset conversion before Q/DQ, fp16 control flow;
-# 3 = ai.onnx.ml lowered for OpenVINO, TensorRT and int8, OpenVINO static-shape fallback.
-STAGE_LOGIC = 3
+# 3 = ai.onnx.ml lowered for OpenVINO, TensorRT and int8, OpenVINO static-shape fallback; 4 = OpenVINO fallback units
+# named by their first op in graph order (issue 15).
+STAGE_LOGIC = 4
 EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
                  "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 

@@ -279,12 +279,18 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 LADDER_RUNS = 100  # timed runs per candidate when whole recipes are compared
 
 
+def whole_graph_scorer(reference_path: Path, tuning: Samples, plan: FallbackPlan, settings: dict) -> _Evaluator:
+    """An evaluator with no units: `score(model)` and `p50_ms(model)` for whole graphs (recipes, smoothing strengths)
+    against the reference on the tuning split."""
+    return _Evaluator(onnx.load(str(reference_path)), {}, onnx.ModelProto(), [], tuning, plan, settings)
+
+
 def fastest_within_budget(reference_path: Path, tuning: Samples, plan: FallbackPlan, settings: dict,
                           candidates: dict[str, Path]) -> dict:
     """The recipe ladder above per-unit fallback (ONNX Runtime: the searched static int8 graph, dynamic int8): each
     candidate scored on the tuning split and timed, in this order, here; the fastest within budget wins (the first
     candidate when none is). Returns {"candidates": {name: figures}, "chosen": name}."""
-    evaluate = _Evaluator(onnx.load(str(reference_path)), {}, onnx.ModelProto(), [], tuning, plan, settings)
+    evaluate = whole_graph_scorer(reference_path, tuning, plan, settings)
     rows = {}
     for name, path in candidates.items():
         model = onnx.load(str(path))
