@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-disagreement", type=float, default=0.10)
     args = parser.parse_args(argv)
     import nncf
+    import openvino as ov
 
     from kiln.targets import detect_host
-    import openvino as ov
 
     work = args.work
     _, eval_dir, cal_dir, evals, cals, reference, confident = zoo.efficientnet_data(work)

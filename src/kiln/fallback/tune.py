@@ -242,7 +242,7 @@ def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_p
     final = result.chosen or result.best
     block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
              "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
-             "search_seconds_limit": seconds, "tuning_share": round(evaluate.share, 4)}
+             "search_seconds_limit": seconds, "tuning_share": plan.tuning_share}
     if timed:
         low_ms = evaluate.p50_ms(qdq)
         high = evaluate.graph(tuple(evaluate.units))

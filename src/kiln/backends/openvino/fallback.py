@@ -144,7 +144,7 @@ def fall_back(float_model, quantized, tuning: Samples, plan: FallbackPlan, confi
     final = result.chosen or result.best
     block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
              "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
-             "search_seconds_limit": plan.seconds, "tuning_share": round(evaluate.share, 4),
+             "search_seconds_limit": plan.seconds, "tuning_share": plan.tuning_share,
              "tool": "nncf accuracy-control groups and revert, kiln search, scored on OpenVINO CPU"}
     shipped = groups.model(final.kept)
     if final.kept and result.chosen is not None:  # the middle rung: the kept units' weights stay int8
