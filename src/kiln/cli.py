@@ -216,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--out", type=Path, help="where engines go (default: ARTIFACT/tensorrt/engines)")
     _output_options(bd)
 
+    bl = sub.add_parser("build-llama-cpp", help="build the pinned llama.cpp once for this CPU (for --target llama.cpp)",
+                        epilog=EPILOG)
+    bl.add_argument("--force", action="store_true", help="build again even if this CPU's build exists")
+    _output_options(bl)
+
     ve = sub.add_parser("verify", help="check an artifact folder or bundle against its manifest (and signature)",
                         epilog=EPILOG)
     ve.add_argument("artifact", type=Path, help="an artifact folder or a --bundle .tar.gz")
@@ -443,6 +448,22 @@ def _cmd_build_engine(args) -> int:
     return 0
 
 
+def _cmd_build_llama_cpp(args) -> int:
+    """llama.cpp from the pinned llama-cpp-python sdist: downloaded (hash checked), built, cached per CPU."""
+    from kiln.llamacpp.toolchain import build
+
+    result = build(force=args.force, quiet=args.quiet or args.json)
+    record = {"schema_version": "kiln.llama-cpp-build/1", "root": str(result.root),
+              **json.loads((result.root / "build.json").read_text())}
+    if args.json:
+        print(dumps(record))
+    elif not args.quiet:
+        v = record["versions"]
+        print(f"llama.cpp {v['llama_cpp_commit']} (llama-cpp-python {v['llama_cpp_python']}, ggml {v['ggml']}) "
+              f"for this CPU: {result.root}")
+    return 0
+
+
 def _cmd_verify(args) -> int:
     from kiln.artifact.bundle import extract_bundle
     from kiln.artifact.verify import verify
@@ -540,7 +561,7 @@ def _cmd_targets(args) -> int:
     for spec in CATALOGUE:
         ok, why = host_can_run(spec, host)
         rows.append({"name": spec.name, "aliases": list(spec.aliases), "backend": spec.backend, "device": spec.device,
-                     "precisions": list(spec.precisions), "available": spec.backend in BACKENDS,
+                     "precisions": list(spec.precisions), "available": spec.backend in BACKENDS or spec.backend == "llamacpp",
                      "runs_here": ok, "why_not": None if ok else why, "description": spec.description})
     if args.json:
         print(json.dumps({"schema_version": "kiln.targets/1", "host": host.fingerprint(), "targets": rows}, indent=2))
@@ -558,7 +579,7 @@ def _cmd_targets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets,
-               "build-engine": _cmd_build_engine, "verify": _cmd_verify, "compare": _cmd_compare, "cache": _cmd_cache,
+               "build-engine": _cmd_build_engine, "build-llama-cpp": _cmd_build_llama_cpp, "verify": _cmd_verify, "compare": _cmd_compare, "cache": _cmd_cache,
                "keygen": _cmd_keygen}[args.command]
     try:
         return handler(args)

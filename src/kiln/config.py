@@ -16,9 +16,11 @@ from kiln.errors import UsageError
 from kiln.errors import one_line as _shown
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
-Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8", "auto"]
+# q8_0 ... iq4_xs are llama.cpp's GGUF types (--target llama.cpp), named as llama-quantize names them, lower case
+Precision = Literal["fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8", "auto",
+                    "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-dynamic", "int8-weights", "int4-weights", "fp8",
-                               "auto")
+                               "auto", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "iq4_xs")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # used with fullmatch: `$` would accept a trailing newline
 

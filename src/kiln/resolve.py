@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kiln.config import ExportConfig, FallbackPlan, Plan, QuantizationPlan, TensorRTSettings, WeightCompression
 from kiln.errors import UnsupportedTargetError, UsageError
 from kiln.targets import Host, TargetSpec, find_target, host_can_run
@@ -16,6 +18,10 @@ SMOOTH_ALPHA_CHOICES = (0.8, 0.9, 1.0)
 
 def resolve(config: ExportConfig, host: Host) -> Plan:
     spec = find_target(config.target)
+    if spec.backend == "llamacpp":
+        raise UnsupportedTargetError(f"target '{spec.name}' takes decoder language models (a Hugging Face folder of a "
+                                     f"causal LM), and {Path(str(config.source)).name} is not one",
+                                     hint="use --target onnxruntime or --target openvino for this model")
     notes: list[str] = []
     trt = _tensorrt_settings(config, spec) if spec.backend == "tensorrt" else None
     if trt is not None:

@@ -23,18 +23,6 @@ from tests.conftest import run_cli
 FAST = ("--new-tokens", "8", "--generations", "1", "--prompts", "4", "--quiet", "--json")
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    return zoo.smollm2_folder(tmp_path_factory.mktemp("smollm2"))
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory, smollm2) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-decoders")
-    return {family: zoo.random_decoder_folder(root, family, tokenizer_from=smollm2)
-            for family in ("llama", "qwen2", "phi3", "mistral", "gpt2")}
-
-
 def export(source: Path, out: Path, *args) -> dict:
     result = run_cli("export", source, "--out", out, "--eval", zoo.EVAL_SENTENCES, *FAST, *args)
     assert result.returncode == 0, result.stderr

@@ -28,7 +28,7 @@ from kiln.llm.openvino_export import export_openvino
 from kiln.llm.measure import fidelity, reference_runs, speed
 from kiln.llm.report import LLM_REPORT_SCHEMA, render_llm_markdown
 from kiln.llm.runners import OpenVinoDecoder, OrtDecoder, TorchDecoder
-from kiln.llm.source import TOKENIZER_FILES, check_memory, load_model, read_spec
+from kiln.llm.source import SUPPORTED, TOKENIZER_FILES, check_memory, load_model, read_spec
 from kiln.targets import detect_host, find_target
 from kiln.toolchain import toolchain_versions
 
@@ -39,8 +39,10 @@ PPL_CHUNKS = 8
 REFERENCE_TOKENS = 32  # greedy continuation length compared per prompt
 
 
-def resolve_llm(config: ExportConfig, host) -> Plan:
+def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict) -> Plan:
     spec = find_target(config.target)
+    if spec.backend == "llamacpp":
+        return _resolve_llamacpp(config, host, spec, folder, cfg)
     if spec.backend not in BACKENDS or spec.device != "cpu":
         raise UnsupportedTargetError(f"language models are exported for CPU targets of {', '.join(BACKENDS)}; "
                                      f"'{spec.name}' is {spec.backend} on {spec.device}",
@@ -62,6 +64,38 @@ def resolve_llm(config: ExportConfig, host) -> Plan:
                 quantization=quant, threads=threads, measure=config.measure and ok_here,
                 measure_reason="" if config.measure else "--no-bench",
                 notes=("language model: fidelity is measured against the torch model in this process",))
+
+
+def _resolve_llamacpp(config: ExportConfig, host, spec, folder: Path, cfg: dict) -> Plan:
+    """llama.cpp: a float GGUF, or one quantized by llama-quantize; --calibration text makes the importance matrix
+    the k-quants use. Fails here, before any work, when llama.cpp is not built for this CPU."""
+    from kiln.llamacpp.convert import check_architecture
+    from kiln.llamacpp.quantize import GGUF_TYPES, USES_IMATRIX
+    from kiln.llamacpp.toolchain import find
+
+    if config.precision not in spec.precisions:
+        raise UnsupportedTargetError(f"target '{spec.name}' does not write precision '{config.precision}'",
+                                     hint=f"use one of {', '.join(spec.precisions)}")
+    if config.calibration is not None and config.calibration.path.suffix.lower() not in (".txt", ".text"):
+        raise UsageError(f"llama.cpp's importance matrix is computed from text; --calibration "
+                         f"{config.calibration.path.name} is not a .txt file", hint="pass a .txt file, one text a line")
+    check_architecture(find(), folder, cfg)
+    notes = ["language model: fidelity is measured against the torch model in this process, the GGUF run by "
+             "libllama (llama.cpp's own runtime)"]
+    quant = None
+    if config.precision in GGUF_TYPES:
+        imatrix = config.calibration is not None and config.precision in USES_IMATRIX
+        if config.calibration is not None and not imatrix:
+            notes.append(f"--calibration is not used: {GGUF_TYPES[config.precision]} takes no importance matrix")
+        quant = QuantizationPlan(mode="weights", weights=f"{GGUF_TYPES[config.precision]} (llama-quantize"
+                                 + (", importance matrix from the calibration text)" if imatrix else ")"),
+                                 activations="fp32 (llama.cpp's quantized kernels round them to 8 bits per dot "
+                                             "product)")
+    elif config.calibration is not None:
+        notes.append(f"--calibration is not used: {config.precision} is not quantized")
+    return Plan(target=spec.name, backend=spec.backend, device=spec.device, precision=config.precision,
+                quantization=quant, threads=config.threads or host.physical_cores, measure=config.measure,
+                measure_reason="" if config.measure else "--no-bench", notes=tuple(notes))
 
 
 def _texts(config: ExportConfig, tokenizer, spec) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, str]:
@@ -99,7 +133,7 @@ def run_llm(config: ExportConfig, folder: Path, cfg: dict, progress, started: fl
 
     host = detect_host()
     with progress.stage("resolve") as st:
-        plan = resolve_llm(config, host)
+        plan = resolve_llm(config, host, folder, cfg)
         check_output_path(config.out)
         check_output_path(rejected_path(config.out))
         clean_leftovers(config.out)
@@ -123,16 +157,19 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
                "ratio": config.weight_compression.ratio, "symmetric": config.weight_compression.symmetric
                if config.weight_compression.symmetric is not None else True}
     with progress.stage("load") as st:
-        spec = read_spec(folder, cfg)
+        spec = read_spec(folder, cfg, None if plan.backend == "llamacpp" else SUPPORTED)
         check_memory(spec, config.llm.max_memory, folder)
         model, tokenizer = load_model(folder, config.trust_remote_code)
         prompts, windows, speed_prompt, where = _texts(config, tokenizer, spec)
         st.result = (f"{spec.model_type}, {spec.parameters / 1e6:.1f} M parameters, {spec.layers} layers; "
                      f"{len(prompts)} prompts from {where}")
+    reference = TorchDecoder(model, plan.threads)
+    if plan.backend == "llamacpp":
+        return _build_gguf(config, plan, host, folder, cfg, staged, progress, started, spec, model, reference,
+                           prompts, windows, speed_prompt, where)
     with progress.stage("export") as st:
         record = _export(plan, model, spec, folder, cfg, work / "export")
-        st.result = record["exporter"] + (f", opset {record['opset']}" if record["opset"] else "") + ", " + "; ".join(
-            f"{c['inputs']}: {c['max_rel_error']:.1g}" for c in record["checks"])
+        st.result = _checks_line(record)
     inputs, outputs = spec.io_names()
     layout = {"past": inputs[3:], "present": outputs[1:], "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
               "layers": spec.layers, "vocab_size": spec.vocab_size,
@@ -160,7 +197,26 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
             return OrtDecoder(model_path, settings, layout)
         return OpenVinoDecoder(model_path, settings)
 
-    reference = TorchDecoder(model, plan.threads)
+    found, gate, bench, source = _measure(config, plan, spec, progress, reference, candidate, prompts, windows,
+                                          speed_prompt)
+    del model, reference
+    gc.collect()
+    with progress.stage("package") as st:
+        report, manifest = _package(config, plan, host, folder, cfg, staged, spec, record, details, settings,
+                                    model_rel, layout, found, gate, bench, source, weights, where, progress, started)
+        st.result = f"{report['size']['artifact_mib']:.1f} MiB"
+    return finish(config, staged, report, manifest, gate, progress)
+
+
+def _checks_line(record: dict) -> str:
+    return record["exporter"] + (f", opset {record['opset']}" if record["opset"] else "") + ", " + "; ".join(
+        f"{c['inputs']}: {c['max_rel_error']:.1g}" for c in record["checks"])
+
+
+def _measure(config, plan, spec, progress, reference, candidate, prompts, windows, speed_prompt, extra=None):
+    """The validate and bench stages, the same for every backend: fidelity against the torch model (`reference`),
+    the gate, then speed (and the torch model's, for the report's analysis). `extra(bench)` adds a backend's own
+    speed figures."""
     with progress.stage("validate") as st:
         references = reference_runs(reference, prompts, REFERENCE_TOKENS)
         found = fidelity(reference, candidate(), prompts, references, windows)
@@ -172,6 +228,8 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
     with progress.stage("bench") as st:
         if plan.measure:
             bench = speed(candidate, speed_prompt, config.llm.new_tokens, config.llm.rounds)
+            if extra is not None:
+                extra(bench)
             if config.report.analysis:
                 source = speed(lambda ref=reference: ref, speed_prompt, config.llm.new_tokens, config.llm.rounds)
                 source["resident_mib"] = spec.weight_bytes_fp32 / 2**20  # loaded before timing: its weights
@@ -180,13 +238,63 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
                          + (f"; torch eager {source['decode_tokens_per_s']:.1f} tokens/s" if source else ""))
         else:
             st.result = plan.measure_reason
+    return found, gate, bench, source
+
+
+def _build_gguf(config, plan, host, folder, cfg, staged, progress, started, spec, model, reference, prompts, windows,
+                speed_prompt, where):
+    """llama.cpp: convert and check (export), quantize (compile), then the same validate and bench as every
+    language model, the GGUF run by libllama."""
+    from kiln.llamacpp.decoder import LlamaCppDecoder
+    from kiln.llamacpp.stages import compile_gguf, export_gguf, llama_bench
+    from kiln.llamacpp.toolchain import find
+    from kiln.pipeline import finish
+
+    build = find()
+    with progress.stage("export") as st:
+        record = export_gguf(build, reference, folder, staged / ".work" / "export", plan.precision, plan.threads)
+        st.result = _checks_line(record)
+    with progress.stage("compile") as st:
+        calibration = _calibration_text(config, staged / ".work") if config.calibration else None
+        details = compile_gguf(build, Path(record.pop("master_path")), record["master"]["outtype"], staged,
+                               plan.precision, plan.threads, calibration)
+        model_path = staged / "model.gguf"
+        weights = model_path.stat().st_size
+        st.result = (f"{details['tool']}: {weights / 2**20:.1f} MiB, {details['gguf'].get('bits_per_weight', 0):.2f} "
+                     f"bits per weight")
+    n_ctx = max(512, config.sequence_length + config.llm.new_tokens + 8)
+    settings = {"n_threads": plan.threads, "n_ctx": n_ctx, "n_gpu_layers": 0}
+
+    def candidate():
+        return LlamaCppDecoder(build, model_path, plan.threads, n_ctx)
+
+    def runtime_bench(bench: dict) -> None:
+        bench["llama_bench"] = llama_bench(build, model_path, plan.threads, len(speed_prompt), config.llm.new_tokens,
+                                           config.llm.rounds)
+
+    found, gate, bench, source = _measure(config, plan, spec, progress, reference, candidate, prompts, windows,
+                                          speed_prompt, runtime_bench)
     del model, reference
     gc.collect()
+    layout = {"vocab_size": spec.vocab_size, "llama_cpp": build.versions()}
     with progress.stage("package") as st:
         report, manifest = _package(config, plan, host, folder, cfg, staged, spec, record, details, settings,
-                                    model_rel, layout, found, gate, bench, source, weights, where, progress, started)
+                                    "model.gguf", layout, found, gate, bench, source, weights, where, progress, started)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     return finish(config, staged, report, manifest, gate, progress)
+
+
+def _calibration_text(config: ExportConfig, work: Path) -> Path:
+    """The --calibration text as llama-imatrix reads it: the file's non-empty lines (up to its limit), one text."""
+    from kiln.calibration.text import read_lines
+
+    source = config.calibration
+    if not source.path.is_file():
+        raise UsageError(f"calibration text {source.path} is not a file", hint="pass a .txt file, one text a line")
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "calibration.txt"
+    path.write_text("\n".join(read_lines(source.path, source.limit)) + "\n", encoding="utf-8")
+    return path
 
 
 def _export(plan, model, spec, folder: Path, cfg: dict, out: Path) -> dict:
@@ -242,21 +350,32 @@ def _package(config, plan, host, folder, cfg, staged, spec, record, details, set
     from kiln.signature import read_signature
 
     shutil.rmtree(staged / ".work", ignore_errors=True)
-    (staged / "tokenizer").mkdir()
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            shutil.copyfile(folder / name, staged / "tokenizer" / name)
-    for name in ("config.json", "generation_config.json"):
-        if (folder / name).is_file():
-            shutil.copyfile(folder / name, staged / name)
-    shutil.copyfile(Path(__file__).parent / "device_generate.py", staged / "generate.py")
+    gguf = plan.backend == "llamacpp"
+    if not gguf:  # a GGUF file holds its tokenizer and generation settings
+        (staged / "tokenizer").mkdir()
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, staged / "tokenizer" / name)
+        for name in ("config.json", "generation_config.json"):
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, staged / name)
+    runner = Path(__file__).parent.parent / "llamacpp" / "generate.py" if gguf else Path(__file__).parent / \
+        "device_generate.py"
+    shutil.copyfile(runner, staged / "generate.py")
     runtime = {"backend": plan.backend, "model": model_rel, "settings": settings, "language_model": layout}
     write_json(staged / "runtime.json", runtime)
-    import onnx
+    toolchain = toolchain_versions()
+    if gguf:
+        io = {"inputs": [{"name": "tokens", "dtype": "int32", "shape": ["?"]}],
+              "outputs": [{"name": "logits", "dtype": "float32", "shape": ["?", spec.vocab_size]}]}
+        v = layout["llama_cpp"]
+        toolchain["llama_cpp"] = f"{v['llama_cpp_commit']} (llama-cpp-python {v['llama_cpp_python']}, ggml {v['ggml']})"
+    elif plan.backend == "onnxruntime":
+        import onnx
 
-    onnx_path = staged / "model.onnx" if plan.backend == "onnxruntime" else None
-    signature = read_signature(onnx.load(str(onnx_path), load_external_data=False)) if onnx_path else None
-    io = signature.to_dict() if signature else _openvino_io(staged / model_rel)
+        io = read_signature(onnx.load(str(staged / "model.onnx"), load_external_data=False)).to_dict()
+    else:
+        io = _openvino_io(staged / model_rel)
     stages = dict(progress.timings)
     stages["package"] = 0.0
     weights_in = list(folder.glob("*.safetensors")) + [folder / "config.json"]
@@ -296,7 +415,7 @@ def _package(config, plan, host, folder, cfg, staged, spec, record, details, set
         "export": {"exporter": record["exporter"], "opset": record["opset"],
                    "attempts": [{"exporter": a["exporter"], "ok": a["ok"]} for a in record["attempts"]],
                    "notes": record["notes"]},
-        "runtime": runtime, "toolchain": toolchain_versions(), "host": host.fingerprint(),
+        "runtime": runtime, "toolchain": toolchain, "host": host.fingerprint(),
         "summary": {"status": report["status"], "accuracy": {"next_token": {
             "cosine_min": found["logits_cosine_min"], "max_abs_error": None, "top1_agreement": found["greedy_agreement"]}},
             "accuracy_meaningful": not config.synthetic_data or config.evaluation is not None,

@@ -12,7 +12,30 @@ def _speed_rows(report: dict) -> list[str]:
             rows.append(f"| {label} | {block['ttft_ms']:.1f} | {block['decode_tokens_per_s']:.1f} | "
                         f"{block['token_latency_ms']['p50']:.2f} / {block['token_latency_ms']['p99']:.2f} | "
                         f"{block['resident_mib']:.0f} |")
+    llama = (report.get("bench") or {}).get("llama_bench")
+    if llama and "generation" in llama:
+        prompt = llama.get("prompt") or {}
+        rows.append(f"| llama-bench (llama.cpp's own loop, {llama['repetitions']} runs) | "
+                    + (f"prompt {prompt['tokens_per_s']:.0f} tokens/s" if prompt else "–")
+                    + f" | {llama['generation']['tokens_per_s']:.1f} | – | – |")
     return rows
+
+
+def _gguf_lines(compile_: dict) -> list[str]:
+    """The GGUF file: llama-quantize's type, the mix of tensor types it chose, the importance matrix."""
+    g = compile_["gguf"]
+    mix = ", ".join(f"{n} {t}" for t, n in sorted(g["tensor_types"].items(), key=lambda kv: -kv[1]))
+    lines = [f"- Compile: {compile_['tool']}: {g['bits_per_weight']:.2f} bits per weight; tensors {mix}"]
+    if g.get("fallback_tensors"):
+        lines.append(f"- {g['fallback_tensors']} tensors fell back to another type: their rows are not a multiple of "
+                     f"the k-quant block (256)")
+    if compile_.get("imatrix"):
+        m = compile_["imatrix"]
+        lines.append(f"- Importance matrix: llama-imatrix over the calibration text, {m['chunks']} chunks of "
+                     f"{m['context']} tokens ({m['seconds']:.1f} s); shipped as imatrix.gguf")
+    elif compile_.get("imatrix_skipped"):
+        lines.append(f"- Importance matrix: none ({compile_['imatrix_skipped']})")
+    return lines
 
 
 def render_llm_markdown(report: dict) -> str:
@@ -48,11 +71,17 @@ def render_llm_markdown(report: dict) -> str:
     if gate["checked"]:
         lines += ["", "Gate: " + ("passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"]))]
     compile_ = report["compile"]
+    gguf = "gguf" in compile_
+    checks = "; ".join(f"{c['inputs']} max rel error {c['max_rel_error']:.2g}" for c in report["export"]["checks"])
+    what = (f"a float GGUF master ({report['export']['master']['outtype']}) run by libllama" if gguf else
+            "one graph with the KV cache (past length 0 for the prompt)")
     lines += ["", "## What was done", "",
               f"- Export: {report['export']['exporter']}"
-              + (f", opset {report['export']['opset']}" if report["export"]["opset"] else "") + ", one graph with the KV "
-              "cache (past length 0 for the prompt); checked against torch: " +
-              "; ".join(f"{c['inputs']} max rel error {c['max_rel_error']:.2g}" for c in report["export"]["checks"]),
-              "- Compile: " + ", ".join(f"{k} {v}" for k, v in compile_.items() if k not in ("seconds", "nodes"))]
+              + (f", opset {report['export']['opset']}" if report["export"]["opset"] else "")
+              + f", {what}; checked against torch: {checks}"]
+    if gguf:
+        lines += _gguf_lines(compile_)
+    else:
+        lines.append("- Compile: " + ", ".join(f"{k} {v}" for k, v in compile_.items() if k not in ("seconds", "nodes")))
     lines += [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"

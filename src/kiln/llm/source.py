@@ -99,9 +99,11 @@ def _safetensors_parameters(folder: Path) -> int:
     return total
 
 
-def read_spec(folder: Path, cfg: dict) -> DecoderSpec:
+def read_spec(folder: Path, cfg: dict, supported: tuple[str, ...] | None = SUPPORTED) -> DecoderSpec:
+    """The sizes kiln needs; `supported` are the model types the target takes (None for llama.cpp, whose
+    converter says itself which architectures it knows)."""
     model_type = cfg.get("model_type", "?")
-    if model_type not in SUPPORTED:
+    if supported is not None and model_type not in supported:
         raise UsageError(f"{folder.name} is a '{model_type}' decoder; kiln exports {', '.join(SUPPORTED)} decoders",
                          hint="this architecture's cache layout has not been checked by kiln yet")
 

@@ -142,3 +142,12 @@ def find_target(name: str) -> TargetSpec:
             return spec
     known = ", ".join(sorted({s.name for s in CATALOGUE} | {a for s in CATALOGUE for a in s.aliases}))
     raise UsageError(f"unknown target '{name}'", hint=f"known targets: {known}; `kiln targets` lists them")
+
+# llama.cpp: decoder language models only, as one GGUF file. Precisions are llama-quantize's types, best first by the
+# measured quality per byte on SmolLM2 (docs/benchmarks.md), then the float masters.
+CATALOGUE += (
+    TargetSpec(name="llama.cpp", aliases=("llamacpp", "gguf", "llama-cpp"), backend="llamacpp",
+               description="llama.cpp on any CPU: one GGUF file of a decoder language model (k-quants by llama.cpp's "
+                           "own quantizer, an importance matrix from --calibration text)",
+               precisions=("q4_k_m", "q8_0", "q6_k", "q5_k_m", "q4_0", "iq4_xs", "fp16", "bf16", "fp32")),
+)
