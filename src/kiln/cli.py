@@ -565,7 +565,8 @@ def _cmd_targets(args) -> int:
     for spec in CATALOGUE:
         ok, why = host_can_run(spec, host)
         rows.append({"name": spec.name, "aliases": list(spec.aliases), "backend": spec.backend, "device": spec.device,
-                     "precisions": list(spec.precisions), "available": spec.backend in BACKENDS or spec.backend == "llamacpp",
+                     "precisions": list(spec.precisions),
+                     "available": spec.backend in BACKENDS or spec.backend == "llamacpp",  # language models only
                      "runs_here": ok, "why_not": None if ok else why, "description": spec.description})
     if args.json:
         print(json.dumps({"schema_version": "kiln.targets/1", "host": host.fingerprint(), "targets": rows}, indent=2))
@@ -583,8 +584,8 @@ def _cmd_targets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets,
-               "build-engine": _cmd_build_engine, "build-llama-cpp": _cmd_build_llama_cpp, "verify": _cmd_verify, "compare": _cmd_compare, "cache": _cmd_cache,
-               "keygen": _cmd_keygen}[args.command]
+               "build-engine": _cmd_build_engine, "build-llama-cpp": _cmd_build_llama_cpp, "verify": _cmd_verify,
+               "compare": _cmd_compare, "cache": _cmd_cache, "keygen": _cmd_keygen}[args.command]
     try:
         return handler(args)
     except KilnError as error:

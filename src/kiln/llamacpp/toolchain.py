@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import ExportError, MissingDependencyError
+from kiln.exporters.base import sha256_file
 
 LLAMA_CPP_PYTHON = "0.3.36"
 SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
@@ -132,7 +133,7 @@ def _download(into: Path, quiet: bool) -> Path:
         raise MissingDependencyError(f"could not download llama-cpp-python {LLAMA_CPP_PYTHON}: "
                                      f"{(result.stderr.strip().splitlines() or ['no output'])[-1][:200]}",
                                      hint="the build needs the Python package index")
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    digest = sha256_file(sdist)
     if digest != SDIST_SHA256:
         raise MissingDependencyError(f"{SDIST} has sha256 {digest[:16]}…, not the pinned {SDIST_SHA256[:16]}…",
                                      hint="check the package index you install from")

@@ -9,7 +9,6 @@ dequantized tensors loaded into it, as transformers' own GGUF loader does.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -69,11 +68,3 @@ def folder_from_gguf(path: Path, out: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

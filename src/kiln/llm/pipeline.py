@@ -154,7 +154,8 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
     work = staged / ".work"
     origin = {"kind": "huggingface", "location": str(folder), "name": folder.name, "gguf": None}
     if folder.suffix.lower() == ".gguf":  # read into a Hugging Face folder: every stage below then works on that
-        from kiln.llm.gguf_source import folder_from_gguf, sha256_file
+        from kiln.exporters.base import sha256_file
+        from kiln.llm.gguf_source import folder_from_gguf
 
         with progress.stage("source") as st:
             origin.update(kind="gguf", gguf=sha256_file(folder))

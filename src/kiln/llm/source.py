@@ -35,7 +35,7 @@ def read_config(folder: Path) -> dict:
 
 def language_model(source: str, task: str | None, trust_remote_code: bool) -> tuple[Path, dict] | None:
     """(folder, config) when `source` is a Hugging Face folder of a decoder-only model to export as one; (file,
-    config) for a GGUF file (its config from its metadata; the folder is made from it in the export's load stage)."""
+    config) for a GGUF file (its config from its metadata; the export makes the folder in its "source" stage)."""
     folder = Path(source)
     if folder.suffix.lower() == ".gguf" and folder.is_file() and task in (None, "text-generation"):
         from kiln.llm.gguf_source import gguf_config
