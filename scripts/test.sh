@@ -12,7 +12,12 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null; } || echo "test: could not install chromium; the browser tests will say so" >&2
 fi
 # llama.cpp for the GGUF tests: built once per CPU from the pinned sdist, cached outside the checkout
-# (~/.cache/kiln/llama.cpp; about 4 minutes on 2 cores)
+# (~/.cache/kiln/llama.cpp; about 4 minutes on 2 cores). Its build tools come from Debian when missing.
+if ! { command -v cmake && command -v ninja && command -v c++; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
+  echo "test: installing cmake, ninja and g++ (Debian) to build llama.cpp" >&2
+  $SUDO apt-get install -y -q cmake ninja-build g++ >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q cmake ninja-build g++ >/dev/null; }
+fi
 "$VENV/bin/kiln" build-llama-cpp
 "$VENV/bin/ruff" check src tests benchmarks scripts
 before=""
