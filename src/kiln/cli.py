@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     wc.add_argument("--ratio", type=float, help="int4: share of weight layers in int4, the rest int8 (default 1.0)")
     sym = wc.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
-                     help="symmetric weights (default for int4)")
+                     help="symmetric weights (default for int4, except language models: asymmetric)")
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false", help="asymmetric weights (default for int8)")
     lm = ex.add_argument_group("language models (Hugging Face decoder folders: Llama, Qwen2, Phi-3, Mistral)")
     lm.add_argument("--new-tokens", type=_number(int, 2), default=128, help="tokens decoded per timed generation "

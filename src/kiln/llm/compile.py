@@ -1,17 +1,20 @@
 """Weight-only precisions for the decoder graph: ONNX Runtime MatMulNBits, OpenVINO stateful IR + NNCF.
 
-ONNX Runtime: every MatMul with a constant weight becomes MatMulNBits, block-wise along the input dimension
-(`--block-size`: 32 for int4, 128 for int8), symmetric unless `--asymmetric`; `--accuracy-level` 4 lets the
-kernel compute in int8 with VNNI (no measurable fidelity cost on SmolLM2). For int4 the LM head goes to int8
-(measured on SmolLM2-135M: perplexity +26 % instead of +35 % with it in int4, for 3 % more bytes) and the token
-embedding becomes GatherBlockQuantized int4 unless `--keep-embeddings` (ONNX Runtime quantizes a Gather to 4
-bits only, so int8 keeps it in fp32). OpenVINO: the IR converted from PyTorch is made stateful with batch 1 (each
-past_key_values.N input paired with its present.N output becomes an internal variable, in the shape the CPU
-plugin fuses with attention: openvino_export.py), then NNCF
-`compress_weights`: int4 symmetric groups (`--group-size`, default the largest of 128/64/32 dividing the hidden
-size) with NNCF's default of int8 for the embedding and the LM head; int8: asymmetric per channel.
-"""
+int4 is asymmetric in blocks of 32 along the input dimension unless `--symmetric`/`--block-size`/`--group-size`
+say otherwise (measured on SmolLM2-135M: perplexity +22 % against +26-27 % for symmetric blocks). With
+`--calibration TEXT` the int4 weights come from NNCF's AWQ and scale estimation, a fifth of the layers int8
+(data_aware.py: +9.4 % on ONNX Runtime, +6.2 % on OpenVINO).
 
+ONNX Runtime: every MatMul with a constant weight becomes MatMulNBits (round to nearest), or a blocked int4
+DequantizeLinear that ONNX Runtime fuses into MatMulNBits when it loads the graph (NNCF's data-aware route);
+`--accuracy-level` 4 lets the kernel compute in int8 with VNNI (no measurable fidelity cost on SmolLM2). For int4
+the LM head goes to int8 (block 128; measured on SmolLM2-135M: perplexity +26 % instead of +35 % with it in int4,
+for 3 % more bytes) and the token embedding becomes GatherBlockQuantized int4 unless `--keep-embeddings` (ONNX
+Runtime quantizes a Gather to 4 bits only, so int8 keeps it in fp32). OpenVINO: the IR converted from PyTorch is
+made stateful with batch 1 (each past_key_values.N input paired with its present.N output becomes an internal
+variable, in the shape the CPU plugin fuses with attention: openvino_export.py), then NNCF `compress_weights`
+with NNCF's default of int8 for the embedding and the LM head; int8: asymmetric per channel.
+"""
 from __future__ import annotations
 
 import time
@@ -27,6 +30,7 @@ BITS = {"int4-weights": 4, "int8-weights": 8}
 # Block sizes measured on SmolLM2-135M here (docs/benchmarks.md): 32 keeps int4 greedy continuations closest
 # to fp32 at a small cost in bytes; int8 loses nothing measurable at 128.
 DEFAULT_BLOCK = {4: 32, 8: 128}
+SESSION_ACCURACY_LEVEL = "session.qdq_matmulnbits_accuracy_level"  # for the DequantizeLinear -> MatMulNBits fusion
 QUANTIZED_OPSET = 21
 
 
@@ -74,9 +78,9 @@ def untie_embeddings(model) -> int:
 
 
 def group_size_for(spec: DecoderSpec) -> int:
-    """NNCF's int4 groups must divide every layer's input channels: 128 where the hidden size allows it
-    (SmolLM2's 576 does not: 64)."""
-    return next(g for g in (128, 64, 32, 16, 8) if spec.hidden_size % g == 0 and spec.intermediate_size % g == 0)
+    """NNCF's int4 groups must divide every layer's input channels: 32 as on ONNX Runtime (measured on SmolLM2:
+    asymmetric groups of 32 +22 % perplexity, symmetric groups of 64 +27 %), else smaller."""
+    return next(g for g in (32, 16, 8) if spec.hidden_size % g == 0 and spec.intermediate_size % g == 0)
 
 
 def weight_bytes(model: Path) -> int:
@@ -85,8 +89,9 @@ def weight_bytes(model: Path) -> int:
     return model.stat().st_size + sum(p.stat().st_size for p in companions if p.is_file())
 
 
-def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict) -> dict:
-    """Write out/model.onnx (+ data) in `precision`; return what was done."""
+def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict, feeds: list[dict] | None = None) -> dict:
+    """Write out/model.onnx (+ data) in `precision`; return what was done. `feeds` (calibration prompts in the
+    graph's inputs) make int4 data-aware."""
     import shutil
 
     out.mkdir(parents=True, exist_ok=True)
@@ -101,9 +106,9 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict) -
     bits = BITS[precision]
     block = options.get("block_size") or DEFAULT_BLOCK[bits]
     level = options.get("accuracy_level", 4)
-    symmetric = options.get("symmetric", True)
+    symmetric = options.get("symmetric", bits == 8)
     # ONNX Runtime quantizes a Gather (GatherBlockQuantized) to 4 bits only: int8 keeps embeddings in fp32.
-    ops = ("MatMul",) if options.get("keep_embeddings") or bits != 4 else ("MatMul", "Gather")
+    embeddings = bits == 4 and not options.get("keep_embeddings")
     # The quantizer stamps opset 21 (int4 types) on the graph; ops whose signature changed since the export's
     # opset (ReduceMean's axes became an input in 18) must be converted first or the graph is invalid. The
     # converter serialises the model, so it runs on the structure alone (weights stay in the data file: a
@@ -114,34 +119,113 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict) -
     onnx.external_data_helper.load_external_data_for_model(model, str(graph.parent))
     untie_embeddings(model)
     head = lm_head(model)
+    method = "round to nearest"
+    if bits == 4 and feeds:
+        # NNCF first, on the fp32 graph it can run for its statistics; the LM head and the embedding stay for the
+        # passes below, which give them the formats ONNX Runtime has kernels for.
+        import nncf
+
+        from kiln.llm.data_aware import DATA_AWARE_RATIO, nncf_options
+
+        ratio = options.get("ratio") or DATA_AWARE_RATIO
+        tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0].endswith(".embedding")]
+        originals = _matmul_weights(model)
+        mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
+        with quiet():
+            model = nncf.compress_weights(model, mode=mode, group_size=block, ratio=ratio, **nncf_options(feeds),
+                                          ignored_scope=nncf.IgnoredScope(names=[n for n in [head, *tables] if n],
+                                                                          validate=False))
+        method = "AWQ + scale estimation (NNCF)"
+        int8_layers = _requantize_int8_layers(model, originals)
+    if bits == 4 and feeds and int8_layers:  # NNCF's int8 share (--ratio) in the int8 kernel ONNX Runtime has
+        first = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=level,
+                                     op_types_to_quantize=("MatMul",), nodes_to_include=int8_layers,
+                                     nodes_to_exclude=[n.name for n in model.graph.node
+                                                       if n.op_type == "MatMul" and n.name not in int8_layers])
+        with quiet():
+            first.process()
+        model = first.model.model
     if bits == 4 and head:
         # The LM head in int8 first (block 128): measured on SmolLM2, it halves the int4 perplexity loss of
         # quantizing it to int4 for 3 % more bytes; the int4 pass below then leaves it alone.
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head]
-        first = MatMulNBitsQuantizer(model, bits=8, block_size=128, is_symmetric=symmetric, accuracy_level=level,
+        first = MatMulNBitsQuantizer(model, bits=8, block_size=128, is_symmetric=True, accuracy_level=level,
                                      op_types_to_quantize=("MatMul",), nodes_to_exclude=others)
         with quiet():
             first.process()
         model = first.model.model
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
-                                     op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
-    with quiet():
-        quantizer.process()
-    quantized = quantizer.model.model
-    counts = {op: sum(n.op_type == op for n in quantized.graph.node)
-              for op in ("MatMulNBits", "GatherBlockQuantized", "MatMul", "Gather")}
+    ops = ("Gather",) if bits == 4 and feeds else ("MatMul", "Gather") if embeddings else ("MatMul",)
+    if ops != ("Gather",) or embeddings:
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric,
+                                         accuracy_level=level, op_types_to_quantize=ops,
+                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
+        with quiet():
+            quantizer.process()
+        model = quantizer.model.model
+    counts = {op: sum(n.op_type == op for n in model.graph.node)
+              for op in ("MatMulNBits", "DequantizeLinear", "GatherBlockQuantized", "MatMul", "Gather")}
     (out / DATA_NAME).unlink(missing_ok=True)  # onnx appends to an existing data file
-    onnx.save_model(quantized, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_NAME, size_threshold=1024)
-    return {"precision": precision, "tool": f"onnxruntime MatMulNBitsQuantizer ({bits}-bit)", "bits": bits,
-            "block_size": block, "accuracy_level": level, "symmetric": symmetric,
-            "embeddings": f"GatherBlockQuantized {bits}-bit" if counts["GatherBlockQuantized"] else "kept fp32",
-            "lm_head": "MatMulNBits 8-bit" if head and bits == 4 else f"MatMulNBits {bits}-bit", "nodes": counts, "seconds": round(time.perf_counter() - start, 3)}
+    details = {"precision": precision, "tool": f"onnxruntime MatMulNBitsQuantizer ({bits}-bit)", "bits": bits,
+               "method": method, "block_size": block, "accuracy_level": level, "symmetric": symmetric,
+               "embeddings": f"GatherBlockQuantized {bits}-bit" if counts["GatherBlockQuantized"] else "kept fp32",
+               "lm_head": "MatMulNBits 8-bit" if head and bits == 4 else f"MatMulNBits {bits}-bit", "nodes": counts,
+               "seconds": round(time.perf_counter() - start, 3)}
+    if bits == 4 and feeds:
+        details.update(ratio=ratio, int8_layers=len(int8_layers))
+        details["tool"] = f"nncf.compress_weights {nncf.__version__} (int4 DequantizeLinear blocks, fused into " \
+                          "MatMulNBits by ONNX Runtime at load) + onnxruntime MatMulNBitsQuantizer (LM head, embedding)"
+    return details
 
 
-def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec: DecoderSpec) -> dict:
+def _matmul_weights(model) -> dict:
+    """A copy of each MatMul's constant weight, by node name."""
+    import onnx
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    copies = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in initializers:
+            copies[node.name] = onnx.TensorProto()
+            copies[node.name].CopyFrom(initializers[node.input[1]])
+    return copies
+
+
+def _requantize_int8_layers(model, originals: dict) -> list[str]:
+    """NNCF writes the layers `--ratio` leaves in int8 as per-channel int8 DequantizeLinear, which ONNX Runtime runs
+    by dequantizing the whole weight at every call (measured: 23 tokens/s instead of 160 at ratio 0.8). Give those
+    MatMuls their fp32 weights back, to be quantized into MatMulNBits 8-bit blocks; return their names."""
+    import onnx
+
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {t.name: t for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        dq = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in initializers:
+            continue
+        if initializers[dq.input[0]].data_type != onnx.TensorProto.INT8 and \
+                initializers[dq.input[0]].data_type != onnx.TensorProto.UINT8:
+            continue
+        weight = originals.get(node.name)
+        if weight is None:
+            continue
+        model.graph.initializer.append(weight)
+        node.input[1] = weight.name
+        model.graph.node.remove(dq)
+        names.append(node.name)
+    used = {name for node in model.graph.node for name in node.input}
+    for tensor in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(tensor)
+    return names
+
+
+def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec: DecoderSpec,
+                     windows: list | None = None) -> dict:
     """Write out/model.xml + .bin: the exported IR made stateful (attention fused with the cache where the CPU
-    plugin does it, openvino_export.py), weights compressed for int8/int4."""
+    plugin does it, openvino_export.py), weights compressed for int8/int4; `windows` (calibration token windows)
+    make int4 data-aware."""
     ov = require("openvino", why="the OpenVINO backend")
     from kiln.llm.openvino_export import stateful_model
 
@@ -154,12 +238,19 @@ def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec
         bits = BITS[precision]
         if bits == 4:
             group = options.get("group_size") or group_size_for(spec)
-            mode = nncf.CompressWeightsMode.INT4_SYM if options.get("symmetric", True) else \
-                nncf.CompressWeightsMode.INT4_ASYM
+            symmetric = options.get("symmetric", False)
+            mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
+            extra, ratio = {}, options.get("ratio") or 1.0
+            if windows:
+                from kiln.llm.data_aware import DATA_AWARE_RATIO, nncf_options, openvino_feeds
+
+                extra = nncf_options(openvino_feeds(windows, {p.get_any_name() for p in model.inputs}))
+                ratio = options.get("ratio") or DATA_AWARE_RATIO
             with quiet():
-                model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=options.get("ratio") or 1.0)
-            details.update(tool="nncf.compress_weights", mode=mode.value, group_size=group,
-                           ratio=options.get("ratio") or 1.0, embeddings_and_lm_head="int8 (NNCF's default)")
+                model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=ratio, **extra)
+            details.update(tool=f"nncf.compress_weights {nncf.__version__}", mode=mode.value, group_size=group,
+                           method="AWQ + scale estimation (NNCF)" if windows else "round to nearest",
+                           ratio=ratio, embeddings_and_lm_head="int8 (NNCF's default)")
         else:
             with quiet():
                 model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
