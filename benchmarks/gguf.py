@@ -13,7 +13,8 @@ for ONNX Runtime and OpenVINO: SmolLM2-135M-Instruct (real weights), one process
    and of each file; next-token KL(torch || file) and top-1 agreement with torch over all positions.
 4. Speed: llama-bench (prompt 128 and 128 generated tokens, 2 threads, 3 repetitions) for every GGUF; then in one
    harness (kiln's greedy loop, prompt 128, 128 new tokens, rounds interleaved) the decode tokens/s of kiln's
-   ONNX Runtime and OpenVINO int4 artifacts against GGUF Q4_K_M and Q8_0, and torch eager.
+   ONNX Runtime and OpenVINO int4 artifacts (the former symmetric round-to-nearest default, today's asymmetric one,
+   and AWQ + scale estimation from the calibration text) against GGUF Q4_K_M and Q8_0, and torch eager.
 """
 
 from __future__ import annotations
@@ -35,12 +36,17 @@ from benchmarks.llm import decoder as artifact_decoder
 THREADS, WINDOW, PROMPT, NEW = 2, 512, 128, 128
 KILN_GGUF = [("fp32", False), ("fp16", False), ("q8_0", False), ("q6_k", False), ("q5_k_m", False),
              ("q4_k_m", False), ("q4_k_m", True), ("q4_0", False), ("iq4_xs", True)]
-KILN_INT4 = [("onnxruntime", "int4-weights"), ("openvino", "int4-weights")]
+# kiln's int4 on ONNX Runtime and OpenVINO: the former default (symmetric, round to nearest; OpenVINO groups of 64),
+# today's data-free default (asymmetric groups of 32), and the data-aware one (AWQ + scale estimation, 20 % int8)
+KILN_INT4 = [(target, name, args) for target, former in (("onnxruntime", ["--symmetric"]),
+                                                         ("openvino", ["--symmetric", "--group-size", "64"]))
+             for name, args in (("int4 rtn-sym (former)", former), ("int4 rtn", []),
+                                ("int4 awq", ["--calibration", str(zoo.CALIBRATION_SENTENCES)]))]
 # The article's rule of thumb, against F16: Q4_K_M ~70 % smaller at ~2-3 % worse, Q8_0 ~50 % smaller, near lossless
 RULE = {"q4_k_m": "~70 % smaller, ~2-3 % worse", "q8_0": "~50 % smaller, near zero"}
 
 
-def kiln_export(folder: Path, out: Path, target: str, precision: str, imatrix: bool) -> dict:
+def kiln_export(folder: Path, out: Path, target: str, precision: str, imatrix: bool, extra: tuple = ()) -> dict:
     if (out / "report.json").is_file():
         return json.loads((out / "report.json").read_text())
     command = [sys.executable, "-m", "kiln.cli", "export", str(folder), "--out", str(out), "--target", target,
@@ -48,6 +54,7 @@ def kiln_export(folder: Path, out: Path, target: str, precision: str, imatrix: b
                "--new-tokens", "8", "--threads", str(THREADS), "--quiet", "--json"]
     if imatrix:
         command += ["--calibration", str(zoo.CALIBRATION_SENTENCES)]
+    command += list(extra)
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=zoo.REPO)
     if result.returncode:
@@ -162,8 +169,10 @@ def run(work: Path, windows: int, rounds: int) -> None:
         name = precision + ("+imatrix" if imatrix else "")
         report = kiln_export(folder, work / f"kiln-{name}", "llama.cpp", precision, imatrix)
         gguf[f"kiln {name}"] = (work / f"kiln-{name}" / "model.gguf", report)
-    ints = {f"kiln {t} {p}": (work / f"kiln-{t}-{p}", kiln_export(folder, work / f"kiln-{t}-{p}", t, p, False))
-            for t, p in KILN_INT4}
+    ints = {}
+    for target, name, args in KILN_INT4:
+        out = work / f"kiln-{target}-{name.split(' (')[0].replace(' ', '-')}"
+        ints[f"kiln {target} {name}"] = (out, kiln_export(folder, out, target, "int4-weights", False, args))
     peer = peer_recipe(build, folder, work)
     export_s = time.perf_counter() - started
     files = {**{k: v[0] for k, v in gguf.items()}, **{f"llama.cpp {k}": v for k, v in peer.items()}}
