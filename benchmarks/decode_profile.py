@@ -180,5 +180,4 @@ def run(work: Path, seconds: float, scratch: Path) -> None:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

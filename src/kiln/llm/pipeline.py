@@ -64,7 +64,7 @@ def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict) -> Plan:
         bits = 4 if config.precision == "int4-weights" else 8
         symmetric = config.weight_compression.symmetric
         symmetric = bits == 8 if symmetric is None else symmetric
-        how = "block-wise" if bits == 4 else ("block-wise" if spec.backend == "onnxruntime" else "per channel")
+        how = "block-wise" if bits == 4 or spec.backend == "onnxruntime" else "per channel"
         weights = f"int{bits}, {how}, {'symmetric' if symmetric else 'asymmetric'}"
         if bits == 4 and config.calibration is not None:
             weights += ", AWQ and scale estimation from the calibration text (NNCF)"
