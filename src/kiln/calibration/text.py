@@ -8,6 +8,16 @@ from kiln.calibration.samples import DataContext, Samples
 from kiln.errors import UsageError
 
 
+def check_text_file(path: Path, role: str, need: str) -> None:
+    """A language model's calibration or evaluation text must be a .txt file that exists; `role` names the option
+    and `need` what the text is for, in the one-line refusal."""
+    if path.suffix.lower() not in (".txt", ".text"):
+        raise UsageError(f"{need} is text; {role} {path.name} is not a .txt file", hint="pass a .txt file, one text "
+                                                                                       "a line")
+    if not path.is_file():
+        raise UsageError(f"{role} text {path} is not a file", hint="pass a .txt file, one text a line")
+
+
 def read_lines(path: Path, limit: int | None) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")

@@ -68,23 +68,29 @@ def _parity(reference, decoder, rtol: float) -> list[dict]:
 
 
 def compile_gguf(build: LlamaCpp, master: Path, outtype: str, staged: Path, precision: str, threads: int,
-                 calibration: Path | None) -> dict:
-    """model.gguf in the staged artifact; the importance matrix (when made) ships beside it, as imatrix.gguf."""
+                 calibration: Path | None, keep_master: bool = False, imatrix: tuple[Path, dict] | None = None) -> dict:
+    """model.gguf in the staged artifact; the importance matrix (when used) ships beside it, as imatrix.gguf.
+    `keep_master`: other builds quantize the same master (a comparison matrix), so copy it rather than move it;
+    `imatrix`: one made earlier from the same master and text (path, record), reused."""
     target = staged / "model.gguf"
     if precision in FLOAT:
-        shutil.move(master, target)
+        (shutil.copyfile if keep_master else shutil.move)(master, target)
         return {"precision": precision, "tool": f"convert_hf_to_gguf ({outtype})", "seconds": 0.0,
                 "gguf": inspect(target), "imatrix": None}
-    imatrix = None
+    made = None
     if calibration is not None and precision in USES_IMATRIX:
-        imatrix_path = staged / "imatrix.gguf"
-        imatrix = importance_matrix(build, master, calibration, imatrix_path, threads)
-    details = quantize(build, master, target, precision, threads, staged / "imatrix.gguf" if imatrix else None)
-    master.unlink()
+        if imatrix is not None:
+            shutil.copyfile(imatrix[0], staged / "imatrix.gguf")
+            made = {**imatrix[1], "reused": True}
+        else:
+            made = importance_matrix(build, master, calibration, staged / "imatrix.gguf", threads)
+    details = quantize(build, master, target, precision, threads, staged / "imatrix.gguf" if made else None)
+    if not keep_master:
+        master.unlink()
     return {"precision": precision, "tool": f"llama-quantize {GGUF_TYPES[precision]}"
-            + (" with an importance matrix" if imatrix else ""), "seconds": details["seconds"]
-            + (imatrix["seconds"] if imatrix else 0.0), "gguf": details, "imatrix": imatrix,
-            "imatrix_skipped": None if imatrix or precision not in USES_IMATRIX
+            + (" with an importance matrix" if made else ""), "seconds": details["seconds"]
+            + (made["seconds"] if made and not made.get("reused") else 0.0), "gguf": details, "imatrix": made,
+            "imatrix_skipped": None if made or precision not in USES_IMATRIX
             else "no --calibration text: round-to-nearest k-quants"}
 
 

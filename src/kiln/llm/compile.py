@@ -89,6 +89,14 @@ def weight_bytes(model: Path) -> int:
     return model.stat().st_size + sum(p.stat().st_size for p in companions if p.is_file())
 
 
+def is_symmetric(options: dict, bits: int, backend: str) -> bool:
+    """--symmetric as given, else each runtime's better default: int4 asymmetric on both (SmolLM2 perplexity +22 %
+    against +26-27 % symmetric), int8 symmetric blocks on ONNX Runtime (MatMulNBits), int8 asymmetric per channel
+    on OpenVINO (NNCF's default)."""
+    given = options.get("symmetric")
+    return given if given is not None else (bits == 8 and backend == "onnxruntime")
+
+
 def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict, feeds: list[dict] | None = None) -> dict:
     """Write out/model.onnx (+ data) in `precision`; return what was done. `feeds` (calibration prompts in the
     graph's inputs) make int4 data-aware."""
@@ -101,12 +109,11 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict, f
             shutil.copyfile(graph.parent / name, out / name)
         return {"precision": "fp32", "seconds": round(time.perf_counter() - start, 3)}
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     bits = BITS[precision]
     block = options.get("block_size") or DEFAULT_BLOCK[bits]
     level = options.get("accuracy_level", 4)
-    symmetric = options.get("symmetric", bits == 8)
+    symmetric = is_symmetric(options, bits, "onnxruntime")
     # ONNX Runtime quantizes a Gather (GatherBlockQuantized) to 4 bits only: int8 keeps embeddings in fp32.
     embeddings = bits == 4 and not options.get("keep_embeddings")
     # The quantizer stamps opset 21 (int4 types) on the graph; ops whose signature changed since the export's
@@ -119,64 +126,68 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict, f
     onnx.external_data_helper.load_external_data_for_model(model, str(graph.parent))
     untie_embeddings(model)
     head = lm_head(model)
-    method = "round to nearest"
+    data_aware = None
     if bits == 4 and feeds:
-        # NNCF first, on the fp32 graph it can run for its statistics; the LM head and the embedding stay for the
-        # passes below, which give them the formats ONNX Runtime has kernels for.
-        import nncf
-
-        from kiln.llm.data_aware import DATA_AWARE_RATIO, nncf_options
-
-        ratio = options.get("ratio") or DATA_AWARE_RATIO
-        tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0].endswith(".embedding")]
-        originals = _matmul_weights(model)
-        mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
-        with quiet():
-            model = nncf.compress_weights(model, mode=mode, group_size=block, ratio=ratio, **nncf_options(feeds),
-                                          ignored_scope=nncf.IgnoredScope(names=[n for n in [head, *tables] if n],
-                                                                          validate=False))
-        method = "AWQ + scale estimation (NNCF)"
-        int8_layers = _requantize_int8_layers(model, originals)
-    if bits == 4 and feeds and int8_layers:  # NNCF's int8 share (--ratio) in the int8 kernel ONNX Runtime has
-        first = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=level,
-                                     op_types_to_quantize=("MatMul",), nodes_to_include=int8_layers,
-                                     nodes_to_exclude=[n.name for n in model.graph.node
-                                                       if n.op_type == "MatMul" and n.name not in int8_layers])
-        with quiet():
-            first.process()
-        model = first.model.model
+        model, data_aware = _data_aware_int4(model, head, block, symmetric, level, options, feeds)
     if bits == 4 and head:
         # The LM head in int8 first (block 128): measured on SmolLM2, it halves the int4 perplexity loss of
         # quantizing it to int4 for 3 % more bytes; the int4 pass below then leaves it alone.
-        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head]
-        first = MatMulNBitsQuantizer(model, bits=8, block_size=128, is_symmetric=True, accuracy_level=level,
-                                     op_types_to_quantize=("MatMul",), nodes_to_exclude=others)
-        with quiet():
-            first.process()
-        model = first.model.model
-    ops = ("Gather",) if bits == 4 and feeds else ("MatMul", "Gather") if embeddings else ("MatMul",)
+        model = _nbits(model, 8, 128, True, level, exclude=[n.name for n in model.graph.node
+                                                             if n.op_type == "MatMul" and n.name != head])
+    ops = ("Gather",) if data_aware else ("MatMul", "Gather") if embeddings else ("MatMul",)
     if ops != ("Gather",) or embeddings:
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric,
-                                         accuracy_level=level, op_types_to_quantize=ops,
-                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
-        with quiet():
-            quantizer.process()
-        model = quantizer.model.model
+        model = _nbits(model, bits, block, symmetric, level, ops=ops, axes=(("MatMul", 0), ("Gather", 1)))
     counts = {op: sum(n.op_type == op for n in model.graph.node)
               for op in ("MatMulNBits", "DequantizeLinear", "GatherBlockQuantized", "MatMul", "Gather")}
     (out / DATA_NAME).unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save_model(model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_NAME, size_threshold=1024)
     details = {"precision": precision, "tool": f"onnxruntime MatMulNBitsQuantizer ({bits}-bit)", "bits": bits,
-               "method": method, "block_size": block, "accuracy_level": level, "symmetric": symmetric,
+               "method": "round to nearest", "block_size": block, "accuracy_level": level, "symmetric": symmetric,
                "embeddings": f"GatherBlockQuantized {bits}-bit" if counts["GatherBlockQuantized"] else "kept fp32",
                "lm_head": "MatMulNBits 8-bit" if head and bits == 4 else f"MatMulNBits {bits}-bit", "nodes": counts,
                "seconds": round(time.perf_counter() - start, 3)}
-    if bits == 4 and feeds:
-        details.update(ratio=ratio, int8_layers=len(int8_layers))
-        details["tool"] = f"nncf.compress_weights {nncf.__version__} (int4 DequantizeLinear blocks, fused into " \
-                          "MatMulNBits by ONNX Runtime at load) + onnxruntime MatMulNBitsQuantizer (LM head, embedding)"
+    details.update(data_aware or {})
     return details
+
+
+def _nbits(model, bits: int, block: int, symmetric: bool, level: int, ops=("MatMul",), include=None, exclude=None,
+           axes=None):
+    """One pass of ONNX Runtime's MatMulNBits quantizer over the nodes chosen; returns the rewritten model."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
+                                     op_types_to_quantize=ops, nodes_to_include=include, nodes_to_exclude=exclude,
+                                     quant_axes=axes)
+    with quiet():
+        quantizer.process()
+    return quantizer.model.model
+
+
+def _data_aware_int4(model, head: str | None, block: int, symmetric: bool, level: int, options: dict,
+                     feeds: list[dict]) -> tuple:
+    """NNCF's AWQ + scale estimation on the fp32 graph it can run for its statistics, the LM head and the embedding
+    left for the passes after it (which give them the formats ONNX Runtime has kernels for); NNCF's int8 share
+    (--ratio) moved to MatMulNBits 8-bit. Returns the model and what the compile record adds."""
+    import nncf
+
+    from kiln.llm.data_aware import DATA_AWARE_RATIO, nncf_options
+
+    ratio = options.get("ratio") or DATA_AWARE_RATIO
+    tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0].endswith(".embedding")]
+    originals = _matmul_weights(model)
+    mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
+    with quiet():
+        model = nncf.compress_weights(model, mode=mode, group_size=block, ratio=ratio, **nncf_options(feeds),
+                                      ignored_scope=nncf.IgnoredScope(names=[n for n in [head, *tables] if n],
+                                                                      validate=False))
+    int8_layers = _requantize_int8_layers(model, originals)
+    if int8_layers:
+        model = _nbits(model, 8, 32, True, level, include=int8_layers,
+                       exclude=[n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in int8_layers])
+    return model, {"method": "AWQ + scale estimation (NNCF)", "ratio": ratio, "int8_layers": len(int8_layers),
+                   "tool": f"nncf.compress_weights {nncf.__version__} (int4 DequantizeLinear blocks, fused into "
+                           "MatMulNBits by ONNX Runtime at load) + onnxruntime MatMulNBitsQuantizer (LM head, embedding)"}
 
 
 def _matmul_weights(model) -> dict:
@@ -238,7 +249,7 @@ def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec
         bits = BITS[precision]
         if bits == 4:
             group = options.get("group_size") or group_size_for(spec)
-            symmetric = options.get("symmetric", False)
+            symmetric = is_symmetric(options, bits, "openvino")
             mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
             extra, ratio = {}, options.get("ratio") or 1.0
             if windows:
@@ -253,8 +264,10 @@ def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec
                            ratio=ratio, embeddings_and_lm_head="int8 (NNCF's default)")
         else:
             with quiet():
-                model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-            details.update(tool="nncf.compress_weights", mode="int8_asym", group_size=-1)
+                mode = nncf.CompressWeightsMode.INT8_SYM if is_symmetric(options, bits, "openvino") else \
+                    nncf.CompressWeightsMode.INT8_ASYM
+                model = nncf.compress_weights(model, mode=mode)
+            details.update(tool="nncf.compress_weights", mode=mode.value, group_size=-1)
     ov.save_model(model, str(out / "model.xml"), compress_to_fp16=False)
     details["seconds"] = round(time.perf_counter() - start, 3)
     return details

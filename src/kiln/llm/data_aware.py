@@ -30,15 +30,10 @@ PROTOBUF_LIMIT = 2**31 - 2**26
 
 
 def calibration_windows(path: Path, limit: int | None, tokenizer) -> tuple[list[np.ndarray], str]:
-    """The calibration text as token windows of WINDOW (the lines joined, as llama-imatrix reads a text), and what
-    they are."""
+    """The calibration text (a .txt file, checked when the export resolved) as token windows of WINDOW (the lines
+    joined, as llama-imatrix reads a text), and what they are."""
     from kiln.calibration.text import read_lines
 
-    if path.suffix.lower() not in (".txt", ".text"):
-        raise UsageError(f"int4 calibration for a language model is text; --calibration {path.name} is not a .txt "
-                         "file", hint="pass a .txt file, one text a line")
-    if not path.is_file():
-        raise UsageError(f"calibration text {path} is not a file", hint="pass a .txt file, one text a line")
     lines = read_lines(path, limit)
     stream = np.concatenate([np.asarray(tokenizer(line)["input_ids"], dtype=np.int64) for line in lines])
     if stream.size < MIN_TOKENS:

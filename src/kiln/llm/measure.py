@@ -35,7 +35,9 @@ def reference_runs(reference, prompts: list[np.ndarray], new_tokens: int) -> lis
 
 
 def fidelity(reference, candidate, prompts: list[np.ndarray], references: list[Generation],
-             texts: list[np.ndarray]) -> dict:
+             texts: list[np.ndarray], source_perplexity: float) -> dict:
+    """`references` and `source_perplexity`: the torch model's continuations and perplexity on `texts`, computed
+    once for every artifact compared with it."""
     agreements, kls, cosines, full = [], [], [], 0
     for prompt, ref in zip(prompts, references):
         got = generate(candidate, prompt, len(ref.tokens))
@@ -51,7 +53,7 @@ def fidelity(reference, candidate, prompts: list[np.ndarray], references: list[G
         kls.extend((np.exp(p) * (p - q)).sum(axis=-1).tolist())
         dot = (want * have).sum(axis=-1) / (np.linalg.norm(want, axis=-1) * np.linalg.norm(have, axis=-1))
         cosines.extend(dot.tolist())
-    ppl_ref, ppl_new = perplexity(reference, texts), perplexity(candidate, texts)
+    ppl_ref, ppl_new = source_perplexity, perplexity(candidate, texts)
     return {
         "prompts": len(prompts), "new_tokens": len(references[0].tokens) if references else 0,
         "greedy_agreement": float(np.mean(agreements)), "greedy_agreement_min": float(np.min(agreements)),

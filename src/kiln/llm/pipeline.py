@@ -2,41 +2,40 @@
 
 The same contract as every export: the artifact is assembled in a hidden sibling and renamed into place when
 complete, an artifact outside the accuracy budget goes to OUT.rejected/, and errors are one line. Not cached
-yet (the report says so): the stage cache keys encoder and CNN stages only.
+yet (the report says so): the stage cache keys encoder and CNN stages only. `build_llm` is one artifact from a
+loaded model and its backend's export: the comparison matrix (llm/matrix.py) calls it once per cell, with the
+model loaded and each export made once.
 """
 
 from __future__ import annotations
 
-import gc
+import copy
 import shutil
 import time
 from pathlib import Path
-
-import numpy as np
 
 from kiln import __version__
 from kiln.artifact import (MANIFEST_NAME, check_output_path, clean_leftovers, discard, file_entries,
                            missing_parents, staging_dir, write_json)
 from kiln.artifact.manifest import MANIFEST_SCHEMA
 from kiln.artifact.reproducibility import reproducibility
+from kiln.calibration.text import check_text_file
 from kiln.config import ExportConfig, Plan, QuantizationPlan
-from kiln.errors import ExportError, UnsupportedTargetError, UsageError
+from kiln.errors import ExportError, KilnError, UnsupportedTargetError, UsageError
 from kiln.llm import compile as llm_compile
 from kiln.llm import fused_export
 from kiln.llm.export import export_decoder
+from kiln.llm.loaded import Loaded, load
+from kiln.llm.measure import fidelity, speed
 from kiln.llm.openvino_export import export_openvino
-from kiln.llm.measure import fidelity, reference_runs, speed
 from kiln.llm.report import LLM_REPORT_SCHEMA, render_llm_markdown
-from kiln.llm.runners import OpenVinoDecoder, OrtDecoder, TorchDecoder
-from kiln.llm.source import SUPPORTED, TOKENIZER_FILES, check_memory, load_model, read_spec
+from kiln.llm.runners import OpenVinoDecoder, OrtDecoder
+from kiln.llm.source import TOKENIZER_FILES, check_supported
 from kiln.targets import detect_host, find_target
 from kiln.toolchain import toolchain_versions
 
 PRECISIONS = ("fp32", "int8-weights", "int4-weights")
 BACKENDS = ("onnxruntime", "openvino")
-PPL_CHUNK = 128  # tokens per perplexity window
-PPL_CHUNKS = 8
-REFERENCE_TOKENS = 32  # greedy continuation length compared per prompt
 
 
 def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict) -> Plan:
@@ -54,16 +53,15 @@ def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict) -> Plan:
         raise UsageError(f"{config.precision} takes no calibration data for a language model (only int4-weights "
                          "does: AWQ and scale estimation)", hint="pass the text as --eval (used for fidelity and "
                                                                  "perplexity), or drop --calibration")
-    if config.calibration is not None and config.calibration.path.suffix.lower() not in (".txt", ".text"):
-        raise UsageError(f"int4 calibration for a language model is text; --calibration {config.calibration.path.name}"
-                         " is not a .txt file", hint="pass a .txt file, one text a line")
+    if config.calibration is not None:
+        check_text_file(config.calibration.path, "--calibration", "int4 calibration for a language model")
+    check_supported(folder, cfg)
     threads = config.threads or host.physical_cores
     notes = ["language model: fidelity is measured against the torch model in this process"]
     quant = None
     if config.precision != "fp32":
         bits = 4 if config.precision == "int4-weights" else 8
-        symmetric = config.weight_compression.symmetric
-        symmetric = bits == 8 if symmetric is None else symmetric
+        symmetric = llm_compile.is_symmetric({"symmetric": config.weight_compression.symmetric}, bits, spec.backend)
         how = "block-wise" if bits == 4 or spec.backend == "onnxruntime" else "per channel"
         weights = f"int{bits}, {how}, {'symmetric' if symmetric else 'asymmetric'}"
         if bits == 4 and config.calibration is not None:
@@ -88,9 +86,9 @@ def _resolve_llamacpp(config: ExportConfig, host, spec, folder: Path, cfg: dict)
     if config.precision not in spec.precisions:
         raise UnsupportedTargetError(f"target '{spec.name}' does not write precision '{config.precision}'",
                                      hint=f"use one of {', '.join(spec.precisions)}")
-    if config.calibration is not None and config.calibration.path.suffix.lower() not in (".txt", ".text"):
-        raise UsageError(f"llama.cpp's importance matrix is computed from text; --calibration "
-                         f"{config.calibration.path.name} is not a .txt file", hint="pass a .txt file, one text a line")
+    if config.calibration is not None:
+        check_text_file(config.calibration.path, "--calibration", "llama.cpp's importance matrix is computed from "
+                                                                  "text, and")
     check_architecture(find(), folder, cfg)
     notes = ["language model: fidelity is measured against the torch model in this process, the GGUF run by "
              "libllama (llama.cpp's own runtime)"]
@@ -110,34 +108,30 @@ def _resolve_llamacpp(config: ExportConfig, host, spec, folder: Path, cfg: dict)
                 measure_reason="" if config.measure else "--no-bench", notes=tuple(notes))
 
 
-def _texts(config: ExportConfig, tokenizer, spec) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, str]:
-    """(prompts, perplexity windows, the speed prompt of exactly --sequence-length tokens, where they came from)."""
-    source = config.evaluation
-    if source is not None:
-        from kiln.calibration.text import read_lines
+class Exports:
+    """Each backend's export (llama.cpp's: the float master GGUF) made once under `work` and handed to every build
+    that compiles from it; an export that failed fails every build needing it, with the same one-line error.
+    `shared`: more builds may follow, so compiling must leave the export in place (a single export lets llama.cpp
+    move its master into the artifact)."""
 
-        if not source.path.is_file():
-            raise UsageError(f"evaluation text {source.path} is not a file", hint="pass a .txt file, one prompt a line")
-        lines = read_lines(source.path, source.limit)
-        encoded = [np.asarray(tokenizer(line)["input_ids"], dtype=np.int64) for line in lines]
-        prompts = [ids for ids in encoded if len(ids) >= 4][:config.llm.prompts]
-        stream = np.concatenate(encoded)
-        where = f"{len(lines)} lines of {source.path.name}"
-    elif config.synthetic_data:
-        rng = np.random.default_rng(config.seed)
-        stream = rng.integers(0, spec.vocab_size, 4096, dtype=np.int64)
-        prompts = [stream[i * 16:(i + 1) * 16] for i in range(config.llm.prompts)]
-        where = "random tokens (--synthetic-data): fidelity figures say nothing about real text"
-    else:
-        raise UsageError("a language model needs evaluation text for its fidelity figures",
-                         hint="pass --eval FILE.txt (one prompt per line), or --synthetic-data")
-    if not prompts:
-        raise UsageError("no line of the evaluation text has 4 or more tokens", hint="give longer lines")
-    windows = [stream[i:i + PPL_CHUNK] for i in range(0, len(stream) - PPL_CHUNK + 1, PPL_CHUNK)][:PPL_CHUNKS]
-    windows = windows or [stream]
-    length = config.sequence_length
-    prompt = np.resize(stream, length) if len(stream) < length else stream[:length]
-    return prompts, windows, prompt.astype(np.int64), where
+    def __init__(self, work: Path, shared: bool):
+        self.work, self.shared = work, shared
+        self._records: dict[str, dict] = {}
+        self._errors: dict[str, KilnError] = {}
+        self.imatrix: tuple[Path, dict] | None = None  # llama-imatrix's output, the same for every k-quant
+
+    def get(self, key: str, make) -> tuple[dict, bool]:
+        """(a copy of the export record, whether it was made by an earlier build); `make(out_dir)` exports."""
+        if key in self._errors:
+            raise self._errors[key]
+        made_before = key in self._records
+        if not made_before:
+            try:
+                self._records[key] = make(self.work / f"export-{key}")
+            except KilnError as error:
+                self._errors[key] = error
+                raise
+        return copy.deepcopy(self._records[key]), made_before
 
 
 def run_llm(config: ExportConfig, folder: Path, cfg: dict, progress, started: float):
@@ -154,45 +148,36 @@ def run_llm(config: ExportConfig, folder: Path, cfg: dict, progress, started: fl
     created = missing_parents(config.out)
     staged = staging_dir(config.out)
     try:
-        return _build(config, plan, host, folder, cfg, staged, progress, started)
+        work = staged / ".work"
+        loaded = load(config, folder, cfg, work, plan.threads, uses_calibration_windows(plan), progress)
+        return build_llm(config, plan, host, loaded, Exports(work, shared=False), staged, progress, started)
     except BaseException:
         discard(staged, created)
         raise
 
 
-def _build(config, plan, host, folder, cfg, staged, progress, started):
+def uses_calibration_windows(plan: Plan) -> bool:
+    """Data-aware int4 on ONNX Runtime and OpenVINO runs on tokenized windows (llama.cpp reads the text itself)."""
+    return plan.precision == "int4-weights" and plan.backend in BACKENDS
+
+
+def build_llm(config: ExportConfig, plan: Plan, host, loaded: Loaded, exports: Exports, staged: Path, progress,
+              started: float):
+    """Export (or take the shared export), compile, validate, bench and package one artifact into `staged`, then
+    publish it (kiln.pipeline.finish)."""
+    if plan.backend == "llamacpp":
+        return _build_gguf(config, plan, host, loaded, exports, staged, progress, started)
     from kiln.pipeline import finish
 
-    work = staged / ".work"
-    origin = {"kind": "huggingface", "location": str(folder), "name": folder.name, "gguf": None}
-    if folder.suffix.lower() == ".gguf":  # read into a Hugging Face folder: every stage below then works on that
-        from kiln.exporters.base import sha256_file
-        from kiln.llm.gguf_source import folder_from_gguf
-
-        with progress.stage("source") as st:
-            origin.update(kind="gguf", gguf=sha256_file(folder))
-            folder = folder_from_gguf(folder, work / "source")
-            st.result = f"{origin['name']} read and dequantized to fp32 by transformers"
+    spec = loaded.spec
     options = {"block_size": config.llm.block_size, "accuracy_level": config.llm.accuracy_level,
                "keep_embeddings": config.llm.keep_embeddings, "group_size": config.weight_compression.group_size,
-               "ratio": config.weight_compression.ratio}
-    if config.weight_compression.symmetric is not None:
-        options["symmetric"] = config.weight_compression.symmetric
-    with progress.stage("load") as st:
-        spec = read_spec(folder, cfg, None if plan.backend == "llamacpp" else SUPPORTED)
-        check_memory(spec, config.llm.max_memory, folder)
-        model, tokenizer = load_model(folder, config.trust_remote_code)
-        prompts, windows, speed_prompt, where = _texts(config, tokenizer, spec)
-        calibration_windows, calibration = _int4_calibration(config, plan, spec, tokenizer)
-        st.result = (f"{spec.model_type}, {spec.parameters / 1e6:.1f} M parameters, {spec.layers} layers; "
-                     f"{len(prompts)} prompts from {where}")
-    reference = TorchDecoder(model, plan.threads)
-    if plan.backend == "llamacpp":
-        return _build_gguf(config, plan, host, folder, origin, staged, progress, started, spec, model, reference,
-                           prompts, windows, speed_prompt, where)
+               "ratio": config.weight_compression.ratio, "symmetric": config.weight_compression.symmetric}
+    calibration_windows, calibration = _int4_calibration(plan, loaded)
     with progress.stage("export") as st:
-        record = _export(plan, model, spec, folder, cfg, work / "export")
-        st.result = _checks_line(record)
+        record, shared = exports.get(plan.backend, lambda out: _export(plan, loaded.model, spec, loaded.folder, loaded.cfg, out))
+        export_dir = exports.work / f"export-{plan.backend}"
+        st.result = _checks_line(record) + (" (made once for the matrix)" if shared else "")
     inputs, outputs = spec.io_names()
     layout = {"past": inputs[3:], "present": outputs[1:], "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
               "layers": spec.layers, "vocab_size": spec.vocab_size,
@@ -200,7 +185,7 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
               "kv_buffer": "shared" if record["exporter"] == fused_export.EXPORTER else "copied"}
     with progress.stage("compile") as st:
         if plan.backend == "onnxruntime":
-            graph = work / "export" / "model.onnx"
+            graph = export_dir / "model.onnx"
             from kiln.backends.onnxruntime.session import default_settings
             from kiln.llm.data_aware import onnx_feeds
 
@@ -212,7 +197,7 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
         else:
             from kiln.backends.openvino.session import default_settings
 
-            details = llm_compile.compile_openvino(work / "export" / "model.xml", staged / "openvino", plan.precision,
+            details = llm_compile.compile_openvino(export_dir / "model.xml", staged / "openvino", plan.precision,
                                                    options, spec, calibration_windows)
             model_rel, settings = "openvino/model.xml", default_settings("CPU", plan.precision, plan.threads)
         if calibration:
@@ -227,29 +212,26 @@ def _build(config, plan, host, folder, cfg, staged, progress, started):
             return OrtDecoder(model_path, settings, layout)
         return OpenVinoDecoder(model_path, settings)
 
-    found, gate, bench, source = _measure(config, plan, spec, progress, reference, candidate, prompts, windows,
-                                          speed_prompt)
-    del model, reference
-    gc.collect()
+    found, gate, bench, source = _measure(config, plan, loaded, progress, candidate)
     with progress.stage("package") as st:
-        report, manifest = _package(config, plan, host, folder, origin, staged, spec, record, details, settings,
-                                    model_rel, layout, found, gate, bench, source, weights, where, progress, started)
+        report, manifest = _package(config, plan, host, loaded, staged, record, details, settings, model_rel, layout,
+                                    found, gate, bench, source, weights, progress, started)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     return finish(config, staged, report, manifest, gate, progress)
 
 
-def _int4_calibration(config: ExportConfig, plan: Plan, spec, tokenizer) -> tuple[list | None, str | None]:
+def _int4_calibration(plan: Plan, loaded: Loaded) -> tuple[list | None, str | None]:
     """The calibration windows for data-aware int4 and what they are; none without --calibration, or (said so in
     the record) when the graph is too large for NNCF to run it from one protobuf."""
-    if config.calibration is None or plan.precision != "int4-weights":
+    if loaded.calibration_windows is None or not uses_calibration_windows(plan):
         return None, None
-    from kiln.llm.data_aware import PROTOBUF_LIMIT, calibration_windows
+    from kiln.llm.data_aware import PROTOBUF_LIMIT
 
-    windows, described = calibration_windows(config.calibration.path, config.calibration.limit, tokenizer)
-    if plan.backend == "onnxruntime" and spec.weight_bytes_fp32 > PROTOBUF_LIMIT:
-        return None, (f"not used: NNCF runs the ONNX graph from one protobuf, and {spec.weight_bytes_fp32 / 2**30:.1f}"
-                      " GiB of fp32 weights exceed its 2 GB limit; rounded to nearest (--target openvino has no limit)")
-    return windows, described
+    if plan.backend == "onnxruntime" and loaded.spec.weight_bytes_fp32 > PROTOBUF_LIMIT:
+        return None, (f"not used: NNCF runs the ONNX graph from one protobuf, and "
+                      f"{loaded.spec.weight_bytes_fp32 / 2**30:.1f} GiB of fp32 weights exceed its 2 GB limit; "
+                      "rounded to nearest (--target openvino has no limit)")
+    return loaded.calibration_windows, loaded.calibration
 
 
 def _graph_inputs(graph: Path) -> set[str]:
@@ -263,13 +245,13 @@ def _checks_line(record: dict) -> str:
         f"{c['inputs']}: {c['max_rel_error']:.1g}" for c in record["checks"])
 
 
-def _measure(config, plan, spec, progress, reference, candidate, prompts, windows, speed_prompt, extra=None):
-    """The validate and bench stages, the same for every backend: fidelity against the torch model (`reference`),
-    the gate, then speed (and the torch model's, for the report's analysis). `extra(bench)` adds a backend's own
-    speed figures."""
+def _measure(config, plan, loaded: Loaded, progress, candidate, extra=None):
+    """The validate and bench stages, the same for every backend: fidelity against the torch model, the gate, then
+    speed (and the torch model's, for the report's analysis, measured once per loaded model). `extra(bench)` adds a
+    backend's own speed figures."""
     with progress.stage("validate") as st:
-        references = reference_runs(reference, prompts, REFERENCE_TOKENS)
-        found = fidelity(reference, candidate(), prompts, references, windows)
+        found = fidelity(loaded.reference, candidate(), loaded.prompts, loaded.references(), loaded.windows,
+                         loaded.perplexity())
         gate = _gate(config, found)
         st.result = (f"greedy agreement {found['greedy_agreement']:.1%}, next-token KL {found['next_token_kl_mean']:.3g},"
                      f" perplexity {found['perplexity_source']:.2f} -> {found['perplexity']:.2f}"
@@ -277,12 +259,11 @@ def _measure(config, plan, spec, progress, reference, candidate, prompts, window
     bench = source = None
     with progress.stage("bench") as st:
         if plan.measure:
-            bench = speed(candidate, speed_prompt, config.llm.new_tokens, config.llm.rounds)
+            bench = speed(candidate, loaded.speed_prompt, config.llm.new_tokens, config.llm.rounds)
             if extra is not None:
                 extra(bench)
             if config.report.analysis:
-                source = speed(lambda ref=reference: ref, speed_prompt, config.llm.new_tokens, config.llm.rounds)
-                source["resident_mib"] = spec.weight_bytes_fp32 / 2**20  # loaded before timing: its weights
+                source = loaded.speed(config.llm.new_tokens, config.llm.rounds)
             st.result = (f"TTFT {bench['ttft_ms']:.1f} ms ({bench['prompt_tokens']} tokens), "
                          f"{bench['decode_tokens_per_s']:.1f} tokens/s"
                          + (f"; torch eager {source['decode_tokens_per_s']:.1f} tokens/s" if source else ""))
@@ -291,23 +272,29 @@ def _measure(config, plan, spec, progress, reference, candidate, prompts, window
     return found, gate, bench, source
 
 
-def _build_gguf(config, plan, host, folder, origin, staged, progress, started, spec, model, reference, prompts,
-                windows, speed_prompt, where):
+def _build_gguf(config, plan, host, loaded: Loaded, exports: Exports, staged, progress, started):
     """llama.cpp: convert and check (export), quantize (compile), then the same validate and bench as every
     language model, the GGUF run by libllama."""
     from kiln.llamacpp.decoder import LlamaCppDecoder
-    from kiln.llamacpp.stages import compile_gguf, export_gguf, llama_bench
+    from kiln.llamacpp.stages import FLOAT, compile_gguf, export_gguf, llama_bench
     from kiln.llamacpp.toolchain import find
     from kiln.pipeline import finish
 
     build = find()
+    master_precision = plan.precision if plan.precision in FLOAT else "fp32"
     with progress.stage("export") as st:
-        record = export_gguf(build, reference, folder, staged / ".work" / "export", plan.precision, plan.threads)
-        st.result = _checks_line(record)
+        record, shared = exports.get(f"gguf-{master_precision}", lambda out: export_gguf(
+            build, loaded.reference, loaded.folder, out, master_precision, plan.threads))
+        st.result = _checks_line(record) + (" (made once for the matrix)" if shared else "")
     with progress.stage("compile") as st:
         calibration = _calibration_text(config, staged / ".work") if config.calibration else None
         details = compile_gguf(build, Path(record.pop("master_path")), record["master"]["outtype"], staged,
-                               plan.precision, plan.threads, calibration)
+                               plan.precision, plan.threads, calibration, keep_master=exports.shared,
+                               imatrix=exports.imatrix)
+        if exports.shared and details["imatrix"] and exports.imatrix is None:  # kept for the other k-quant cells
+            kept = exports.work / "imatrix.gguf"
+            shutil.copyfile(staged / "imatrix.gguf", kept)
+            exports.imatrix = (kept, details["imatrix"])
         model_path = staged / "model.gguf"
         weights = model_path.stat().st_size
         st.result = (f"{details['tool']}: {weights / 2**20:.1f} MiB, {details['gguf'].get('bits_per_weight', 0):.2f} "
@@ -319,17 +306,14 @@ def _build_gguf(config, plan, host, folder, origin, staged, progress, started, s
         return LlamaCppDecoder(build, model_path, plan.threads, n_ctx)
 
     def runtime_bench(bench: dict) -> None:
-        bench["llama_bench"] = llama_bench(build, model_path, plan.threads, len(speed_prompt), config.llm.new_tokens,
-                                           config.llm.rounds)
+        bench["llama_bench"] = llama_bench(build, model_path, plan.threads, len(loaded.speed_prompt),
+                                           config.llm.new_tokens, config.llm.rounds)
 
-    found, gate, bench, source = _measure(config, plan, spec, progress, reference, candidate, prompts, windows,
-                                          speed_prompt, runtime_bench)
-    del model, reference
-    gc.collect()
-    layout = {"vocab_size": spec.vocab_size, "llama_cpp": build.versions()}
+    found, gate, bench, source = _measure(config, plan, loaded, progress, candidate, runtime_bench)
+    layout = {"vocab_size": loaded.spec.vocab_size, "llama_cpp": build.versions()}
     with progress.stage("package") as st:
-        report, manifest = _package(config, plan, host, folder, origin, staged, spec, record, details, settings,
-                                    "model.gguf", layout, found, gate, bench, source, weights, where, progress, started)
+        report, manifest = _package(config, plan, host, loaded, staged, record, details, settings, "model.gguf",
+                                    layout, found, gate, bench, source, weights, progress, started)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     return finish(config, staged, report, manifest, gate, progress)
 
@@ -339,8 +323,6 @@ def _calibration_text(config: ExportConfig, work: Path) -> Path:
     from kiln.calibration.text import read_lines
 
     source = config.calibration
-    if not source.path.is_file():
-        raise UsageError(f"calibration text {source.path} is not a file", hint="pass a .txt file, one text a line")
     work.mkdir(parents=True, exist_ok=True)
     path = work / "calibration.txt"
     path.write_text("\n".join(read_lines(source.path, source.limit)) + "\n", encoding="utf-8")
@@ -400,21 +382,22 @@ def _gate(config: ExportConfig, found: dict) -> dict:
     return {"checked": checked, "passed": not failures, "failures": failures}
 
 
-def _package(config, plan, host, folder, origin, staged, spec, record, details, settings, model_rel, layout, found, gate,
-             bench, source, weights, where, progress, started) -> tuple[dict, dict]:
+def _package(config, plan, host, loaded: Loaded, staged, record, details, settings, model_rel, layout, found, gate,
+             bench, source, weights, progress, started) -> tuple[dict, dict]:
     from kiln.exporters.base import sha256_tree
     from kiln.signature import read_signature
 
-    shutil.rmtree(staged / ".work", ignore_errors=True)
+    folder, origin, spec, where = loaded.folder, loaded.origin, loaded.spec, loaded.where
     gguf = plan.backend == "llamacpp"
     if not gguf:  # a GGUF file holds its tokenizer and generation settings
         (staged / "tokenizer").mkdir()
         for name in TOKENIZER_FILES:
-            if (folder / name).is_file():
+            if (folder / name).is_file():  # before .work goes: a GGUF source was read into a folder there
                 shutil.copyfile(folder / name, staged / "tokenizer" / name)
         for name in ("config.json", "generation_config.json"):
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, staged / name)
+    shutil.rmtree(staged / ".work", ignore_errors=True)
     runner = Path(__file__).parent.parent / "llamacpp" / "generate.py" if gguf else Path(__file__).parent / \
         "device_generate.py"
     shutil.copyfile(runner, staged / "generate.py")

@@ -32,7 +32,8 @@ def _gguf_lines(compile_: dict) -> list[str]:
     if compile_.get("imatrix"):
         m = compile_["imatrix"]
         lines.append(f"- Importance matrix: llama-imatrix over the calibration text, {m['chunks']} chunks of "
-                     f"{m['context']} tokens ({m['seconds']:.1f} s); shipped as imatrix.gguf")
+                     f"{m['context']} tokens ({m['seconds']:.1f} s"
+                     f"{', made once for the matrix' if m.get('reused') else ''}); shipped as imatrix.gguf")
     elif compile_.get("imatrix_skipped"):
         lines.append(f"- Importance matrix: none ({compile_['imatrix_skipped']})")
     return lines

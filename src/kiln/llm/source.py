@@ -104,13 +104,18 @@ def _safetensors_parameters(folder: Path) -> int:
     return total
 
 
-def read_spec(folder: Path, cfg: dict, supported: tuple[str, ...] | None = SUPPORTED) -> DecoderSpec:
-    """The sizes kiln needs; `supported` are the model types the target takes (None for llama.cpp, whose
-    converter says itself which architectures it knows)."""
+def check_supported(folder: Path, cfg: dict) -> None:
+    """The decoder families kiln exports to ONNX Runtime and OpenVINO (llama.cpp's converter says itself which
+    architectures it knows)."""
     model_type = cfg.get("model_type", "?")
-    if supported is not None and model_type not in supported:
+    if model_type not in SUPPORTED:
         raise UsageError(f"{folder.name} is a '{model_type}' decoder; kiln exports {', '.join(SUPPORTED)} decoders",
                          hint="this architecture's cache layout has not been checked by kiln yet")
+
+
+def read_spec(folder: Path, cfg: dict) -> DecoderSpec:
+    """The sizes kiln needs."""
+    model_type = cfg.get("model_type", "?")
 
     def read(*keys, default=None):  # GPT-2's config names its sizes n_embd, n_layer, n_head, n_inner
         value = next((cfg[k] for k in keys if cfg.get(k) is not None), default)

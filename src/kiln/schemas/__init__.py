@@ -3,6 +3,8 @@
 - manifest: manifest.json of an artifact (schema_version "kiln.manifest/2")
 - comparison: comparison.json of a multi-target export (schema_version "kiln.comparison/1")
 - llm_report: report.json of a language-model artifact (schema_version "kiln.llm-report/1")
+- llm_comparison: comparison.json of a language model's multi-target export (schema_version
+  "kiln.llm-comparison/1")
 - report: report.json of an artifact and `kiln export --json` output, including the failure report
   printed when a command fails (schema_version "kiln.report/1")
 
@@ -18,7 +20,7 @@ from importlib import resources
 
 from kiln.errors import MissingDependencyError, UsageError
 
-SCHEMA_NAMES = ("manifest", "report", "comparison", "llm_report")
+SCHEMA_NAMES = ("manifest", "report", "comparison", "llm_report", "llm_comparison")
 
 
 @functools.cache

@@ -1,0 +1,178 @@
+"""The comparison matrix for a language model: `kiln export FOLDER --target llama.cpp,onnxruntime,openvino
+--precision q4_k_m,int4-weights --max-perplexity-increase 0.05`.
+
+The torch model is loaded once and is the one reference of every cell: its greedy continuations, perplexity and
+speed are measured once. Each backend's export (llama.cpp's float master) is made once, and the importance matrix
+once for every k-quant. Each cell then compiles, validates, measures and publishes its own artifact into
+OUT/<target>-<precision>/; a cell its target cannot build (a GGUF type on ONNX Runtime, an architecture
+llama.cpp does not convert) is recorded as refused with its one-line reason. The recommendation is the cell that
+decodes fastest within the budget: perplexity increase over the torch model (default +5 %), greedy agreement and
+next-token logits cosine where given. OUT/comparison.json (schema kiln.llm-comparison/1), comparison.md and
+report.html are written last, each atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kiln import __version__
+from kiln.artifact import discard, missing_parents
+from kiln.config import ExportConfig
+from kiln.errors import UsageError
+from kiln.llm.loaded import load
+from kiln.llm.pipeline import Exports, build_llm, resolve_llm, uses_calibration_windows
+from kiln.progress import Progress
+from kiln.targets import detect_host
+
+LLM_COMPARISON_SCHEMA = "kiln.llm-comparison/1"
+# The article's rule of thumb puts Q4_K_M at 2-3 % quality loss; measured on SmolLM2-135M it is +3.9 % with an
+# importance matrix and +6.2 % without (docs/benchmarks.md): 5 % keeps the good int4 recipes and drops the rest.
+DEFAULT_MAX_PERPLEXITY_INCREASE = 0.05
+
+
+def llm_budget(config: ExportConfig) -> dict:
+    given = {"max_perplexity_increase": config.llm.max_perplexity_increase,
+             "min_agreement": config.llm.min_agreement, "min_cosine": config.budget.min_cosine}
+    if all(v is None for v in given.values()):
+        return {**given, "max_perplexity_increase": DEFAULT_MAX_PERPLEXITY_INCREASE, "given": False}
+    return {**given, "given": True}
+
+
+def _meets(cell: dict, budget: dict) -> bool:
+    if cell["status"] != "ok" or cell["perplexity_increase"] is None:
+        return False
+    limits = ((budget["max_perplexity_increase"], cell["perplexity_increase"], lambda v, lim: v <= lim),
+              (budget["min_agreement"], cell["greedy_agreement"], lambda v, lim: v >= lim),
+              (budget["min_cosine"], cell["logits_cosine_min"], lambda v, lim: v >= lim))
+    return all(limit is None or (value is not None and ok(value, limit)) for limit, value, ok in limits)
+
+
+def _cell(target: str, precision: str, out: Path, status: str, reason: str | None = None, exit_code: int = 0,
+          report: dict | None = None, budget: dict | None = None) -> dict:
+    cell: dict[str, Any] = {"target": target, "precision": precision, "status": status, "reason": reason,
+                            "exit_code": exit_code, "out": str(out), "report": None, "weights": None, "size_mib": None,
+                            "perplexity": None, "perplexity_increase": None, "next_token_kl": None,
+                            "greedy_agreement": None, "logits_cosine_min": None, "decode_tokens_per_s": None,
+                            "ttft_ms": None, "token_p50_ms": None, "token_p99_ms": None, "resident_mib": None,
+                            "decode_speedup_vs_source": None, "meets_budget": False, "recommended": False}
+    if report is None:
+        return cell
+    from kiln.pipeline import rejected_path
+
+    found, bench = report["fidelity"], report.get("bench") or {}
+    quant = (report.get("plan") or {}).get("quantization") or {}
+    where = out if status == "ok" else rejected_path(out)
+    cell.update(report=f"{where.name}/report.json", weights=quant.get("weights") or "float (not quantized)",
+                size_mib=report["size"]["model_mib"], perplexity=found["perplexity"],
+                perplexity_increase=found["perplexity"] / found["perplexity_source"] - 1,
+                next_token_kl=found["next_token_kl_mean"], greedy_agreement=found["greedy_agreement"],
+                logits_cosine_min=found["logits_cosine_min"], decode_tokens_per_s=bench.get("decode_tokens_per_s"),
+                ttft_ms=bench.get("ttft_ms"), token_p50_ms=(bench.get("token_latency_ms") or {}).get("p50"),
+                token_p99_ms=(bench.get("token_latency_ms") or {}).get("p99"), resident_mib=bench.get("resident_mib"),
+                decode_speedup_vs_source=report.get("decode_speedup_vs_source"))
+    cell["meets_budget"] = _meets(cell, budget or {})
+    return cell
+
+
+def budget_rules(budget: dict) -> str:
+    rules = []
+    if budget["max_perplexity_increase"] is not None:
+        rules.append(f"perplexity increase ≤ {budget['max_perplexity_increase']:+.1%}")
+    if budget["min_agreement"] is not None:
+        rules.append(f"greedy agreement ≥ {budget['min_agreement']:.0%}")
+    if budget["min_cosine"] is not None:
+        rules.append(f"logits cosine ≥ {budget['min_cosine']}")
+    return ", ".join(rules)
+
+
+def _recommend(cells: list[dict], budget: dict) -> dict | None:
+    """The fastest decode within the budget, and by how much it beats the next cell within it."""
+    candidates = sorted((c for c in cells if c["meets_budget"] and c["decode_tokens_per_s"]),
+                        key=lambda c: -c["decode_tokens_per_s"])
+    if not candidates:
+        return None
+    best = candidates[0]
+    best["recommended"] = True
+    source = "your budget" if budget["given"] else "the default budget"
+    reason = (f"fastest decode ({best['decode_tokens_per_s']:.1f} tokens/s) among the cells within {source} "
+              f"({budget_rules(budget)}): perplexity {best['perplexity_increase']:+.1%} of the torch model's")
+    runner_up = candidates[1] if len(candidates) > 1 else None
+    if runner_up:
+        reason += (f"; {best['decode_tokens_per_s'] / runner_up['decode_tokens_per_s']:.2f}x the next, "
+                   f"{runner_up['target']} {runner_up['precision']}")
+    return {"target": best["target"], "precision": best["precision"], "reason": reason,
+            "runner_up": {"target": runner_up["target"], "precision": runner_up["precision"],
+                          "decode_ratio": best["decode_tokens_per_s"] / runner_up["decode_tokens_per_s"]}
+            if runner_up else None}
+
+
+def run_llm_matrix(config: ExportConfig, folder: Path, cfg: dict, targets: list[str], precisions: list[str], *,
+                   progress: Progress | None = None, debug: bool = False) -> dict:
+    from kiln.matrix import resolve_cells, write_atomic
+
+    progress = progress or Progress(enabled=False)
+    started = time.perf_counter()
+    host = detect_host()
+    root = config.out
+    if root.is_file():
+        raise UsageError(f"output path {root} is a file", hint="give a folder path for --out")
+    budget = llm_budget(config)
+    records, cells = resolve_cells(config, targets, precisions, lambda cell: resolve_llm(cell, host, folder, cfg),
+                                   _cell)
+    created = missing_parents(root)
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / f".kiln-matrix-work-{os.getpid()}"
+    loaded = None
+    try:
+        if cells:
+            load_started = time.perf_counter()
+            loaded = load(config, folder, cfg, work, cells[0][1].threads,
+                          any(uses_calibration_windows(cell[1]) for cell in cells), progress)
+            shared = (dict(progress.timings), time.perf_counter() - load_started)
+            exports = Exports(work, shared=True)
+        for index, (cfg_cell, plan, record, resolved) in enumerate(cells, 1):
+            progress.say(f"cell {index}/{len(cells)}: {plan.target} {cfg_cell.precision}")
+            timings, load_seconds = shared
+            record.update(_run_cell(cfg_cell, plan, host, loaded, exports, progress, budget, debug,
+                                    ({"resolve": resolved, **timings}, load_seconds + resolved)))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if not any(root.iterdir()):  # nothing built before the failure: leave no empty folder behind
+            discard(root, created)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # the comparison is written even when every cell was refused
+    comparison = {
+        "schema_version": LLM_COMPARISON_SCHEMA, "kiln_version": __version__,
+        "model": {"name": loaded.origin["name"] if loaded else Path(config.source).name,
+                  "source_kind": loaded.origin["kind"] if loaded else None,
+                  "model_type": loaded.spec.model_type if loaded else cfg.get("model_type"),
+                  "parameters": loaded.spec.parameters if loaded else None},
+        "source": loaded.measured() if loaded else None, "budget": budget, "cells": records, "recommendation": _recommend(records, budget),
+        "host": host.fingerprint(), "seconds": round(time.perf_counter() - started, 2),
+    }
+    from kiln.artifact.manifest import dumps
+    from kiln.report.llm_comparison import render_llm_comparison_html, render_llm_comparison_markdown
+
+    write_atomic(root / "comparison.json", dumps(comparison) + "\n")
+    write_atomic(root / "comparison.md", render_llm_comparison_markdown(comparison))
+    write_atomic(root / "report.html", render_llm_comparison_html(comparison))
+    return comparison
+
+
+def _run_cell(cfg: ExportConfig, plan, host, loaded, exports, progress, budget, debug, shared) -> dict:
+    """One cell's build into its own OUT; `shared` (the resolve and load stages' timings and seconds) counts in its
+    report."""
+    from kiln.matrix import guarded_cell
+
+    timings, load_seconds = shared
+    progress.timings = dict(timings)
+
+    def record(status: str, reason: str | None, code: int, report: dict | None) -> dict:
+        return _cell(plan.target, cfg.precision, cfg.out, status, reason, code, report=report, budget=budget)
+
+    return guarded_cell(cfg.out, lambda staged: build_llm(cfg, plan, host, loaded, exports, staged, progress,
+                                                          time.perf_counter() - load_seconds).report, record, debug)
