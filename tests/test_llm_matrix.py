@@ -10,7 +10,7 @@ from kiln.report.llm_comparison import render_llm_comparison_markdown
 def cell(target, precision, increase, tokens_per_s, status="ok", agreement=0.9, cosine=0.99):
     return {"target": target, "precision": precision, "status": status, "reason": None if status == "ok" else "x",
             "perplexity_increase": increase, "decode_tokens_per_s": tokens_per_s, "greedy_agreement": agreement,
-            "logits_cosine_min": cosine, "recommended": False}
+            "logits_cosine_min": cosine, "recommended": False, "ranked_tokens_per_s": None}
 
 
 def budget(ppl=None, agreement=None, cosine=None, given=True):
@@ -48,6 +48,21 @@ def test_the_fastest_decode_within_the_budget_is_recommended_with_its_margin():
     assert [c["recommended"] for c in cells] == [False, True, False, False]
 
 
+def test_interleaved_figures_rank_and_a_tie_goes_to_the_lower_perplexity():
+    """Each cell's own measurement ran at another moment; the interleaved re-measurement decides, and speeds within
+    5 % of the fastest are a tie on a shared machine, won by the more accurate cell."""
+    cells = [cell("onnxruntime-cpu", "int4-weights", 0.045, 195.0), cell("llama.cpp", "q8_0", 0.009, 120.0),
+             cell("llama.cpp", "q4_k_m", 0.039, 118.0)]
+    for c, again in zip(cells, (140.0, 150.0, 120.0)):
+        c["meets_budget"], c["ranked_tokens_per_s"] = _meets(c, budget(0.05)), again
+    rec = _recommend(cells, budget(0.05))
+    assert (rec["target"], rec["precision"]) == ("llama.cpp", "q8_0") and "interleaved decode (150.0" in rec["reason"]
+    cells[0]["ranked_tokens_per_s"], cells[0]["recommended"], cells[1]["recommended"] = 155.0, False, False
+    rec = _recommend(cells, budget(0.05))  # 150 is within 5 % of 155: the lower perplexity wins the tie
+    assert (rec["target"], rec["precision"]) == ("llama.cpp", "q8_0") and "a tie on this machine" in rec["reason"]
+    assert rec["runner_up"]["target"] == "onnxruntime-cpu" and abs(rec["runner_up"]["decode_ratio"] - 150 / 155) < 1e-9
+
+
 def test_no_recommendation_without_a_timed_cell_in_the_budget():
     cells = [cell("llama.cpp", "q8_0", 0.009, None), cell("openvino-cpu", "int4-weights", 0.2, 100.0)]
     for c in cells:
@@ -62,7 +77,7 @@ def test_the_markdown_marks_the_recommendation_and_cells_outside_the_budget():
         c.update(out="o", report=None, weights="w", size_mib=100.0, perplexity=10.0, next_token_kl=0.03, ttft_ms=20.0,
                  decode_speedup_vs_source=None, meets_budget=_meets(c, budget(0.05, given=False)))
     comparison = {"model": {"name": "smol"}, "cells": cells, "budget": budget(0.05, given=False),
-                  "recommendation": _recommend(cells, budget(0.05, given=False)),
+                  "recommendation": _recommend(cells, budget(0.05, given=False)), "ranking": None,
                   "source": {"threads": 2, "perplexity": 9.6, "perplexity_tokens": 1016, "text": "eval.txt",
                              "decode_tokens_per_s": 5.0}}
     text = render_llm_comparison_markdown(comparison)

@@ -52,26 +52,31 @@ def bench_artifact(root: Path, settings: BenchSettings, *, threads: int | None =
 def _bench_language_model(root: Path, manifest: dict, model: Path, settings: dict, bench: BenchSettings) -> dict:
     """Time to first token and decode tokens/s with a fixed random prompt (speed does not depend on the words)."""
     from kiln.llm.measure import speed
-    from kiln.llm.runners import OpenVinoDecoder, OrtDecoder
 
     layout = manifest["runtime"]["language_model"]
     prompt = np.random.default_rng(0).integers(0, layout["vocab_size"], PROMPT_TOKENS, dtype=np.int64)
-    if manifest["runtime"]["backend"] == "llamacpp":
-        from kiln.llamacpp.decoder import LlamaCppDecoder
-        from kiln.llamacpp.toolchain import find
-
-        build = find()
-        make = lambda: LlamaCppDecoder(build, model, int(settings["n_threads"]), int(settings["n_ctx"]))  # noqa: E731
-    elif manifest["runtime"]["backend"] == "onnxruntime":
-        make = lambda: OrtDecoder(model, settings, layout)  # noqa: E731
-    else:
-        make = lambda: OpenVinoDecoder(model, settings)  # noqa: E731
+    make = language_model_decoder(model, manifest["runtime"]["backend"], settings, layout)
     result = speed(make, prompt, NEW_TOKENS, max(1, min(bench.min_runs, 5)))
     return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
             "precision": manifest["precision"], "language_model": result, "runtime_settings": settings}
 
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
+
+
+def language_model_decoder(model: Path, backend: str, settings: dict, layout: dict):
+    """A function that loads a language-model artifact's decoder as its runtime.json says to run it."""
+    from kiln.llm.runners import OpenVinoDecoder, OrtDecoder
+
+    if backend == "llamacpp":
+        from kiln.llamacpp.decoder import LlamaCppDecoder
+        from kiln.llamacpp.toolchain import find
+
+        build = find()
+        return lambda: LlamaCppDecoder(build, model, int(settings["n_threads"]), int(settings["n_ctx"]))
+    if backend == "onnxruntime":
+        return lambda: OrtDecoder(model, settings, layout)
+    return lambda: OpenVinoDecoder(model, settings)
 
 
 def _recorded(root: Path) -> dict | None:

