@@ -51,9 +51,10 @@ def test_decoder_families_export_with_their_cache_and_keep_fidelity(tiny, tmp_pa
     elif precision == "int8-weights":
         assert f["next_token_kl_mean"] < 1e-3 and f["logits_cosine_min"] > 0.99
     else:
-        # a tiny model is mostly its 49152 x 64 embedding and LM head (int8 blocks of 128 padded over 64 inputs):
-        # the bytes target is held by the real model below
-        assert f["next_token_kl_mean"] < 0.05 and report["weights"]["ratio_to_fp32"] < 0.75
+        # a tiny model is mostly its 49152 x 64 embedding (int8: 0.27 of fp32 with scales) and LM head (int8 blocks
+        # of 128 padded over 64 inputs: 0.52), against one fp32 copy of the tied table: the bytes target is held by
+        # the real model (test_llamacpp.py)
+        assert f["next_token_kl_mean"] < 0.05 and report["weights"]["ratio_to_fp32"] < 0.8
         if "--calibration" in extra:  # the single export's data-aware path (the real model: test_llamacpp.py)
             assert report["compile"]["method"] == "AWQ + scale estimation (NNCF)" and "windows" in report["compile"][
                 "calibration"]

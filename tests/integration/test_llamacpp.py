@@ -130,7 +130,8 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
     for target in ("onnxruntime-cpu", "openvino-cpu"):
         cell, report = cells[target, "int4-weights"], reports[target, "int4-weights"]
         assert 0.02 < cell["perplexity_increase"] < 0.08 and cell["next_token_kl"] < 0.15
-        assert report["compile"]["method"] == "AWQ + scale estimation (NNCF)" and report["compile"]["ratio"] == 0.8
+        assert report["compile"]["method"] == "AWQ + scale estimation (NNCF)" and report["compile"]["ratio"] == {
+            "onnxruntime-cpu": 0.75, "openvino-cpu": 0.8}[target]
         assert "6 windows" in report["compile"]["calibration"]  # the first 100 lines: AWQ in half the time
     _assert_onnxruntime_awq_layout(reports["onnxruntime-cpu", "int4-weights"], out / "onnxruntime-cpu-int4-weights")
     ov = reports["openvino-cpu", "int4-weights"]["compile"]

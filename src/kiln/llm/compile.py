@@ -2,18 +2,20 @@
 
 int4 is asymmetric in blocks of 32 along the input dimension unless `--symmetric`/`--block-size`/`--group-size`
 say otherwise (measured on SmolLM2-135M: perplexity +22 % against +26-27 % for symmetric blocks). With
-`--calibration TEXT` the int4 weights come from NNCF's AWQ and scale estimation, a fifth of the layers int8
-(data_aware.py: +9.4 % on ONNX Runtime, +6.2 % on OpenVINO).
+`--calibration TEXT` the int4 weights come from NNCF's AWQ and scale estimation, a quarter (ONNX Runtime) or a fifth
+(OpenVINO) of the layers int8 (data_aware.py: +6.8 % on ONNX Runtime, +6.2 % on OpenVINO).
 
 ONNX Runtime: every MatMul with a constant weight becomes MatMulNBits (round to nearest), or a blocked int4
 DequantizeLinear that ONNX Runtime fuses into MatMulNBits when it loads the graph (NNCF's data-aware route);
-`--accuracy-level` 4 lets the kernel compute in int8 with VNNI (no measurable fidelity cost on SmolLM2). For int4
-the LM head goes to int8 (block 128; measured on SmolLM2-135M: perplexity +26 % instead of +35 % with it in int4,
-for 3 % more bytes) and the token embedding becomes GatherBlockQuantized int4 unless `--keep-embeddings` (ONNX
-Runtime quantizes a Gather to 4 bits only, so int8 keeps it in fp32). OpenVINO: the IR converted from PyTorch is
-made stateful with batch 1 (each past_key_values.N input paired with its present.N output becomes an internal
-variable, in the shape the CPU plugin fuses with attention: openvino_export.py), then NNCF `compress_weights`
-with NNCF's default of int8 for the embedding and the LM head; int8: asymmetric per channel.
+`--accuracy-level` 4 lets the kernel compute in int8 with VNNI (0.7 points of perplexity on the AWQ artifact, where
+levels 0 and 1 decode 16x slower). For int4 the LM head goes to int8 (block 128; measured on SmolLM2-135M: perplexity
++26 % instead of +35 % with it in int4, for 3 % more bytes), and the token embedding of every precision becomes
+GatherBlockQuantized int8 unless `--keep-embeddings` (gather_int8: the table in 4 bits cost 0.9 points).
+
+OpenVINO: the IR converted from PyTorch is made stateful with batch 1 (each past_key_values.N input paired with its
+present.N output becomes an internal variable, in the shape the CPU plugin fuses with attention: openvino_export.py),
+then NNCF `compress_weights` with NNCF's default of int8 for the embedding and the LM head; int8: asymmetric per
+channel.
 """
 from __future__ import annotations
 
@@ -114,8 +116,7 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict, f
     block = options.get("block_size") or DEFAULT_BLOCK[bits]
     level = options.get("accuracy_level", 4)
     symmetric = is_symmetric(options, bits, "onnxruntime")
-    # ONNX Runtime quantizes a Gather (GatherBlockQuantized) to 4 bits only: int8 keeps embeddings in fp32.
-    embeddings = bits == 4 and not options.get("keep_embeddings")
+    embeddings = not options.get("keep_embeddings")
     # The quantizer stamps opset 21 (int4 types) on the graph; ops whose signature changed since the export's
     # opset (ReduceMean's axes became an input in 18) must be converted first or the graph is invalid. The
     # converter serialises the model, so it runs on the structure alone (weights stay in the data file: a
@@ -134,9 +135,10 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict, f
         # quantizing it to int4 for 3 % more bytes; the int4 pass below then leaves it alone.
         model = _nbits(model, 8, 128, True, level, exclude=[n.name for n in model.graph.node
                                                              if n.op_type == "MatMul" and n.name != head])
-    ops = ("Gather",) if data_aware else ("MatMul", "Gather") if embeddings else ("MatMul",)
-    if ops != ("Gather",) or embeddings:
-        model = _nbits(model, bits, block, symmetric, level, ops=ops, axes=(("MatMul", 0), ("Gather", 1)))
+    if not data_aware:
+        model = _nbits(model, bits, block, symmetric, level)
+    if embeddings:
+        gather_int8(model)
     counts = {op: sum(n.op_type == op for n in model.graph.node)
               for op in ("MatMulNBits", "DequantizeLinear", "GatherBlockQuantized", "MatMul", "Gather")}
     (out / DATA_NAME).unlink(missing_ok=True)  # onnx appends to an existing data file
@@ -144,21 +146,58 @@ def compile_onnxruntime(graph: Path, out: Path, precision: str, options: dict, f
                     location=DATA_NAME, size_threshold=1024)
     details = {"precision": precision, "tool": f"onnxruntime MatMulNBitsQuantizer ({bits}-bit)", "bits": bits,
                "method": "round to nearest", "block_size": block, "accuracy_level": level, "symmetric": symmetric,
-               "embeddings": f"GatherBlockQuantized {bits}-bit" if counts["GatherBlockQuantized"] else "kept fp32",
+               "embeddings": "GatherBlockQuantized 8-bit" if counts["GatherBlockQuantized"] else "kept fp32",
                "lm_head": "MatMulNBits 8-bit" if head and bits == 4 else f"MatMulNBits {bits}-bit", "nodes": counts,
                "seconds": round(time.perf_counter() - start, 3)}
     details.update(data_aware or {})
     return details
 
 
-def _nbits(model, bits: int, block: int, symmetric: bool, level: int, ops=("MatMul",), include=None, exclude=None,
-           axes=None):
+def gather_int8(model) -> list[str]:
+    """Each table a Gather reads rows of (the token embedding; GPT-2's position table too) as GatherBlockQuantized
+    uint8, symmetric blocks along the row (zero point 128, the op's default): the Gathers ONNX Runtime's quantizer
+    would write in int4. ONNX Runtime's quantizer writes a Gather in 4 bits only, which
+    cost SmolLM2-135M 0.9 points of the int4 artifact's perplexity (+9.4 % against +8.5 % with the table in fp32,
+    pydoc prose); NNCF keeps it int8 on OpenVINO too. Returns the tables rewritten."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    done = []
+    for node in [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in initializers]:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        table = numpy_helper.to_array(initializers[node.input[0]])
+        block = next((b for b in (128, 64, 32, 16) if table.ndim == 2 and table.shape[1] % b == 0), None)
+        if block is None or attributes.get("axis", 0) != 0 or table.dtype != np.float32:
+            continue
+        blocks = table.reshape(table.shape[0], -1, block)
+        scales = np.abs(blocks).max(axis=-1) / 127.0
+        scales[scales == 0] = 1.0
+        quantized = (np.clip(np.rint(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)
+        name = node.input[0]
+        model.graph.initializer.remove(initializers[name])
+        model.graph.initializer.extend([numpy_helper.from_array(quantized.reshape(table.shape), f"{name}_Q8"),
+                                        numpy_helper.from_array(scales.astype(np.float32), f"{name}_scales")])
+        replacement = onnx.helper.make_node("GatherBlockQuantized", [f"{name}_Q8", node.input[1], f"{name}_scales"],
+                                            list(node.output), name=f"{node.name}_Q8", domain="com.microsoft",
+                                            bits=8, block_size=block, gather_axis=0, quantize_axis=1)
+        position = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(position, replacement)
+        done.append(node.name)
+    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return done
+
+
+def _nbits(model, bits: int, block: int, symmetric: bool, level: int, include=None, exclude=None):
     """One pass of ONNX Runtime's MatMulNBits quantizer over the nodes chosen; returns the rewritten model."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
-                                     op_types_to_quantize=ops, nodes_to_include=include, nodes_to_exclude=exclude,
-                                     quant_axes=axes)
+                                     op_types_to_quantize=("MatMul",), nodes_to_include=include,
+                                     nodes_to_exclude=exclude)
     with quiet():
         quantizer.process()
     return quantizer.model.model
@@ -173,7 +212,7 @@ def _data_aware_int4(model, head: str | None, block: int, symmetric: bool, level
 
     from kiln.llm.data_aware import DATA_AWARE_RATIO, nncf_options
 
-    ratio = options.get("ratio") or DATA_AWARE_RATIO
+    ratio = options.get("ratio") or DATA_AWARE_RATIO["onnxruntime"]
     tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0].endswith(".embedding")]
     originals = _matmul_weights(model)
     mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
@@ -256,7 +295,7 @@ def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec
                 from kiln.llm.data_aware import DATA_AWARE_RATIO, nncf_options, openvino_feeds
 
                 extra = nncf_options(openvino_feeds(windows, {p.get_any_name() for p in model.inputs}))
-                ratio = options.get("ratio") or DATA_AWARE_RATIO
+                ratio = options.get("ratio") or DATA_AWARE_RATIO["openvino"]
             with quiet():
                 model = nncf.compress_weights(model, mode=mode, group_size=group, ratio=ratio, **extra)
             details.update(tool=f"nncf.compress_weights {nncf.__version__}", mode=mode.value, group_size=group,

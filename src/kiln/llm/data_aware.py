@@ -5,8 +5,9 @@ the largest activations before rounding, and scale estimation then fits each blo
 layer's output error on the calibration activations, and the fifth of the layers NNCF ranks most sensitive stays
 int8. All of it is NNCF's (`compress_weights` with a dataset), the same algorithms on the ONNX graph and on the
 OpenVINO IR. Measured on SmolLM2-135M, 12,264 tokens of pydoc prose, AMD EPYC Zen 5 (docs/benchmarks.md):
-perplexity +26/+27 % (symmetric RTN, kiln's former default) -> +22 % (asymmetric RTN, blocks of 32) -> +9.4 %
-(ONNX Runtime) / +6.2 % (OpenVINO) with AWQ, scale estimation and the int8 fifth, for 8-10 % more bytes. NNCF's
+perplexity +26/+27 % (symmetric RTN, kiln's former default) -> +22 % (asymmetric RTN, blocks of 32) -> +6.8 %
+(ONNX Runtime, a quarter of the layers int8) / +6.2 % (OpenVINO, a fifth) with AWQ and scale estimation, for 10-20 %
+more bytes. NNCF's
 GPTQ (+25 %), ONNX Runtime's own GPTQ (+22 %, 8 minutes) and k-quant search (+21 %) bought less; its HQQ (+1 %,
 float zero points that fit SmolLM2's Q4_1 origin) runs 14x slower on the CPU kernels.
 """
@@ -22,9 +23,11 @@ from kiln.errors import UsageError
 WINDOW = 256  # tokens per calibration sample
 MAX_WINDOWS = 32  # NNCF's statistics converge well before its default of 128 samples on models this size
 MIN_TOKENS = 64
-# With data, 20 % of the weight layers stay int8 where NNCF's Hessian-based sensitivity says they matter most:
-# measured on SmolLM2 (OpenVINO), perplexity +11.5 % at ratio 1.0, +8.2 % at 0.9, +6.0 % at 0.8, for 10 % more bytes
-DATA_AWARE_RATIO = 0.8
+# With data, a share of the weight layers stays int8 where NNCF's Hessian-based sensitivity says they matter most.
+# Measured on SmolLM2-135M, pydoc prose, AMD EPYC Zen 5 (docs/benchmarks.md): OpenVINO +11.5 % at ratio 1.0, +8.2 % at
+# 0.9, +6.0 % at 0.8, for 10 % more bytes; ONNX Runtime (int8 embedding) +8.5 % at 0.8, +6.8 % at 0.75, +7.2 % at 0.7,
+# decoding at 0.99x, 0.94x and 0.95x the former round-to-nearest artifact in one interleaved run.
+DATA_AWARE_RATIO = {"onnxruntime": 0.75, "openvino": 0.8}
 # NNCF runs the ONNX graph for its statistics from one serialised protobuf, which cannot exceed 2 GB
 PROTOBUF_LIMIT = 2**31 - 2**26
 
