@@ -222,3 +222,18 @@ def test_short_node_names_tell_layers_apart():
     assert plots.short_name("/encoder/layer.3/output/dense/MatMul_quant") == "layer.3/output/MatMul_quant"
     assert plots.short_name("/embeddings/EmbedLayerNormalization") == "embeddings/EmbedLayerNormalization"
     assert len(plots.short_name("x" * 80)) == 36
+
+
+def test_a_matrix_cell_this_host_could_not_time_renders_beside_the_shared_source_timing():
+    """x86-amx next to onnxruntime on a host without AMX: the matrix timed the source once for both, the AMX cell
+    has no latency of its own. Its report.md crashed on the missing speedup (a TypeError that failed the cell)."""
+    from kiln.report.markdown import render
+
+    report = fx.single_report(target="x86-amx")
+    bench_free = {"latency_ms": None, "throughput_per_s": None, "bench": None, "speedup_vs_source": None,
+                  "profile": None, "roofline": None, "batch_sweep": None, "cost": None,
+                  "bench_skipped": "not measured: host CPU lacks amx_int8, amx_tile"}
+    report.update(bench_free)
+    text = render(report)
+    assert "this artifact was not timed here" in text and "faster at p50" not in text
+    assert "not measured: host CPU lacks amx_int8" in render_html(report)
