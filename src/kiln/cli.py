@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face folders' own Python code")
     _bench_options(ex)
     ex.add_argument("--no-bench", action="store_true", help="skip latency measurement")
+    ex.add_argument("--cluster", metavar="ray|ADDRESS",
+                    help="a matrix: build each cell as a Ray task on a node with its target's hardware (`ray` joins "
+                         "RAY_ADDRESS or the cluster running here, else starts one; ADDRESS is HOST:PORT). Needs "
+                         "kiln[ray]; nodes publish `kiln node-labels`")
     de = ex.add_argument_group("delivery")
     de.add_argument("--bundle", nargs="?", const=True, metavar="PATH",
                     help="also write a reproducible .tar.gz of the artifact (default: OUT.tar.gz)")
@@ -261,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ta = sub.add_parser("targets", help="list targets and what this host can run", epilog=EPILOG)
     ta.add_argument("--json", action="store_true")
+
+    sub.add_parser("node-labels", help="this machine's kiln.dev/* labels, for `ray start --labels \"$(kiln node-labels)\"`",
+                   epilog=EPILOG)
     return parser
 
 
@@ -350,7 +357,7 @@ def _cmd_export(args) -> int:
     targets, precisions = split_list(args.target), split_list(args.precision)
     if not targets or not precisions:
         raise UsageError("--target and --precision need at least one value", hint="e.g. --target onnxruntime,openvino")
-    if len(targets) * len(precisions) > 1:
+    if len(targets) * len(precisions) > 1 or args.cluster:
         return _cmd_matrix(args, targets, precisions)
     config = _export_config(args)
     progress = Progress(enabled=not args.quiet)
@@ -373,7 +380,7 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     from kiln.llm.source import language_model
 
     if args.bundle is not None:
-        raise UsageError("--bundle writes one artifact's bundle, and this is a matrix of several",
+        raise UsageError("--bundle writes one artifact's bundle, and a matrix (or --cluster) writes one per cell",
                          hint="export the recommended cell again with one --target and --precision and --bundle")
     for target in targets:
         find_target(target)  # an unknown name is bad input for the whole command, not a refused cell
@@ -382,12 +389,23 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {config.source} → {len(targets)} targets x {len(precisions)} precisions")
     decoder = language_model(config.source, config.task, config.trust_remote_code)
+    if args.cluster and args.sign_key is not None:
+        raise UsageError("--sign-key with --cluster: the nodes would sign with whatever file is at that path on them",
+                         hint="build with --cluster, then sign the recommended cell with a local export")
+    if decoder is not None and args.cluster:
+        raise UsageError("--cluster builds the cells of a classic model's matrix; language-model matrices run here",
+                         hint="drop --cluster for a language model")
     if decoder is not None:
         from kiln.llm.matrix import run_llm_matrix
 
         comparison = run_llm_matrix(config, *decoder, targets, precisions, progress=progress, debug=args.debug)
     else:
-        comparison = run_matrix(config, targets, precisions, progress=progress, debug=args.debug)
+        executor = None
+        if args.cluster:
+            from kiln.farm.ray_executor import RayExecutor
+
+            executor = RayExecutor(None if args.cluster == "ray" else args.cluster)
+        comparison = run_matrix(config, targets, precisions, progress=progress, debug=args.debug, executor=executor)
     if args.json:
         print(dumps(comparison))
     elif not args.quiet:
@@ -584,11 +602,19 @@ def _cmd_targets(args) -> int:
     return 0
 
 
+def _cmd_node_labels(args) -> int:
+    from kiln.targets.labels import this_node_labels
+
+    print(",".join(f"{k}={v}" for k, v in this_node_labels().items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets,
                "build-engine": _cmd_build_engine, "build-llama-cpp": _cmd_build_llama_cpp, "verify": _cmd_verify,
-               "compare": _cmd_compare, "cache": _cmd_cache, "keygen": _cmd_keygen}[args.command]
+               "compare": _cmd_compare, "cache": _cmd_cache, "keygen": _cmd_keygen,
+               "node-labels": _cmd_node_labels}[args.command]
     try:
         return handler(args)
     except KilnError as error:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def _meets(metric: str | None, value: float | None, budget: dict) -> bool:
     return metric is not None
 
 
-def _cell(target: str, precision: str, out: Path, status: str, reason: str | None = None, exit_code: int = 0,
+def cell_record(target: str, precision: str, out: Path, status: str, reason: str | None = None, exit_code: int = 0,
           report: dict | None = None, primary: tuple = (), budget: dict | None = None) -> dict:
     cell: dict[str, Any] = {"target": target, "precision": precision, "status": status, "reason": reason,
                             "exit_code": exit_code, "out": str(out), "report": None, "size_mib": None,
@@ -148,7 +149,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], *, module: Any = None,
-               example_inputs: Any = None, progress: Progress | None = None, debug: bool = False) -> dict:
+               example_inputs: Any = None, progress: Progress | None = None, debug: bool = False,
+               executor: Any = None) -> dict:
     progress = progress or Progress(enabled=False)
     started = time.perf_counter()
     host = detect_host()
@@ -156,18 +158,18 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
     if root.is_file():
         raise UsageError(f"output path {root} is a file", hint="give a folder path for --out")
     budget = budget_of(config)
-    records, resolved = resolve_cells(config, targets, precisions, lambda cfg: resolve_plan(cfg, host), _cell)
-    cells = [(cfg, plan, backend, record) for cfg, (plan, backend), record, _ in resolved]
+    records, resolved = resolve_cells(config, targets, precisions, lambda cfg: resolve_plan(cfg, host), cell_record)
+    cells = [PendingCell(cfg, plan, backend, record) for cfg, (plan, backend), record, _ in resolved]
+    executor = executor or LocalExecutor()
+    ran = None
     created = missing_parents(root)
     root.mkdir(parents=True, exist_ok=True)
     work = root / f".kiln-matrix-work-{os.getpid()}"
     prepared = None
     try:
         if cells:
-            prepared = prepare(cells[0][0], [c[1] for c in cells], work, module, example_inputs, progress)
-        for index, (cfg, plan, backend, record) in enumerate(cells, 1):
-            progress.say(f"cell {index}/{len(cells)}: {plan.target} {cfg.precision}")
-            record.update(_run_cell(cfg, plan, backend, host, prepared, progress, budget, debug))
+            prepared = prepare(cells[0].config, [c.plan for c in cells], work, module, example_inputs, progress)
+            ran = executor.run(cells, prepared, progress, budget, debug)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         if not any(root.iterdir()):  # nothing built before the failure: leave no empty folder behind
@@ -183,6 +185,7 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
         "budget": budget, "price_per_hour": config.report.price_per_hour,
         "cells": records, "recommendation": _recommend(records, budget),
         "host": host.fingerprint(), "seconds": round(time.perf_counter() - started, 2),
+        "executor": ran or {"kind": executor.name},
     }
     if prepared is not None and prepared.source_bench and config.report.price_per_hour:
         from kiln.bench.analysis import cost_per_million
@@ -193,14 +196,39 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
     return comparison
 
 
-def _run_cell(cfg, plan, backend, host, prepared, progress, budget, debug) -> dict:
+@dataclass
+class PendingCell:
+    """A cell resolved on the driver, to be built by an executor, which updates `record` in place."""
+
+    config: ExportConfig
+    plan: Any
+    backend: Any
+    record: dict
+
+
+class LocalExecutor:
+    """Every cell on this machine, one after the other (kiln.farm.ray_executor.RayExecutor spreads them over a
+    cluster: the same `run`)."""
+
+    name = "local"
+
+    def run(self, cells: list[PendingCell], prepared, progress, budget: dict, debug: bool) -> dict:
+        host = detect_host()
+        for index, cell in enumerate(cells, 1):
+            progress.say(f"cell {index}/{len(cells)}: {cell.plan.target} {cell.config.precision}")
+            cell.record.update(_run_cell(cell, host, prepared, progress, budget, debug))
+        return {"kind": self.name}
+
+
+def _run_cell(cell: PendingCell, host, prepared, progress, budget, debug) -> dict:
+    cfg, plan = cell.config, cell.plan
     primary = cfg.budget.outputs or prepared.primary  # the outputs the gate reads (--gate-output), as the cell's gate
 
     def record(status: str, reason: str | None, code: int, report: dict | None) -> dict:
-        return _cell(plan.target, cfg.precision, cfg.out, status, reason, code, report=report, primary=primary,
-                     budget=budget)
+        return cell_record(plan.target, cfg.precision, cfg.out, status, reason, code, report=report, primary=primary,
+                           budget=budget)
 
-    return guarded_cell(cfg.out, lambda staged: build(cfg, plan, backend, host, staged, prepared, progress,
+    return guarded_cell(cfg.out, lambda staged: build(cfg, plan, cell.backend, host, staged, prepared, progress,
                                                       time.perf_counter()).report, record, debug)
 
 

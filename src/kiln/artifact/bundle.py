@@ -179,20 +179,26 @@ def extract_bundle(path: Path, dest: Path) -> Path:
             from None
     try:
         with open_bundle(path) as tar:
-            for member in tar:
-                check_member(member)
-                target = partial / safe_name(member.name)
-                if target.exists() and not member.isdir():
-                    raise UsageError(f"bundle entry '{member.name}' appears twice", hint="refusing it")
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "xb") as out:
-                    shutil.copyfileobj(src, out)
-                os.chmod(target, 0o755 if member.mode & 0o100 else 0o644)
+            unpack_members(tar, partial)
         os.rename(partial, dest)
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
     return dest
+
+
+def unpack_members(tar: tarfile.TarFile, folder: Path) -> None:
+    """Every member of `tar` into `folder`, each checked first: only plain files and folders with names that stay
+    inside it, none twice."""
+    for member in tar:
+        check_member(member)
+        target = folder / safe_name(member.name)
+        if target.exists() and not member.isdir():
+            raise UsageError(f"bundle entry '{member.name}' appears twice", hint="refusing it")
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tar.extractfile(member) as src, open(target, "xb") as out:
+            shutil.copyfileobj(src, out)
+        os.chmod(target, 0o755 if member.mode & 0o100 else 0o644)

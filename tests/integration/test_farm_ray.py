@@ -1,0 +1,130 @@
+"""`kiln export ... --cluster ADDRESS`: a matrix's cells as Ray tasks on a real local 3-node cluster
+(`ray.cluster_utils.Cluster`, one fixture for the module): a head and a plain node with this machine's own labels,
+and a node labelled as an AMX Xeon (the labels are the only fake: Ray cannot tell, and kiln places by them).
+
+The model is the matrix test's: it multiplies by a weight and inverts the result with com.microsoft.Inverse, which
+ONNX Runtime runs and OpenVINO cannot convert, so one cell fails for real on whatever node it lands on."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from kiln.artifact.verify import verify
+from kiln.schemas import validate_document
+from kiln.targets import detect_host
+from kiln.targets.labels import BENCH_RESOURCE, node_labels
+from tests.conftest import run_cli
+from tests.integration.test_matrix import FAST, _inverse_model
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (scripts/setup.sh installs it)")
+AMX = {"kiln.dev/cpu-amx-int8": "true", "kiln.dev/cpu-amx-tile": "true", "kiln.dev/cpu-amx-bf16": "true"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    here = node_labels(detect_host())
+    started = time.perf_counter()
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": here,
+                                                         "resources": {BENCH_RESOURCE: 1}})
+    amx = made.add_node(num_cpus=1, labels={**here, **AMX}, resources={BENCH_RESOURCE: 1})
+    made.add_node(num_cpus=1, labels=here, resources={BENCH_RESOURCE: 1})
+    made.wait_for_nodes()
+    made.start_seconds = time.perf_counter() - started
+    made.amx_node_id = amx.node_id
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture(scope="module")
+def farmed(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("farm")
+    model = _inverse_model(root / "inv.onnx")
+    out = root / "out"
+    started = time.perf_counter()
+    done = run_cli("export", model, "--target", "onnxruntime,openvino,x86-amx,tensorrt-sm89", "--precision", "fp32",
+                   "--out", out, "--json", "--quiet", "--cluster", cluster.address, *FAST, timeout=600)
+    return done, out, model, time.perf_counter() - started
+
+
+def _cells(comparison) -> dict:
+    return {c["target"]: c for c in comparison["cells"]}
+
+
+def test_each_cell_lands_where_its_hardware_is_and_a_failure_stops_nothing(farmed, cluster):
+    done, out, _, seconds = farmed
+    assert done.returncode == 0, done.stderr
+    comparison = json.loads(done.stdout)
+    assert validate_document(comparison, "comparison") == []
+    assert comparison["executor"]["kind"] == "ray" and comparison["executor"]["nodes"] == 3
+    cells = _cells(comparison)
+    assert {t: c["status"] for t, c in cells.items()} == {
+        "onnxruntime-cpu": "ok", "openvino-cpu": "failed", "x86-amx": "ok", "tensorrt-sm89": "no-hardware"}
+    assert cells["x86-amx"]["node"]["node_id"] == cluster.amx_node_id  # only that node says it has AMX
+    assert "com.microsoft.Inverse" in cells["openvino-cpu"]["reason"] and cells["openvino-cpu"]["exit_code"] == 5
+    assert cells["tensorrt-sm89"]["reason"].startswith("no node of the cluster (3 alive) has what this target needs")
+    assert "kiln.dev/cuda-sm=89" in cells["tensorrt-sm89"]["reason"] and cells["tensorrt-sm89"]["node"] is None
+    assert comparison["recommendation"]["target"] in ("onnxruntime-cpu", "x86-amx")
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "onnxruntime-cpu-fp32",
+                                                     "report.html", "x86-amx-fp32"]
+    print(f"cluster up in {cluster.start_seconds:.1f} s; matrix of 4 cells on it in {seconds:.1f} s")
+
+
+def test_the_written_artifacts_verify_and_equal_a_local_build_byte_for_byte(farmed, tmp_path):
+    done, out, model, _ = farmed
+    for cell in ("onnxruntime-cpu-fp32", "x86-amx-fp32"):
+        assert verify(out / cell)["ok"]
+        report = json.loads((out / cell / "report.json").read_text(encoding="utf-8"))
+        assert report["status"] == "ok" and report["accuracy"]["gate"]["passed"]
+    local = tmp_path / "local"
+    built = run_cli("export", model, "--target", "onnxruntime", "--precision", "fp32", "--out", local, "--quiet",
+                    *FAST, timeout=300)
+    assert built.returncode == 0, built.stderr
+    farm_files = json.loads((out / "onnxruntime-cpu-fp32" / "manifest.json").read_text())["files"]
+    local_files = json.loads((local / "manifest.json").read_text())["files"]
+    assert {f["path"]: f["sha256"] for f in farm_files} == {f["path"]: f["sha256"] for f in local_files}
+
+
+def test_a_cell_whose_node_dies_mid_build_is_retried_on_a_replacement(cluster, tmp_path):
+    """A fake ARM node (labels only) whose workers pause in the compile stage (KILN_PAUSE_AT, set in the node's
+    environment when it starts, so only its workers pause) is removed while the cell is paused there; a
+    replacement with the same labels joins, and Ray's one system retry builds the cell there."""
+    import os
+    import subprocess
+    import sys
+
+    arm = {"kiln.dev/arch": "aarch64", "kiln.dev/cpu-asimd": "true"}
+    paused = tmp_path / "paused.txt"
+    saved = {k: os.environ.get(k) for k in ("KILN_PAUSE_AT", "KILN_PAUSE_SECONDS", "KILN_PAUSE_FILE")}
+    os.environ.update(KILN_PAUSE_AT="compile", KILN_PAUSE_SECONDS="300", KILN_PAUSE_FILE=str(paused))
+    try:
+        doomed = cluster.add_node(num_cpus=1, labels=arm, resources={BENCH_RESOURCE: 1})
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "kiln.cli", "export", str(_inverse_model(tmp_path / "inv.onnx")),
+                               "--target", "arm64-cpu,onnxruntime", "--precision", "fp32", "--out", str(out), "--json",
+                               "--quiet", "--cluster", cluster.address, *FAST], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not paused.exists() and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert paused.exists(), "the cell never reached the compile stage on the doomed node"
+        cluster.remove_node(doomed)
+        replacement = cluster.add_node(num_cpus=1, labels=arm, resources={BENCH_RESOURCE: 1})
+        stdout, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    cells = _cells(json.loads(stdout))
+    assert cells["arm64-cpu"]["status"] == "ok" and cells["onnxruntime-cpu"]["status"] == "ok"
+    assert cells["arm64-cpu"]["node"]["node_id"] == replacement.node_id
+    assert verify(out / "arm64-cpu-fp32")["ok"]
+    cluster.remove_node(replacement)
