@@ -266,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     ta = sub.add_parser("targets", help="list targets and what this host can run", epilog=EPILOG)
     ta.add_argument("--json", action="store_true")
 
+    bu = sub.add_parser("build", help="every model of a build plan (.yaml/.json) as a comparison matrix, and an "
+                                      "index", epilog=EPILOG)
+    bu.add_argument("plan", type=Path, help="models: [{name, source, targets, precisions, eval, calibration, "
+                                            "min_cosine, ...}]")
+    bu.add_argument("--out", "-o", required=True, type=Path, help="folder: OUT/<name>/ per model, OUT/index.json")
+    bu.add_argument("--cluster", metavar="ray|ADDRESS", help="run the cells on a Ray cluster, as for export")
+    bu.add_argument("--no-bench", action="store_true", help="skip latency measurement")
+    bu.add_argument("--no-analysis", action="store_true", help="no profile, roofline or batch sweep")
+    bu.add_argument("--no-cache", action="store_true", help="neither read nor fill the stage cache")
+    _bench_options(bu)
+    _output_options(bu)
+
     sub.add_parser("node-labels", help="this machine's kiln.dev/* labels, for `ray start --labels \"$(kiln node-labels)\"`",
                    epilog=EPILOG)
     return parser
@@ -373,11 +385,10 @@ def _cmd_export(args) -> int:
 
 def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     """Several targets or precisions: one artifact per cell under --out, one comparison table."""
-    from kiln.matrix import exit_code, run_matrix
+    from kiln.build_plan import run_model_matrix
+    from kiln.matrix import exit_code
     from kiln.progress import Progress
     from kiln.targets import find_target
-
-    from kiln.llm.source import language_model
 
     if args.bundle is not None:
         raise UsageError("--bundle writes one artifact's bundle, and a matrix (or --cluster) writes one per cell",
@@ -388,24 +399,10 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     config = _export_config(args)
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {config.source} → {len(targets)} targets x {len(precisions)} precisions")
-    decoder = language_model(config.source, config.task, config.trust_remote_code)
     if args.cluster and args.sign_key is not None:
         raise UsageError("--sign-key with --cluster: the nodes would sign with whatever file is at that path on them",
                          hint="build with --cluster, then sign the recommended cell with a local export")
-    if decoder is not None and args.cluster:
-        raise UsageError("--cluster builds the cells of a classic model's matrix; language-model matrices run here",
-                         hint="drop --cluster for a language model")
-    if decoder is not None:
-        from kiln.llm.matrix import run_llm_matrix
-
-        comparison = run_llm_matrix(config, *decoder, targets, precisions, progress=progress, debug=args.debug)
-    else:
-        executor = None
-        if args.cluster:
-            from kiln.farm.ray_executor import RayExecutor
-
-            executor = RayExecutor(None if args.cluster == "ray" else args.cluster)
-        comparison = run_matrix(config, targets, precisions, progress=progress, debug=args.debug, executor=executor)
+    comparison = run_model_matrix(config, targets, precisions, progress, args.debug, _executor(args.cluster))
     if args.json:
         print(dumps(comparison))
     elif not args.quiet:
@@ -415,6 +412,41 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     if code:
         print(f"kiln: error: no artifact within the accuracy budget"
               f"{'' if code == 4 else ' (none could be built)'}; see {config.out / 'comparison.md'}", file=sys.stderr)
+    return code
+
+
+def _executor(cluster: str | None):
+    if not cluster:
+        return None
+    from kiln.farm.ray_executor import RayExecutor
+
+    return RayExecutor(None if cluster == "ray" else cluster)
+
+
+def _cmd_build(args) -> int:
+    """Every model of a plan as a comparison matrix under --out, and an index of them all."""
+    from kiln.build_plan import index_exit_code, load_plan, run_plan
+    from kiln.config import BenchSettings, ReportSettings
+    from kiln.progress import Progress
+
+    plan = load_plan(args.plan)
+    if args.out.is_file():
+        raise UsageError(f"output path {args.out} is a file", hint="give a folder path for --out")
+    base = {"bench": BenchSettings(warmup=args.warmup, min_runs=args.runs, min_seconds=args.min_seconds,
+                                   throughput_seconds=args.throughput_seconds),
+            "report": ReportSettings(analysis=not args.no_analysis), "measure": not args.no_bench,
+            "cache": not args.no_cache, "threads": args.threads}
+    progress = Progress(enabled=not args.quiet)
+    progress.say(f"kiln {__version__}: {args.plan} → {len(plan.models)} models")
+    index = run_plan(plan, args.out, base, progress, args.debug, _executor(args.cluster))
+    if args.json:
+        print(dumps(index))
+    elif not args.quiet:
+        print((args.out / "index.md").read_text(encoding="utf-8"))
+    code = index_exit_code(index)
+    if code:
+        print(f"kiln: error: {sum(m['exit_code'] != 0 for m in index['models'])} of {len(index['models'])} models have "
+              f"no artifact within their budget or failed; see {args.out / 'index.md'}", file=sys.stderr)
     return code
 
 
@@ -614,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"export": _cmd_export, "bench": _cmd_bench, "targets": _cmd_targets,
                "build-engine": _cmd_build_engine, "build-llama-cpp": _cmd_build_llama_cpp, "verify": _cmd_verify,
                "compare": _cmd_compare, "cache": _cmd_cache, "keygen": _cmd_keygen,
-               "node-labels": _cmd_node_labels}[args.command]
+               "node-labels": _cmd_node_labels, "build": _cmd_build}[args.command]
     try:
         return handler(args)
     except KilnError as error:

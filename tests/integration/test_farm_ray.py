@@ -128,3 +128,23 @@ def test_a_cell_whose_node_dies_mid_build_is_retried_on_a_replacement(cluster, t
     assert cells["arm64-cpu"]["node"]["node_id"] == replacement.node_id
     assert verify(out / "arm64-cpu-fp32")["ok"]
     cluster.remove_node(replacement)
+
+
+def test_a_plan_of_two_models_on_the_cluster_lands_each_amx_cell_on_the_amx_node(cluster, tmp_path):
+    from tests.integration.test_build_plan import BUILD_FAST, two_models, write_plan
+
+    plan = write_plan(tmp_path, two_models(tmp_path, ["onnxruntime", "x86-amx", "tensorrt-sm89"]))
+    done = run_cli("build", plan, "--out", tmp_path / "out", "--json", "--quiet", "--cluster", cluster.address,
+                   *BUILD_FAST, timeout=600)
+    assert done.returncode == 0, done.stderr
+    index = json.loads(done.stdout)
+    assert [m["cells"] for m in index["models"]] == [{"ok": 2, "no-hardware": 1},
+                                                    {"ok": 4, "no-hardware": 1, "refused": 1}]  # TensorRT: no int8-dynamic
+    for model in index["models"]:
+        comparison = json.loads((tmp_path / "out" / model["comparison"]).read_text())
+        assert comparison["executor"]["kind"] == "ray"
+        for cell in comparison["cells"]:
+            if cell["target"] == "x86-amx":
+                assert cell["node"]["node_id"] == cluster.amx_node_id
+            if cell["status"] == "ok":
+                assert verify(tmp_path / "out" / model["name"] / f"{cell['target']}-{cell['precision']}")["ok"]

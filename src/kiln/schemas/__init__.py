@@ -20,7 +20,7 @@ from importlib import resources
 
 from kiln.errors import MissingDependencyError, UsageError
 
-SCHEMA_NAMES = ("manifest", "report", "comparison", "llm_report", "llm_comparison")
+SCHEMA_NAMES = ("manifest", "report", "comparison", "llm_report", "llm_comparison", "build_index")
 
 
 @functools.cache
