@@ -8,10 +8,15 @@ ONNX Runtime runs and OpenVINO cannot convert, so one cell fails for real on wha
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
+from kiln.artifact.publish import pid_alive
 from kiln.artifact.verify import verify
 from kiln.schemas import validate_document
 from kiln.targets import detect_host
@@ -89,33 +94,66 @@ def test_the_written_artifacts_verify_and_equal_a_local_build_byte_for_byte(farm
     assert {f["path"]: f["sha256"] for f in farm_files} == {f["path"]: f["sha256"] for f in local_files}
 
 
+def _paused_node(cluster, labels: dict, paused_file):
+    """A node whose workers pause in the compile stage (KILN_PAUSE_AT in the node's environment when it starts)."""
+    saved = {k: os.environ.get(k) for k in ("KILN_PAUSE_AT", "KILN_PAUSE_SECONDS", "KILN_PAUSE_FILE")}
+    os.environ.update(KILN_PAUSE_AT="compile", KILN_PAUSE_SECONDS="300", KILN_PAUSE_FILE=str(paused_file))
+    try:
+        return cluster.add_node(num_cpus=1, labels=labels, resources={BENCH_RESOURCE: 1})
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def _wait_for(path, driver, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert path.exists(), "the cell never reached the compile stage on the paused node"
+
+
+def test_ctrl_c_cancels_the_running_cells_kills_their_workers_and_leaves_nothing(cluster, tmp_path):
+    """SIGINT while a cell is paused mid-compile on its node: exit 130 with one line, the worker gone (kiln cancels
+    with force; Ray would also end a dead driver's tasks), no cell folder or staging left under OUT."""
+    paused = tmp_path / "paused.txt"
+    node = _paused_node(cluster, {"kiln.dev/arch": "aarch64", "kiln.dev/cpu-asimd": "true"}, paused)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "kiln.cli", "export", str(_inverse_model(tmp_path / "inv.onnx")),
+                               "--target", "arm64-cpu", "--precision", "fp32", "--out", str(out), "--quiet",
+                               "--cluster", cluster.address, *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        _wait_for(paused, driver)
+        worker = int(paused.read_text().split()[0])
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        cluster.remove_node(node)
+    assert driver.returncode == 130 and "kiln: interrupted" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 30
+    while pid_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pid_alive(worker), "the cancelled cell's worker is still running"
+    assert not out.exists() or not any(p.name.startswith(("arm64", ".arm64")) for p in out.iterdir())
+    assert os.environ.get("KILN_PAUSE_AT") is None
+
+
 def test_a_cell_whose_node_dies_mid_build_is_retried_on_a_replacement(cluster, tmp_path):
     """A fake ARM node (labels only) whose workers pause in the compile stage (KILN_PAUSE_AT, set in the node's
     environment when it starts, so only its workers pause) is removed while the cell is paused there; a
     replacement with the same labels joins, and Ray's one system retry builds the cell there."""
-    import os
-    import subprocess
-    import sys
-
     arm = {"kiln.dev/arch": "aarch64", "kiln.dev/cpu-asimd": "true"}
     paused = tmp_path / "paused.txt"
-    saved = {k: os.environ.get(k) for k in ("KILN_PAUSE_AT", "KILN_PAUSE_SECONDS", "KILN_PAUSE_FILE")}
-    os.environ.update(KILN_PAUSE_AT="compile", KILN_PAUSE_SECONDS="300", KILN_PAUSE_FILE=str(paused))
-    try:
-        doomed = cluster.add_node(num_cpus=1, labels=arm, resources={BENCH_RESOURCE: 1})
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    doomed = _paused_node(cluster, arm, paused)
     out = tmp_path / "out"
     driver = subprocess.Popen([sys.executable, "-m", "kiln.cli", "export", str(_inverse_model(tmp_path / "inv.onnx")),
                                "--target", "arm64-cpu,onnxruntime", "--precision", "fp32", "--out", str(out), "--json",
                                "--quiet", "--cluster", cluster.address, *FAST], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not paused.exists() and time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.2)
-        assert paused.exists(), "the cell never reached the compile stage on the doomed node"
+        _wait_for(paused, driver)
         cluster.remove_node(doomed)
         replacement = cluster.add_node(num_cpus=1, labels=arm, resources={BENCH_RESOURCE: 1})
         stdout, stderr = driver.communicate(timeout=300)
