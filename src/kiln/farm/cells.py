@@ -48,6 +48,19 @@ def _load_prepared(data: bytes, sha256: str, scratch: Path, same_host: bool):
     return replace(prepared, source_bench=shipped["source_bench"] if same_host else None)
 
 
+def cell_events(job: dict, prepared_bytes: bytes):
+    """`run_cell` as events for the driver's progress (a Ray streaming task): where the cell started, then its
+    result."""
+    from kiln.targets import detect_host
+
+    yield {"event": "started", "node": _node(detect_host())}
+    yield {"event": "done", **run_cell(job, prepared_bytes)}
+
+
+def _node(host) -> dict:
+    return {"hostname": platform.node(), "pid": os.getpid(), "node_id": _ray_node_id(), "cpu_model": host.cpu_model}
+
+
 def run_cell(job: dict, prepared_bytes: bytes) -> dict:
     """Build one cell here. `job`: {"config": ExportConfig as JSON, "budget", "debug", "prepared_sha256",
     "kiln_version", "driver_host"}. Returns {"record": the matrix record, "node": where it ran, "data"/"sha256": the
@@ -62,7 +75,7 @@ def run_cell(job: dict, prepared_bytes: bytes) -> dict:
 
     started = time.perf_counter()
     host = detect_host()
-    node = {"hostname": platform.node(), "pid": os.getpid(), "node_id": _ray_node_id(), "cpu_model": host.cpu_model}
+    node = _node(host)
     name = Path(job["config"]["out"]).name
     with tempfile.TemporaryDirectory(prefix="kiln-cell-") as scratch:
         scratch_path = Path(scratch)

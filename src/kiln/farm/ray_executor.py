@@ -99,7 +99,7 @@ class RayExecutor:
 
     def _run(self, cells: list, prepared, progress, budget: dict, debug: bool) -> dict:
         from kiln import __version__
-        from kiln.farm.cells import run_cell, ship_prepared
+        from kiln.farm.cells import cell_events, ship_prepared
         from kiln.targets import detect_host, find_target
         from kiln.targets.labels import need_of
 
@@ -108,7 +108,7 @@ class RayExecutor:
         pending: dict = {}
         try:
             nodes = live_nodes(ray)
-            remote = ray.remote(run_cell)
+            remote = ray.remote(cell_events)
             data, sha256 = ship_prepared(prepared)
             shipped = ray.put(data)
             del data
@@ -123,7 +123,7 @@ class RayExecutor:
                     progress.say(f"cell {cell.plan.target} {cell.config.precision}: no-hardware")
                     continue
                 ref = remote.options(name=f"kiln:{cell.plan.target}-{cell.config.precision}",
-                                     num_cpus=need.num_cpus, num_gpus=need.num_gpus,
+                                     num_returns="streaming", num_cpus=need.num_cpus, num_gpus=need.num_gpus,
                                      resources=dict(need.resources) or None, label_selector=dict(need.labels) or None,
                                      max_retries=RETRIES, retry_exceptions=False
                                      ).remote({**common, "config": cell.config.model_dump(mode="json")}, shipped)
@@ -143,35 +143,77 @@ class RayExecutor:
 
     @staticmethod
     def _collect(ray, pending: dict, progress, debug: bool) -> None:
+        """Events as they come: a cell started on a node, a cell done (its artifact written here at once)."""
         from kiln.farm.cells import receive
 
-        done, total = 0, len(pending)
+        board = _Board(len(pending))
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
             if not ready:
                 _give_up_on_lost_hardware(ray, pending, progress)
                 continue
-            submitted = pending.pop(ready[0])
+            events = ready[0]
+            submitted = pending[events]
             cell = submitted.cell
             try:
-                result = ray.get(ready[0])
+                event = ray.get(next(events))
+            except StopIteration:  # a task that ended without its result (cancelled)
+                event = None
             except Exception as error:  # a worker crash that outlived its retry, a lost node, a cancelled task
                 if debug:
                     raise
                 last = str(error).strip().splitlines()[-1][:200] if str(error).strip() else ""
                 cell.record.update(status="failed", exit_code=1,
                                    reason=f"the cell's worker failed: {type(error).__name__}: {last}")
-            else:
+                event = None
+            if event is not None and event["event"] == "started":
+                board.started(cell, event["node"])
+                progress.say(board.line(cell, "started"))
+                continue
+            del pending[events]
+            if event is not None:
                 try:
-                    cell.record.update(receive(result, cell.config.out), node=result["node"])
+                    cell.record.update(receive(event, cell.config.out), node=event["node"])
                 except KilnError as error:  # the driver could not check or write what arrived
                     cell.record.update(status="failed", exit_code=error.exit_code, reason=error.one_line(),
-                                       node=result["node"])
-                del result
-            done += 1
-            where = (cell.record.get("node") or {}).get("node_id") or "?"
-            progress.say(f"cell {done}/{total}: {cell.plan.target} {cell.config.precision} {cell.record['status']} "
-                         f"(node {where[:12]}); {len(pending)} queued or running")
+                                       node=event["node"])
+                del event
+            elif cell.record["status"] == "pending":
+                cell.record.update(status="failed", exit_code=1, reason="the cell's task ended without a result")
+            board.done(cell)
+            progress.say(board.line(cell, cell.record["status"]))
+
+
+class _Board:
+    """Cells queued, running and done, per node, for the progress lines."""
+
+    def __init__(self, total: int):
+        self.queued, self.running, self.done_count = total, {}, {}
+        self.node_of: dict = {}
+
+    def started(self, cell, node: dict) -> None:
+        key = (node.get("node_id") or node.get("hostname") or "?")[:8]
+        previous = self.node_of.get(id(cell))
+        if previous is None:
+            self.queued -= 1
+        else:  # a retry: it left its first node
+            self.running[previous] -= 1
+        self.node_of[id(cell)] = key
+        self.running[key] = self.running.get(key, 0) + 1
+
+    def done(self, cell) -> None:
+        key = self.node_of.pop(id(cell), None)
+        if key is None:
+            self.queued -= 1
+            key = "-"
+        else:
+            self.running[key] -= 1
+        self.done_count[key] = self.done_count.get(key, 0) + 1
+
+    def line(self, cell, what: str) -> str:
+        nodes = sorted(set(self.running) | set(self.done_count) - {"-"})
+        per_node = ", ".join(f"{n}: {self.running.get(n, 0)} running, {self.done_count.get(n, 0)} done" for n in nodes)
+        return (f"cell {cell.plan.target} {cell.config.precision} {what}; {self.queued} queued; {per_node}")
 
 
 def _give_up_on_lost_hardware(ray, pending: dict, progress) -> None:
