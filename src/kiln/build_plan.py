@@ -143,6 +143,7 @@ def run_model_matrix(config, targets: list[str], precisions: list[str], progress
 
 def run_plan(plan: BuildPlan, out: Path, base: dict, progress, debug: bool = False, executor=None) -> dict:
     """Every model's matrix under `out`, then the index; returns the index."""
+    from kiln.artifact.manifest import dumps
     from kiln.matrix import exit_code, write_atomic
     from kiln.targets import detect_host
 
@@ -168,8 +169,6 @@ def run_plan(plan: BuildPlan, out: Path, base: dict, progress, debug: bool = Fal
     index = {"schema_version": INDEX_SCHEMA, "kiln_version": __version__, "models": entries,
              "executor": {"kind": getattr(executor, "name", "local")}, "host": detect_host().fingerprint(),
              "seconds": round(time.perf_counter() - started, 2)}
-    from kiln.artifact.manifest import dumps
-
     write_atomic(out / "index.json", dumps(index) + "\n")
     write_atomic(out / "index.md", render_index_markdown(index))
     write_atomic(out / "report.html", render_index_html(index))

@@ -23,7 +23,6 @@ from kiln.targets.labels import HardwareNeed, node_fits
 
 RETRIES = 1  # a crashed worker or a dead node: the cell runs once more, on any node that fits
 POLL_SECONDS = 5.0
-INTERRUPT_GRACE = 30.0
 LOST_GRACE = 60.0  # Ray waits for a node that fits; a replacement joins in seconds (3-5 s measured), or never
 
 
@@ -131,9 +130,7 @@ class RayExecutor:
                 pending[ref] = _Submitted(cell, need)
             progress.say(f"cluster: {len(nodes)} node(s); {len(pending)} cell(s) queued")
             self._collect(ray, pending, progress, debug)
-        except BaseException as error:  # Ctrl-C, or a failure here: the cells still running are cancelled
-            if isinstance(error, KeyboardInterrupt):
-                _exit_if_stuck()
+        except BaseException:  # Ctrl-C, or a failure here: the cells still running are cancelled, children killed
             for ref in pending:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
@@ -217,18 +214,6 @@ class _Board:
         nodes = sorted(set(self.running) | set(self.done_count) - {"-"})
         per_node = ", ".join(f"{n}: {self.running.get(n, 0)} running, {self.done_count.get(n, 0)} done" for n in nodes)
         return (f"cell {cell.plan.target} {cell.config.precision} {what}; {self.queued} queued; {per_node}")
-
-
-def _exit_if_stuck(seconds: float = INTERRUPT_GRACE) -> None:
-    """Ctrl-C must end the run: if cancelling the cells and leaving the cluster have not finished within `seconds`
-    (a Ray call that does not return), exit 130 anyway. Nothing is half-written either way: cells publish only
-    when their bytes have arrived whole."""
-    import threading
-
-    timer = threading.Timer(seconds, lambda: (print("kiln: interrupted", file=sys.__stderr__, flush=True),
-                                              os._exit(130)))
-    timer.daemon = True
-    timer.start()
 
 
 def _give_up_on_lost_hardware(ray, pending: dict, progress) -> None:
