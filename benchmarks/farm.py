@@ -57,10 +57,9 @@ def _matrix(config, groups, executor=None) -> tuple[float, list[dict]]:
 def _cluster(nodes: int):
     from ray.cluster_utils import Cluster
 
-    from kiln.targets import detect_host
-    from kiln.targets.labels import BENCH_RESOURCE, node_labels
+    from kiln.targets.labels import BENCH_RESOURCE, this_node_labels
 
-    labels, started = node_labels(detect_host()), time.perf_counter()
+    labels, started = this_node_labels(), time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": labels,
                                                             "resources": {BENCH_RESOURCE: 1}})
     for _ in range(nodes - 1):

@@ -4,6 +4,9 @@ bytes that carry a cell's artifact back (checked, never trusted)."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -24,12 +27,13 @@ GRAVITON = Host("aarch64", "Neoverse-V1", frozenset({"asimd", "sve"}))
 def test_each_target_asks_for_what_its_catalogue_entry_says():
     amx = need_of(find_target("intel-cpu-amx"), timed=True)
     assert amx.labels == {"kiln.dev/arch": "x86_64", "kiln.dev/cpu-avx512f": "true", "kiln.dev/cpu-avx512-bf16": "true",
-                          "kiln.dev/cpu-amx-bf16": "true", "kiln.dev/cpu-amx-int8": "true"}
+                          "kiln.dev/cpu-amx-bf16": "true", "kiln.dev/cpu-amx-int8": "true", "kiln.dev/openvino": "true"}
     assert amx.resources == {BENCH_RESOURCE: 1} and amx.num_gpus == 0
     sm89 = need_of(find_target("tensorrt-sm89"), timed=False)
     assert sm89.labels == {"kiln.dev/cuda-sm": "89"} and sm89.num_gpus == 1 and sm89.resources == {}
     assert need_of(find_target("tensorrt-rtx"), timed=True).labels == {"kiln.dev/cuda-sm": "in(86,89,120)"}
     assert need_of(find_target("onnxruntime"), timed=True).labels == {}  # any CPU node
+    assert need_of(find_target("openvino-cpu"), timed=True).labels == {"kiln.dev/openvino": "true"}
 
 
 def test_a_node_publishes_the_flags_targets_need_and_nothing_else():
@@ -38,17 +42,22 @@ def test_a_node_publishes_the_flags_targets_need_and_nothing_else():
     assert labels["kiln.dev/cpu-amx-int8"] == "true" and labels["kiln.dev/cuda-sm"] == "89"
     assert labels["kiln.dev/tensorrt"] == "10.x" and labels["kiln.dev/openvino-gpu"] == "true"
     assert "kiln.dev/cpu-sse4-2" not in labels  # no target needs it
-    assert "kiln.dev/cpu-amx-int8" not in node_labels(ZEN5)
+    assert labels["kiln.dev/openvino"] == "true"
+    assert "kiln.dev/cpu-amx-int8" not in node_labels(ZEN5) and "kiln.dev/openvino" not in node_labels(ZEN5)
+    assert node_fits(need_of(find_target("openvino-cpu"), timed=True), node_labels(ZEN5, None, ("CPU",)),
+                     {"CPU": 2, BENCH_RESOURCE: 1}) is None
 
 
 @pytest.mark.parametrize(("target", "host", "resources", "lacks"), [
-    ("intel-cpu-amx", SAPPHIRE_RAPIDS, {"CPU": 2, BENCH_RESOURCE: 1}, None),
-    ("intel-cpu-amx", ZEN5, {"CPU": 2, BENCH_RESOURCE: 1}, "kiln.dev/cpu-amx-bf16=true"),
-    ("intel-cpu-amx", SAPPHIRE_RAPIDS, {"CPU": 2}, f"resource {BENCH_RESOURCE}"),
-    ("intel-cpu-amx", SAPPHIRE_RAPIDS, {"CPU": 0, BENCH_RESOURCE: 1}, "a CPU for tasks"),
+    ("x86-amx", SAPPHIRE_RAPIDS, {"CPU": 2, BENCH_RESOURCE: 1}, None),
+    ("x86-amx", ZEN5, {"CPU": 2, BENCH_RESOURCE: 1}, "kiln.dev/cpu-amx-int8=true"),
+    ("x86-amx", SAPPHIRE_RAPIDS, {"CPU": 2}, f"resource {BENCH_RESOURCE}"),
+    ("x86-amx", SAPPHIRE_RAPIDS, {"CPU": 0, BENCH_RESOURCE: 1}, "a CPU for tasks"),
+    ("intel-cpu-amx", SAPPHIRE_RAPIDS, {"CPU": 2, BENCH_RESOURCE: 1}, "kiln.dev/openvino=true"),
     ("arm64-cpu", GRAVITON, {"CPU": 2, BENCH_RESOURCE: 1}, None),
     ("arm64-cpu", ZEN5, {"CPU": 2, BENCH_RESOURCE: 1}, "kiln.dev/arch=aarch64"),
     ("tensorrt-sm89", ZEN5, {"CPU": 2, BENCH_RESOURCE: 1}, "kiln.dev/cuda-sm=89"),
+    ("openvino-cpu", ZEN5, {"CPU": 2, BENCH_RESOURCE: 1}, "kiln.dev/openvino=true"),  # a node without OpenVINO
 ])
 def test_a_node_fits_a_target_only_with_its_labels_and_resources(target, host, resources, lacks):
     need = need_of(find_target(target), timed=True)
@@ -99,3 +108,37 @@ def test_damaged_or_hostile_bytes_are_refused(tmp_path):
     with pytest.raises(UsageError, match="points outside the bundle"):
         unpack(hostile, hashlib.sha256(hostile).hexdigest(), tmp_path / "in")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_node_running_another_kiln_refuses_the_cell_before_touching_it(tmp_path):
+    """The version check comes first: a cell built by another kiln would not be the artifact asked for."""
+    from kiln.config import ExportConfig
+    from kiln.farm.cells import run_cell
+
+    config = ExportConfig(source=str(tmp_path / "m.onnx"), target="onnxruntime", precision="fp32",
+                          out=tmp_path / "out" / "onnxruntime-cpu-fp32")
+    job = {"config": config.model_dump(mode="json"), "budget": {}, "prepared_sha256": "0" * 64,
+           "kiln_version": "0.0.1", "driver_host": {}}
+    result = run_cell(job, b"not a prepared export: never read")
+    record = result["record"]
+    assert record["status"] == "failed" and record["exit_code"] == 2 and "data" not in result
+    assert record["reason"].startswith("this node runs kiln ") and "the driver 0.0.1" in record["reason"]
+    assert "install the same kiln on every node" in record["reason"]
+    assert result["node"]["pid"] == os.getpid()
+
+
+def test_a_killed_cells_scratch_is_removed_by_the_next_cell_and_a_live_ones_kept(tmp_path):
+    """A cancelled cell's worker is killed before its own cleanup runs: its folder names its pid, so the next cell
+    on the machine knows it is an orphan."""
+    from kiln.farm.cells import sweep_scratch
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"cell-{gone.stdout.strip()}-abc123"
+    running = tmp_path / f"cell-{os.getpid()}-def456"
+    other = tmp_path / "cell-notapid-x"
+    for folder in (orphan, running, other):
+        (folder / "prepared").mkdir(parents=True)
+        (folder / "prepared" / "model.onnx").write_bytes(b"x" * 100)
+    assert sweep_scratch(tmp_path) == [orphan]
+    assert not orphan.exists() and running.exists() and other.exists()
+    assert sweep_scratch(tmp_path / "absent") == []

@@ -507,3 +507,29 @@ def test_gpu_facts_reads_nvidia_smi(tmp_path, monkeypatch):
     assert build_engine.gpu_facts() == HOST
     monkeypatch.setattr(build_engine.shutil, "which", lambda name: None)
     assert build_engine.gpu_facts() == {"gpu": None}
+
+
+# ------------------------------------------------------------------- which engine this machine's GPU runs
+
+L4 = {"gpu": "NVIDIA L4", "compute_capability": "8.9"}
+RTX_BUILT = {"built": True, "builder": "tensorrt_rtx",
+             "engines": [{"file": "sm86.plan", "compute_capability": "8.6"},
+                         {"file": "sm89.plan", "compute_capability": "8.9"}]}
+
+
+@pytest.mark.parametrize(("engine", "gpu", "expected"), [
+    ({"built": True, "builder": "tensorrt", "engines": [{"file": "engine.plan"}]}, L4,
+     ("engines/engine.plan", "tensorrt")),
+    (RTX_BUILT, L4, ("engines/sm89.plan", "tensorrt_rtx")),  # ahead of time for several GPUs: this one's
+    (RTX_BUILT, {"gpu": "NVIDIA H100", "compute_capability": "9.0"},
+     "TensorRT-RTX built engines for SM8.6, SM8.9, and this GPU (NVIDIA H100) is SM9.0"),
+    ({"built": False, "reason": "tensorrt is not installed here"}, L4,
+     "no engine was built here (tensorrt is not installed here)"),
+    (RTX_BUILT, {"gpu": None}, "no NVIDIA GPU here: the engine is timed on the device"),
+])
+def test_a_gpu_host_times_the_engine_it_can_run_and_never_the_cpu_graph_check(engine, gpu, expected):
+    """Data only (no TensorRT involved): which built engine this GPU runs, or why none (the bench is then skipped:
+    the prepared graph on ONNX Runtime CPU is the accuracy check, not the engine's speed)."""
+    from kiln.backends.tensorrt import _engine_for_this_gpu
+
+    assert _engine_for_this_gpu(engine, gpu) == expected

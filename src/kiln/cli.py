@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a matrix: build each cell as a Ray task on a node with its target's hardware (`ray` joins "
                          "RAY_ADDRESS or the cluster running here, else starts one; ADDRESS is HOST:PORT). Needs "
                          "kiln[ray]; nodes publish `kiln node-labels`")
+    _node_grace_option(ex)
     de = ex.add_argument_group("delivery")
     de.add_argument("--bundle", nargs="?", const=True, metavar="PATH",
                     help="also write a reproducible .tar.gz of the artifact (default: OUT.tar.gz)")
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "min_cosine, ...}]")
     bu.add_argument("--out", "-o", required=True, type=Path, help="folder: OUT/<name>/ per model, OUT/index.json")
     bu.add_argument("--cluster", metavar="ray|ADDRESS", help="run the cells on a Ray cluster, as for export")
+    _node_grace_option(bu)
     bu.add_argument("--no-bench", action="store_true", help="skip latency measurement")
     bu.add_argument("--no-analysis", action="store_true", help="no profile, roofline or batch sweep")
     bu.add_argument("--no-cache", action="store_true", help="neither read nor fill the stage cache")
@@ -369,6 +371,7 @@ def _cmd_export(args) -> int:
     targets, precisions = split_list(args.target), split_list(args.precision)
     if not targets or not precisions:
         raise UsageError("--target and --precision need at least one value", hint="e.g. --target onnxruntime,openvino")
+    _executor(args)  # its options are checked before any work, also where no cluster is asked for
     if len(targets) * len(precisions) > 1 or args.cluster:
         return _cmd_matrix(args, targets, precisions)
     config = _export_config(args)
@@ -402,7 +405,7 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     if args.cluster and args.sign_key is not None:
         raise UsageError("--sign-key with --cluster: the nodes would sign with whatever file is at that path on them",
                          hint="build with --cluster, then sign the recommended cell with a local export")
-    comparison = run_model_matrix(config, targets, precisions, progress, args.debug, _executor(args.cluster))
+    comparison = run_model_matrix(config, targets, precisions, progress, args.debug, _executor(args))
     if args.json:
         print(dumps(comparison))
     elif not args.quiet:
@@ -415,12 +418,21 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     return code
 
 
-def _executor(cluster: str | None):
-    if not cluster:
-        return None
-    from kiln.farm.ray_executor import RayExecutor
+def _node_grace_option(parser) -> None:
+    parser.add_argument("--node-grace", type=_number(float, 0.0), metavar="SECONDS",
+                        help="--cluster: how long a cell whose fitting nodes all left waits for one to join before it "
+                             "is recorded no-hardware (default 60; an autoscaler may need minutes)")
 
-    return RayExecutor(None if cluster == "ray" else cluster)
+
+def _executor(args):
+    if not args.cluster:
+        if args.node_grace is not None:
+            raise UsageError("--node-grace applies to --cluster runs", hint="drop it, or add --cluster ray|ADDRESS")
+        return None
+    from kiln.farm.ray_executor import LOST_GRACE, RayExecutor
+
+    return RayExecutor(None if args.cluster == "ray" else args.cluster,
+                       LOST_GRACE if args.node_grace is None else args.node_grace)
 
 
 def _cmd_build(args) -> int:
@@ -438,7 +450,7 @@ def _cmd_build(args) -> int:
             "cache": not args.no_cache, "threads": args.threads}
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {args.plan} → {len(plan.models)} models")
-    index = run_plan(plan, args.out, base, progress, args.debug, _executor(args.cluster))
+    index = run_plan(plan, args.out, base, progress, args.debug, _executor(args))
     if args.json:
         print(dumps(index))
     elif not args.quiet:

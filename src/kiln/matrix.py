@@ -158,9 +158,11 @@ def run_matrix(config: ExportConfig, targets: list[str], precisions: list[str], 
     if root.is_file():
         raise UsageError(f"output path {root} is a file", hint="give a folder path for --out")
     budget = budget_of(config)
-    records, resolved = resolve_cells(config, targets, precisions, lambda cfg: resolve_plan(cfg, host), cell_record)
-    cells = [PendingCell(cfg, plan, backend, record) for cfg, (plan, backend), record, _ in resolved]
     executor = executor or LocalExecutor()
+    here = not executor.builds_elsewhere  # a farm's nodes check their own packages, and refuse what they lack
+    records, resolved = resolve_cells(config, targets, precisions, lambda cfg: resolve_plan(cfg, host, here),
+                                      cell_record)
+    cells = [PendingCell(cfg, plan, backend, record) for cfg, (plan, backend), record, _ in resolved]
     ran = None
     created = missing_parents(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -211,6 +213,7 @@ class LocalExecutor:
     cluster: the same `run`)."""
 
     name = "local"
+    builds_elsewhere = False
 
     def run(self, cells: list[PendingCell], prepared, progress, budget: dict, debug: bool) -> dict:
         host = detect_host()
@@ -270,8 +273,9 @@ def write_comparison(root: Path, comparison: dict) -> None:
 
 
 def exit_code(comparison: dict) -> int:
-    """0 with a recommendation; 4 if cells were built but none is within the accuracy budget; 5 if none was built."""
-    if comparison["recommendation"]:
+    """0 with a recommendation, or with cells within the accuracy budget that could not be timed here (a TensorRT
+    cell without a GPU); 4 if cells were built but none is within the accuracy budget; 5 if none was built."""
+    if comparison["recommendation"] or any(c["meets_budget"] for c in comparison["cells"]):
         return 0
     built = [c for c in comparison["cells"] if c["status"] in ("ok", "rejected")]
     return 4 if built else 5

@@ -148,11 +148,14 @@ def _check_delivery(config: ExportConfig) -> None:
         clean_leftovers(config.bundle)
 
 
-def resolve_plan(config: ExportConfig, host) -> tuple[Plan, Any]:
-    """The plan and its backend, or the error that says why this target cannot do it (before any work)."""
+def resolve_plan(config: ExportConfig, host, check_environment: bool = True) -> tuple[Plan, Any]:
+    """The plan and its backend, or the error that says why this target cannot do it (before any work).
+    `check_environment=False` leaves the installed-packages check to the machine that builds the cell (a farm's
+    driver need not have OpenVINO for its nodes to build OpenVINO cells)."""
     plan = resolve(config, host)
     backend = get_backend(plan.backend)
-    backend.check_environment(find_target(config.target))
+    if check_environment:
+        backend.check_environment(find_target(config.target))
     return plan, backend
 
 
@@ -245,6 +248,9 @@ def build(config, plan, backend, host, staged, prepared: Prepared, progress, sta
                               lambda: backend.compile(graph, plan, work, calibration, example=example),
                               save_compiled, lambda entry: load_compiled(entry, work))
         st.result = _compile_line(compiled) + _cached(stages, "compile")
+    if plan.measure and compiled.details.get("not_timed"):  # e.g. a GPU here, but no engine it can run
+        plan = plan.model_copy(update={"measure": False,
+                                       "measure_reason": f"not measured: {compiled.details['not_timed']}"})
 
     def validate_now() -> dict:
         with backend.runner(compiled.model, compiled.signature, compiled.runtime_settings) as runner:

@@ -52,3 +52,27 @@ def test_engine_is_built_validated_and_measured_on_the_gpu(tmp_path, image_dirs,
     rebuilt = run_cli("build-engine", out, "--builder", "tensorrt", "--out", tmp_path / "again", "--json")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert json.loads(rebuilt.stdout)["engines"][0]["timing_cache_reused"] is True
+
+
+def test_a_farm_gpu_node_builds_and_times_the_engine(tmp_path):
+    """A one-node Ray cluster on this GPU machine, started with its own `kiln node-labels` and one GPU: the
+    TensorRT cell is placed on it, builds its engine there and reports the engine's latency (needs kiln[ray])."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    from ray.cluster_utils import Cluster
+
+    from kiln.targets.labels import BENCH_RESOURCE, this_node_labels
+    from tests.conftest import tiny_mlp_onnx
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "labels": this_node_labels(),
+                                                            "resources": {BENCH_RESOURCE: 1}})
+    try:
+        done = run_cli("export", tiny_mlp_onnx(tmp_path / "mlp.onnx"), "--target", "tensorrt",
+                       "--precision", "fp16", "--out", tmp_path / "out", "--json", "--quiet", "--synthetic-data",
+                       "--cluster", cluster.address)
+    finally:
+        cluster.shutdown()
+    assert done.returncode == 0, done.stderr
+    cell = {c["target"]: c for c in json.loads(done.stdout)["cells"]}["tensorrt"]
+    assert cell["status"] == "ok" and cell["p50_ms"] is not None, cell
+    report = json.loads((tmp_path / "out" / "tensorrt-fp16" / "report.json").read_text())
+    assert report["compile"]["engine"]["built"] and report["bench"]["device_latency_ms"]["p50"] > 0

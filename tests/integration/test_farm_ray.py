@@ -19,20 +19,21 @@ import pytest
 from kiln.artifact.publish import pid_alive
 from kiln.artifact.verify import verify
 from kiln.schemas import validate_document
-from kiln.targets import detect_host
-from kiln.targets.labels import BENCH_RESOURCE, node_labels
-from tests.conftest import run_cli
+from kiln.targets.labels import BENCH_RESOURCE, this_node_labels
+from tests.conftest import run_cli, tiny_mlp_onnx
 from tests.integration.test_matrix import FAST, _inverse_model
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (scripts/setup.sh installs it)")
-AMX = {"kiln.dev/cpu-amx-int8": "true", "kiln.dev/cpu-amx-tile": "true", "kiln.dev/cpu-amx-bf16": "true"}
+# everything a Sapphire Rapids node publishes, whatever this machine's CPU has (an AVX2-only EPYC lacks AVX-512)
+AMX = {f"kiln.dev/cpu-{flag}": "true" for flag in ("avx512f", "avx512-vnni", "avx512-bf16", "amx-int8", "amx-tile",
+                                                   "amx-bf16")}
 
 
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
 
-    here = node_labels(detect_host())
+    here = this_node_labels()  # this machine as `kiln node-labels` describes it (OpenVINO installed, its CPU flags)
     started = time.perf_counter()
     made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": here,
                                                          "resources": {BENCH_RESOURCE: 1}})
@@ -45,14 +46,26 @@ def cluster():
     made.shutdown()
 
 
+def without_openvino(root) -> dict:
+    """The environment of a driver that cannot import OpenVINO, as a CI runner that only dispatches: a package of
+    that name first on its path that raises ImportError (the cluster's nodes, started by this process, have it)."""
+    blocked = root / "no-openvino" / "openvino"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('OpenVINO is not installed on this driver (test)')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(blocked.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 @pytest.fixture(scope="module")
 def farmed(cluster, tmp_path_factory):
+    """The matrix, driven from a process without OpenVINO: its OpenVINO cell is resolved there and checked and built
+    on a node that has it."""
     root = tmp_path_factory.mktemp("farm")
     model = _inverse_model(root / "inv.onnx")
     out = root / "out"
     started = time.perf_counter()
     done = run_cli("export", model, "--target", "onnxruntime,openvino,x86-amx,tensorrt-sm89", "--precision", "fp32",
-                   "--out", out, "--json", "--quiet", "--cluster", cluster.address, *FAST, timeout=600)
+                   "--out", out, "--json", "--quiet", "--cluster", cluster.address, *FAST, timeout=600,
+                   env=without_openvino(root))
     return done, out, model, time.perf_counter() - started
 
 
@@ -70,7 +83,9 @@ def test_each_cell_lands_where_its_hardware_is_and_a_failure_stops_nothing(farme
     assert {t: c["status"] for t, c in cells.items()} == {
         "onnxruntime-cpu": "ok", "openvino-cpu": "failed", "x86-amx": "ok", "tensorrt-sm89": "no-hardware"}
     assert cells["x86-amx"]["node"]["node_id"] == cluster.amx_node_id  # only that node says it has AMX
+    # the driver has no OpenVINO: a node's OpenVINO met the model, and failed on it for real
     assert "com.microsoft.Inverse" in cells["openvino-cpu"]["reason"] and cells["openvino-cpu"]["exit_code"] == 5
+    assert cells["openvino-cpu"]["node"]["node_id"] is not None
     assert cells["tensorrt-sm89"]["reason"].startswith("no node of the cluster (3 alive) has what this target needs")
     assert "kiln.dev/cuda-sm=89" in cells["tensorrt-sm89"]["reason"] and cells["tensorrt-sm89"]["node"] is None
     assert comparison["recommendation"]["target"] in ("onnxruntime-cpu", "x86-amx")
@@ -176,6 +191,59 @@ def test_a_cell_whose_node_dies_mid_build_is_retried_on_a_replacement(cluster, t
     assert cells["arm64-cpu"]["node"]["node_id"] == replacement.node_id
     assert verify(out / "arm64-cpu-fp32")["ok"]
     cluster.remove_node(replacement)
+
+
+def test_a_tensorrt_cell_lands_on_the_gpu_node_and_says_what_that_node_could_not_do(cluster, tmp_path):
+    """A node that declares one GPU and an SM89 card (Ray takes both as given; this machine has no GPU): the
+    TensorRT cell is placed there, builds the graph and kit, and says that no engine was built or timed, as it
+    does on a machine without TensorRT. The same cell on a real GPU node with TensorRT is tests/gpu's."""
+    gpu = cluster.add_node(num_cpus=1, num_gpus=1, labels={**this_node_labels(), "kiln.dev/cuda-sm": "89"},
+                           resources={BENCH_RESOURCE: 1})
+    try:
+        done = run_cli("export", tiny_mlp_onnx(tmp_path / "mlp.onnx"), "--target", "tensorrt-sm89", "--precision",
+                       "fp32", "--out", tmp_path / "out", "--json", "--quiet", "--cluster", cluster.address, *FAST,
+                       timeout=300)
+    finally:
+        cluster.remove_node(gpu)
+    assert done.returncode == 0, done.stderr
+    cell = _cells(json.loads(done.stdout))["tensorrt-sm89"]
+    assert cell["status"] == "ok" and cell["node"]["node_id"] == gpu.node_id and cell["p50_ms"] is None
+    report = json.loads((tmp_path / "out" / "tensorrt-sm89-fp32" / "report.json").read_text())
+    assert report["bench_skipped"].startswith("not measured: no NVIDIA GPU on this host")
+    assert report["compile"]["engine"]["built"] is False and "is not installed here" in report["compile"]["engine"][
+        "reason"]
+    assert verify(tmp_path / "out" / "tensorrt-sm89-fp32")["ok"]
+    # within the budget but not timed: exit 0, and no "fastest" claim without a time
+    assert "the cells within the accuracy budget were not timed (tensorrt-sm89 fp32)" in (
+        tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_a_cell_whose_only_node_leaves_for_good_is_no_hardware_after_the_grace(cluster, tmp_path):
+    """The only node with the cell's labels is removed mid-cell and none replaces it: Ray would keep the retry
+    pending forever; kiln gives up after --node-grace, records the cell no-hardware, and the other cell is built."""
+    paused = tmp_path / "paused.txt"
+    doomed = _paused_node(cluster, {"kiln.dev/arch": "aarch64", "kiln.dev/cpu-asimd": "true"}, paused)
+    driver = subprocess.Popen([sys.executable, "-m", "kiln.cli", "export", str(_inverse_model(tmp_path / "inv.onnx")),
+                               "--target", "arm64-cpu,onnxruntime", "--precision", "fp32", "--out",
+                               str(tmp_path / "out"), "--json", "--quiet", "--cluster", cluster.address,
+                               "--node-grace", "2", *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(paused, driver)
+        cluster.remove_node(doomed)
+        left = time.monotonic()
+        stdout, stderr = driver.communicate(timeout=120)
+        print(f"driver ended {time.monotonic() - left:.1f} s after the node left")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    cells = _cells(json.loads(stdout))
+    assert cells["onnxruntime-cpu"]["status"] == "ok"
+    lost = cells["arm64-cpu"]
+    assert lost["status"] == "no-hardware" and lost["exit_code"] == 3
+    assert lost["reason"].startswith("the nodes that fitted left the cluster and none joined in 2 s: ")
+    assert "kiln.dev/arch=aarch64" in lost["reason"]
+    assert not (tmp_path / "out" / "arm64-cpu-fp32").exists()
 
 
 def test_a_plan_of_two_models_on_the_cluster_lands_each_amx_cell_on_the_amx_node(cluster, tmp_path):

@@ -77,7 +77,10 @@ def run_cell(job: dict, prepared_bytes: bytes) -> dict:
     host = detect_host()
     node = _node(host)
     name = Path(job["config"]["out"]).name
-    with tempfile.TemporaryDirectory(prefix="kiln-cell-") as scratch:
+    root = scratch_root()
+    root.mkdir(exist_ok=True)
+    sweep_scratch(root)
+    with tempfile.TemporaryDirectory(prefix=f"cell-{os.getpid()}-", dir=root) as scratch:
         scratch_path = Path(scratch)
         config = ExportConfig.model_validate({**job["config"], "out": str(scratch_path / name)})
         if job["kiln_version"] != __version__:  # a cell built by another kiln is not the artifact asked for
@@ -106,6 +109,26 @@ def run_cell(job: dict, prepared_bytes: bytes) -> dict:
         if folder is not None:
             result["data"], result["sha256"] = pack(folder)
         return result
+
+
+def scratch_root() -> Path:
+    return Path(tempfile.gettempdir()) / "kiln-farm"
+
+
+def sweep_scratch(root: Path) -> list[Path]:
+    """Remove the scratch folders of cells whose worker died: a cancelled cell's worker is killed (`ray.cancel`
+    with force), so its own cleanup never runs; the next cell on the machine does it. Returns what it removed."""
+    import shutil
+
+    from kiln.artifact.publish import pid_alive
+
+    removed = []
+    for folder in sorted(root.glob("cell-*-*")) if root.is_dir() else []:
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _ray_node_id() -> str | None:

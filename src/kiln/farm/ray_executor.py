@@ -3,7 +3,7 @@
 Ray is imported here only (the `kiln[ray]` extra). Before anything is submitted, each cell's need (targets/labels.py)
 is checked against the live nodes' labels and resources: Ray would leave a task no node can take pending forever, so
 such a cell is recorded `no-hardware` at once, and a cell whose every fitting node left the cluster is cancelled and
-recorded so after LOST_GRACE seconds without a replacement. A crashed worker or a lost node is retried once (Ray's
+recorded so when no replacement joins within the grace (`--node-grace`, LOST_GRACE by default). A crashed worker or a lost node is retried once (Ray's
 system retries); an error in kiln's own code is the cell's failure and never stops the others. Results are written
 under --out as they arrive; Ctrl-C cancels the cells still running (their child processes killed) and writes nothing
 partial.
@@ -23,7 +23,8 @@ from kiln.targets.labels import HardwareNeed, node_fits
 
 RETRIES = 1  # a crashed worker or a dead node: the cell runs once more, on any node that fits
 POLL_SECONDS = 5.0
-LOST_GRACE = 60.0  # Ray waits for a node that fits; a replacement joins in seconds (3-5 s measured), or never
+LOST_GRACE = 60.0  # Ray waits for a node that fits; a replacement joins in seconds (3-5 s measured) or, with an
+# autoscaler bringing up a cloud machine, minutes: --node-grace raises it
 
 
 @dataclass
@@ -57,12 +58,15 @@ class _Submitted:
 
 class RayExecutor:
     """Runs cells on a Ray cluster: `address` as for ray.init ("HOST:PORT"), or None for the cluster RAY_ADDRESS
-    names or that runs here, else a new one here."""
+    names or that runs here, else a new one here. `node_grace`: seconds a cell whose fitting nodes all left waits
+    for one to join."""
 
     name = "ray"
+    builds_elsewhere = True  # the driver resolves cells without checking its own packages: each node checks its own
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, node_grace: float = LOST_GRACE):
         self.address = address
+        self.node_grace = node_grace
 
     def _connect(self):
         """Join the cluster; with no address and none running (and no RAY_ADDRESS), start one here whose node carries
@@ -129,7 +133,7 @@ class RayExecutor:
                                      ).remote({**common, "config": cell.config.model_dump(mode="json")}, shipped)
                 pending[ref] = _Submitted(cell, need)
             progress.say(f"cluster: {len(nodes)} node(s); {len(pending)} cell(s) queued")
-            self._collect(ray, pending, progress, debug)
+            self._collect(ray, pending, progress, debug, self.node_grace)
         except BaseException:  # Ctrl-C, or a failure here: the cells still running are cancelled, children killed
             for ref in pending:
                 with contextlib.suppress(Exception):
@@ -142,7 +146,7 @@ class RayExecutor:
                 "seconds": round(time.perf_counter() - began, 2)}
 
     @staticmethod
-    def _collect(ray, pending: dict, progress, debug: bool) -> None:
+    def _collect(ray, pending: dict, progress, debug: bool, grace: float) -> None:
         """Events as they come: a cell started on a node, a cell done (its artifact written here at once)."""
         from kiln.farm.cells import receive
 
@@ -150,7 +154,7 @@ class RayExecutor:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
             if not ready:
-                _give_up_on_lost_hardware(ray, pending, progress)
+                _give_up_on_lost_hardware(ray, pending, progress, grace)
                 continue
             events = ready[0]
             submitted = pending[events]
@@ -216,9 +220,9 @@ class _Board:
         return (f"cell {cell.plan.target} {cell.config.precision} {what}; {self.queued} queued; {per_node}")
 
 
-def _give_up_on_lost_hardware(ray, pending: dict, progress) -> None:
-    """Cells no live node can run any more (their node left, no replacement joined within LOST_GRACE): cancelled
-    and recorded no-hardware, so the driver never waits forever."""
+def _give_up_on_lost_hardware(ray, pending: dict, progress, grace: float) -> None:
+    """Cells no live node can run any more (their node left, no replacement joined within `grace` seconds):
+    cancelled and recorded no-hardware, so the driver never waits forever."""
     nodes, now = live_nodes(ray), time.monotonic()
     for ref, submitted in list(pending.items()):
         reason = unmet(submitted.need, nodes)
@@ -226,12 +230,12 @@ def _give_up_on_lost_hardware(ray, pending: dict, progress) -> None:
             submitted.unfit_since = None
             continue
         submitted.unfit_since = submitted.unfit_since or now
-        if now - submitted.unfit_since >= LOST_GRACE:
+        if now - submitted.unfit_since >= grace:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
             del pending[ref]
             cell = submitted.cell
             cell.record.update(status="no-hardware", exit_code=3,
-                               reason=f"the nodes that fitted left the cluster and none joined in {LOST_GRACE:.0f} s: "
+                               reason=f"the nodes that fitted left the cluster and none joined in {grace:g} s: "
                                       f"{reason}")
             progress.say(f"cell {cell.plan.target} {cell.config.precision}: no-hardware (its nodes left)")

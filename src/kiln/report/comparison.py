@@ -52,7 +52,11 @@ def render_comparison_markdown(comparison: dict) -> str:
         [f"top-1 disagreement ≤ {budget['max_top1_disagreement']}"]
         if budget.get("max_top1_disagreement") is not None else [])
     lines.append(f"Accuracy budget ({'given' if budget['given'] else 'default'}): {', '.join(rules)}.")
+    untimed = ", ".join(c["target"] + " " + c["precision"] for c in comparison["cells"]
+                        if c["meets_budget"] and c["p50_ms"] is None)
     lines.append(f"**Recommendation: {rec['target']} {rec['precision']}**, {rec['reason']}." if rec
+                 else f"**No recommendation:** the cells within the accuracy budget were not timed ({untimed}): "
+                      "time them on their device." if untimed
                  else "**No recommendation:** no cell was built within the accuracy budget.")
     if comparison.get("source_cost_per_million") is not None:
         lines.append(f"The source model costs {comparison['source_cost_per_million']:.3g} per 1M inferences at "

@@ -439,9 +439,13 @@ def _matrix(comp: dict) -> str:
                     "speedup vs source", "executes in", "cost / 1M"], rows, num=(3, 5, 6, 7, 8, 10),
                    classes=classes)
     rec, budget = comp.get("recommendation"), comp.get("budget") or {}
+    untimed = ", ".join(f"{c.get('target')}/{c.get('precision')}" for c in comp.get("cells", [])
+                        if c.get("meets_budget") and c.get("p50_ms") is None)
     reason = (f"<p><strong>★ Recommended: {e(rec.get('target'))}/{e(rec.get('precision'))}</strong>: "
-              f"{e(rec.get('reason', ''))}.</p>" if rec else "<p><strong>No recommendation</strong>: no cell met "
-              "the accuracy budget.</p>")
+              f"{e(rec.get('reason', ''))}.</p>" if rec
+              else f"<p><strong>No recommendation</strong>: the cells within the accuracy budget were not timed "
+                   f"({e(untimed)}): time them on their device.</p>" if untimed
+              else "<p><strong>No recommendation</strong>: no cell met the accuracy budget.</p>")
     given = "given" if budget.get("given") else "the default; none was given"
     budget_text = (f'<p class="small">Accuracy budget ({e(given)}): cosine ≥ {e(_f(budget.get("min_cosine"), 6))}, '
                    f'top-1 disagreement ≤ {e(_pct(budget.get("max_top1_disagreement"), 1))}.</p>')

@@ -16,6 +16,7 @@ from kiln.targets.host import Host
 from kiln.targets.spec import TargetSpec
 
 PREFIX = "kiln.dev/"
+OPENVINO = f"{PREFIX}openvino"  # "true" on a node where OpenVINO is installed and sees at least the CPU
 BENCH_RESOURCE = "kiln-bench"  # a node has 1: the timed cells it runs run one at a time
 
 
@@ -48,6 +49,8 @@ def need_of(spec: TargetSpec, timed: bool) -> HardwareNeed:
     if spec.arch != "any":
         labels[f"{PREFIX}arch"] = spec.arch
     labels.update({_flag_label(flag): "true" for flag in spec.required_cpu_flags})
+    if spec.backend == "openvino":  # the one runtime kiln's core install leaves out (an NVIDIA node may lack it)
+        labels[OPENVINO] = "true"
     if spec.openvino_device and spec.openvino_device != "CPU":
         labels[f"{PREFIX}openvino-{spec.openvino_device.lower()}"] = "true"
     gpus = 0
@@ -61,7 +64,8 @@ def need_of(spec: TargetSpec, timed: bool) -> HardwareNeed:
 
 def node_labels(host: Host, gpu: dict | None = None, openvino_devices: tuple[str, ...] = ()) -> dict[str, str]:
     """This node's labels: its architecture, the CPU flags some target needs, its NVIDIA GPU's compute capability,
-    the TensorRT it has, and the OpenVINO accelerators it sees."""
+    the TensorRT it has, whether OpenVINO is installed (`openvino_devices` is what it sees: empty without it) and
+    the OpenVINO accelerators it sees."""
     labels = {f"{PREFIX}arch": host.arch}
     wanted = sorted({flag for spec in CATALOGUE for flag in spec.required_cpu_flags})
     labels.update({_flag_label(flag): "true" for flag in wanted if flag in host.cpu_flags})
@@ -69,6 +73,8 @@ def node_labels(host: Host, gpu: dict | None = None, openvino_devices: tuple[str
         labels[f"{PREFIX}cuda-sm"] = _sm(gpu["compute_capability"])
     if gpu and gpu.get("tensorrt"):  # for people reading `ray status`; no target requires it yet
         labels[f"{PREFIX}tensorrt"] = gpu["tensorrt"]
+    if openvino_devices:
+        labels[OPENVINO] = "true"
     for device in openvino_devices:
         if device != "CPU":
             labels[f"{PREFIX}openvino-{device.split('.')[0].lower()}"] = "true"

@@ -113,6 +113,23 @@ def _build_engines(kit: Path, plan: Plan) -> dict:
     return {"built": True, **result}
 
 
+def _engine_for_this_gpu(engine: dict, gpu: dict) -> tuple[str, str] | str:
+    """(the engine file, the builder whose runtime runs it) when this machine's GPU runs one of the built engines: full
+    TensorRT's (built on this GPU) or TensorRT-RTX's for this GPU's compute capability (built ahead of time);
+    else why no engine runs here."""
+    if not gpu.get("gpu"):
+        return "no NVIDIA GPU here: the engine is timed on the device"
+    if not engine.get("built"):
+        return f"no engine was built here ({engine.get('reason', 'unknown reason')})"
+    if engine.get("builder") == "tensorrt":
+        return f"engines/{engine['engines'][0]['file']}", "tensorrt"
+    for built in engine.get("engines", []):
+        if built.get("compute_capability") == gpu.get("compute_capability"):
+            return f"engines/{built['file']}", "tensorrt_rtx"
+    made = ", ".join(f"SM{e.get('compute_capability')}" for e in engine.get("engines", []))
+    return f"TensorRT-RTX built engines for {made}, and this GPU ({gpu['gpu']}) is SM{gpu.get('compute_capability')}"
+
+
 def _refuse_foreign_domains(path: Path) -> None:
     """TensorRT's ONNX parser builds ai.onnx operators (and its own plugins): a graph with ai.onnx.ml trees and
     scalers (scikit-learn) or com.microsoft contrib ops cannot become an engine, so no kit is written for it."""
@@ -163,9 +180,11 @@ class TensorRtBackend:
         details["steps"].append({"step": "engine build", "seconds": round(time.perf_counter() - t0, 3)})
         shutil.rmtree(stage, ignore_errors=True)
         settings = {**graph_check_settings(plan), "graph_check": "ONNX Runtime CPU runs the prepared graph"}
-        engine = details["engine"]
-        if engine.get("built") and engine.get("builder") == "tensorrt":  # built on this GPU: run the engine itself
-            settings["engine"] = f"engines/{engine['engines'][0]['file']}"
+        runnable = _engine_for_this_gpu(details["engine"], nvidia_gpu())
+        if isinstance(runnable, tuple):  # the engine itself runs the checks and the timing
+            settings["engine"], settings["engine_builder"] = runnable
+        else:  # never time the CPU graph check as if it were the engine
+            details["not_timed"] = runnable
         return Compiled("tensorrt", root, target, signature, settings, details, time.perf_counter() - start)
 
     def runner(self, model: Path, signature: Signature, settings: dict):

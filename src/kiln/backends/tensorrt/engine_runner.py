@@ -27,12 +27,12 @@ class EngineRunner:
         self.load_seconds = 0.0
 
     def __enter__(self) -> "EngineRunner":
-        import tensorrt as trt
         import torch
 
-        from kiln.backends.tensorrt.build_engine import make_logger
+        from kiln.backends.tensorrt.build_engine import import_builder, make_logger
 
         start = time.perf_counter()
+        trt, _ = import_builder(self.settings.get("engine_builder", "tensorrt"))  # TensorRT-RTX: the same API
         self._torch, self._trt = torch, trt
         self._logger = make_logger(trt, [])
         runtime = trt.Runtime(self._logger)
