@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
-from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
+from kiln.backends.onnxruntime.session import OrtRunner, default_settings, int8_kernels_saturate, with_threads
 from kiln.calibration import Feed, Samples
 from kiln.config import Plan
 from kiln.errors import ExportError, MissingDependencyError, UnsupportedTargetError
@@ -21,7 +21,7 @@ from kiln.fallback.tune import fall_back, split_for_search
 from kiln.passes.ml_ops import lower_ml_ops
 from kiln.progress import report
 from kiln.signature import Signature, read_signature
-from kiln.targets import TargetSpec, nvidia_gpu
+from kiln.targets import TargetSpec, detect_host, nvidia_gpu
 
 KIT = "tensorrt"
 
@@ -88,6 +88,10 @@ def graph_check_settings(plan: Plan) -> dict:
     """ONNX Runtime CPU settings that run the prepared graph (the check, and the fallback search's scoring)."""
     settings = default_settings(plan.threads)
     if plan.precision == "fp8":  # ORT 1.32's ClipQuantFusion rejects float8 zero points: run the graph as written
+        settings["graph_optimization_level"] = "ORT_DISABLE_ALL"
+    elif plan.precision == "int8" and int8_kernels_saturate(detect_host()):
+        # TensorRT accumulates int8 products exactly in int32; ONNX Runtime's fused int8 kernels on this CPU do
+        # not, so the graph runs as written (Q/DQ in float: the exact arithmetic, slower)
         settings["graph_optimization_level"] = "ORT_DISABLE_ALL"
     return settings
 
