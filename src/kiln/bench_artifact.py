@@ -64,6 +64,26 @@ def _bench_language_model(root: Path, manifest: dict, model: Path, settings: dic
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 
 
+def bench_concurrency(root: Path, levels: list[int], new_tokens: int, threads: int | None) -> dict:
+    """The artifact served by its engine at each number of concurrent requests (kiln.llm.concurrency)."""
+    import json
+
+    from kiln.llm.concurrency import measure_concurrency, random_prompts
+
+    manifest = load_manifest(root)
+    if "language_model" not in manifest["runtime"]:
+        raise UsageError("--concurrency measures language-model artifacts; this one takes one input at a time",
+                         hint="drop --concurrency (kiln bench reports its throughput)")
+    verify_files(root, manifest)
+    report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+    layout = manifest["runtime"]["language_model"]
+    threads = threads or int(report["settings"]["threads"])
+    curve = measure_concurrency(root, report, levels, random_prompts(max(levels), layout["vocab_size"]), new_tokens,
+                                threads)
+    return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
+            "precision": manifest["precision"], "concurrency": curve}
+
+
 def language_model_decoder(model: Path, backend: str, settings: dict, layout: dict):
     """A function that loads a language-model artifact's decoder as its runtime.json says to run it."""
     from kiln.llm.runners import OpenVinoDecoder, OrtDecoder

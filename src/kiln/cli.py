@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="re-measure an artifact with its recorded runtime settings", epilog=EPILOG)
     be.add_argument("artifact", type=Path)
+    be.add_argument("--concurrency", metavar="N,N,...", help="a language-model artifact served by its engine with N "
+                    "requests at once (e.g. 1,4,8): tokens/s, TTFT and inter-token latency against one at a time")
+    be.add_argument("--new-tokens", type=_number(int, 2), default=64, help="--concurrency: tokens per request")
     _bench_options(be)
     _output_options(be)
 
@@ -418,6 +421,22 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     return code
 
 
+def _bench_concurrency(args) -> int:
+    from kiln.bench_artifact import bench_concurrency
+    from kiln.llm.concurrency import render_curve
+
+    try:
+        levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
+    except ValueError:
+        levels = []
+    if not levels or levels[0] < 1 or levels[-1] > 64:
+        raise UsageError(f"--concurrency '{args.concurrency}' is not a list of request counts from 1 to 64",
+                         hint="e.g. --concurrency 1,4,8")
+    result = bench_concurrency(args.artifact, levels, args.new_tokens, args.threads)
+    print(dumps(result) if args.json else f"{args.artifact}: " + render_curve(result["concurrency"]))
+    return 0
+
+
 def _node_grace_option(parser) -> None:
     parser.add_argument("--node-grace", type=_number(float, 0.0), metavar="SECONDS",
                         help="--cluster: how long a cell whose fitting nodes all left waits for one to join before it "
@@ -466,6 +485,8 @@ def _cmd_bench(args) -> int:
     from kiln.bench_artifact import bench_artifact
     from kiln.config import BenchSettings
 
+    if args.concurrency is not None:
+        return _bench_concurrency(args)
     result = bench_artifact(args.artifact, BenchSettings(warmup=args.warmup, min_runs=args.runs,
                                                          min_seconds=args.min_seconds,
                                                          throughput_seconds=args.throughput_seconds), threads=args.threads)

@@ -67,8 +67,19 @@ def test_decoder_families_export_with_their_cache_and_keep_fidelity(tiny, tmp_pa
         assert report["compile"]["nodes"]["MatMulNBits"] == 4 * 2 + 1
         assert any("not used for GPT2LMHeadModel" in note for note in report["export"]["notes"])
     files = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()}
-    assert {"generate.py", "runtime.json", "tokenizer/tokenizer.json", "config.json"} <= files
+    assert {"generate.py", "runtime.json", "tokenizer.json", "config.json", "generation_config.json"} <= files
     assert ("model.onnx.data" in files) == (target == "onnxruntime")
+    # the serving engine loads the artifact as it is and generates the artifact's own greedy tokens
+    served = report["serving"]
+    assert set(served["files"]) <= files
+    if family == "gpt2" and target == "onnxruntime":  # the TorchScript graph: no genai_config.json to load it by
+        assert served["loads"] is None and "TorchScript" in served["reason"] and "genai_config.json" not in files
+    else:
+        assert served["loads"] is True, served
+        assert served["tokens_identical"] == served["tokens_checked"] == 16
+    if target == "openvino":  # openvino-genai's file names, and its tokenizer IRs with the chat template
+        assert {"openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml"} <= files
+        assert served["settings"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
     if "--no-bench" not in extra:
         assert report["bench"]["ttft_ms"] > 0 and report["bench"]["decode_tokens_per_s"] > 0
         assert report["source_bench"]["decode_tokens_per_s"] > 0 and report["decode_speedup_vs_source"] > 0
@@ -98,6 +109,24 @@ def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(tiny
                               eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert got == want[:len(got)] and len(got) >= 1
     assert np.isfinite(json.loads(run.stdout.strip().splitlines()[-1])["ttft_ms"])
+    _bench_concurrency(out, target)
+
+
+def _bench_concurrency(out: Path, target: str) -> None:
+    """`kiln bench --concurrency`: the OpenVINO artifact served by openvino-genai's continuous batching, N requests at
+    once against one at a time; an ONNX Runtime artifact is refused in one line (onnxruntime-genai batches
+    statically on CPU). The real model's identity and speed: test_llamacpp.py and benchmarks/serving.py."""
+    done = run_cli("bench", out, "--concurrency", "1,4", "--new-tokens", "8", "--json")
+    if target == "onnxruntime":
+        assert done.returncode == 3 and done.stderr.count("\n") == 1 and "--concurrency measures OpenVINO" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    curve = json.loads(done.stdout)["concurrency"]
+    assert [row["requests"] for row in curve["levels"]] == [1, 4]
+    assert all(row["identical_to_alone"] == row["requests"] and row["tokens_per_s"] > 0 for row in curve["levels"])
+    assert curve["settings"]["KV_CACHE_PRECISION"] == "f32" and curve["new_tokens"] == 8
+    bad = run_cli("bench", out, "--concurrency", "0,4")
+    assert bad.returncode == 2 and "--concurrency '0,4' is not a list of request counts" in bad.stderr
     bench = run_cli("bench", out, "--json", "--runs", "2")
     assert bench.returncode == 0, bench.stderr
     speed = json.loads(bench.stdout)["language_model"]

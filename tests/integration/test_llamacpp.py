@@ -134,9 +134,36 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
             "onnxruntime-cpu": 0.75, "openvino-cpu": 0.8}[target]
         assert "6 windows" in report["compile"]["calibration"]  # the first 100 lines: AWQ in half the time
     _assert_onnxruntime_awq_layout(reports["onnxruntime-cpu", "int4-weights"], out / "onnxruntime-cpu-int4-weights")
+    for target in ("onnxruntime-cpu", "openvino-cpu"):  # each engine loads its cell and generates the cell's tokens
+        served = reports[target, "int4-weights"]["serving"]
+        assert served["loads"] is True and served["tokens_identical"] == served["tokens_checked"] == 16, served
+    _assert_continuous_batching_equals_one_at_a_time(out / "openvino-cpu-int4-weights")
     ov = reports["openvino-cpu", "int4-weights"]["compile"]
     assert (ov["mode"], ov["group_size"]) == ("int4_asym", 32)
     assert reports["openvino-cpu", "int4-weights"]["weights"]["ratio_to_fp32"] < 0.25
+
+
+def _assert_continuous_batching_equals_one_at_a_time(folder: Path) -> None:
+    """openvino-genai's ContinuousBatchingPipeline on the OpenVINO int4 artifact as kiln wrote it: 8 requests at
+    once give each request the tokens it gets alone, under the settings the report names (issue 17: 8 of 8)."""
+    import openvino as ov
+    import openvino_genai
+    from tokenizers import Tokenizer
+
+    served = json.loads((folder / "report.json").read_text())["serving"]
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    lines = [line for line in zoo.EVAL_SENTENCES.read_text().splitlines() if line.strip()][:8]
+    prompts = [ov.Tensor(np.array([tokenizer.encode(line).ids], dtype=np.int64)) for line in lines]
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.cache_size = 1
+    pipe = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU",
+                                                     {**served["settings"], "INFERENCE_NUM_THREADS": "2"})
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = config.min_new_tokens = 16
+    config.do_sample = False
+    together = [list(r.m_generation_ids[0]) for r in pipe.generate(prompts, [config] * len(prompts))]
+    alone = [list(pipe.generate([p], [config])[0].m_generation_ids[0]) for p in prompts]
+    assert together == alone and len({tuple(t) for t in together}) == len(prompts)  # 8 different continuations
 
 
 def _assert_onnxruntime_awq_layout(report: dict, folder: Path) -> None:
@@ -159,7 +186,7 @@ def _assert_onnxruntime_awq_layout(report: dict, folder: Path) -> None:
     assert sum(n.op_type != "DequantizeLinear" for n in graph.graph.node) < 500  # the TorchScript trace: 7,612
     assert c["lm_head"] == "MatMulNBits 8-bit" and c["embeddings"].startswith("GatherBlockQuantized")
     assert "AWQ" in report["plan"]["quantization"]["weights"]
-    assert {"model.onnx", "tokenizer/tokenizer.json", "generate.py"} <= {
+    assert {"model.onnx", "tokenizer.json", "genai_config.json", "generate.py"} <= {
         str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}  # the GGUF source's tokenizer too
 
 

@@ -273,14 +273,14 @@ def _requantize_int8_layers(model, originals: dict) -> list[str]:
 
 def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec: DecoderSpec,
                      windows: list | None = None) -> dict:
-    """Write out/model.xml + .bin: the exported IR made stateful (attention fused with the cache where the CPU
+    """Write `out` (an .xml, with its .bin): the exported IR made stateful (attention fused with the cache where the CPU
     plugin does it, openvino_export.py), weights compressed for int8/int4; `windows` (calibration token windows)
     make int4 data-aware."""
     ov = require("openvino", why="the OpenVINO backend")
     from kiln.llm.openvino_export import stateful_model
 
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     model, attention = stateful_model(graph, spec)
     details = {"precision": precision, "stateful": True, "variables": 2 * spec.layers, **attention}
     if precision != "fp32":
@@ -307,6 +307,6 @@ def compile_openvino(graph: Path, out: Path, precision: str, options: dict, spec
                     nncf.CompressWeightsMode.INT8_ASYM
                 model = nncf.compress_weights(model, mode=mode)
             details.update(tool="nncf.compress_weights", mode=mode.value, group_size=-1)
-    ov.save_model(model, str(out / "model.xml"), compress_to_fp16=False)
+    ov.save_model(model, str(out), compress_to_fp16=False)
     details["seconds"] = round(time.perf_counter() - start, 3)
     return details

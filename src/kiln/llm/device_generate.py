@@ -142,7 +142,7 @@ def main(argv=None):
     else:
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(str(HERE / "tokenizer" / "tokenizer.json"))
+        tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
         ids = tokenizer.encode(args.prompt).ids
     if not ids:
         print("generate.py: empty prompt", file=sys.stderr)

@@ -71,7 +71,7 @@ def export_fused(model, spec: DecoderSpec, source: Path, folder: Path) -> dict:
         raise ExportError(f"the model builder failed (exit {done.returncode}): {(lines or ['no output'])[-1][:300]}",
                           hint="kiln falls back to the TorchScript export; --debug keeps the log")
     log.unlink()
-    for name in ("model.onnx", DATA_NAME):
+    for name in ("model.onnx", DATA_NAME, "genai_config.json"):  # the last for onnxruntime-genai (llm/serving.py)
         shutil.move(str(work / name), str(folder / name))
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(folder / "builder-cache", ignore_errors=True)

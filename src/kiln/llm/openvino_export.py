@@ -12,7 +12,8 @@ stateful_sdpa_fusion.cpp and checked here on the compiled model):
     checked after compiling, and if it did not happen the graph is rebuilt with transformers' own mask as an
     additive bias (exact by the spec, 15 % slower per token here).
 Measured on SmolLM2-135M int4, 2 threads: 33 tokens/s without the fusion, 85-90 with it (docs/benchmarks.md).
-Batch 1 is made static: generation here is batch 1, and the variables' shapes start from it.
+The batch stays dynamic (inputs, `beam_idx` and the variables' [batch, kv heads, length, head dim]): openvino-genai's
+paged-attention transform, continuous batching and speculative decoding need it, and the fusion is the same.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def make_stateful(model, spec: DecoderSpec, causal: bool = True):
         reordered = ops.gather(port, beam, np.int64(0))
         for consumer in consumers:
             consumer.replace_source_output(reordered.output(0))
-    model.reshape({port: ov.PartialShape([1, spec.kv_heads, -1, spec.head_dim]) if port.get_any_name() in inputs[3:]
-                   else ov.PartialShape([1]) if port.get_any_name() == "beam_idx" else ov.PartialShape([1, -1])
+    model.reshape({port: ov.PartialShape([-1, spec.kv_heads, -1, spec.head_dim]) if port.get_any_name() in inputs[3:]
+                   else ov.PartialShape([-1]) if port.get_any_name() == "beam_idx" else ov.PartialShape([-1, -1])
                    for port in model.inputs})
     apply_make_stateful_transformation(model, dict(zip(inputs[3:], outputs[1:])))
     batch = ops.gather(ops.shape_of(model.input("input_ids"), output_type="i64"), np.array([0], np.int64),

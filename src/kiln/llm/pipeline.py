@@ -23,13 +23,13 @@ from kiln.calibration.text import check_text_file
 from kiln.config import ExportConfig, Plan, QuantizationPlan
 from kiln.errors import ExportError, KilnError, UnsupportedTargetError, UsageError
 from kiln.llm import compile as llm_compile
-from kiln.llm import fused_export
+from kiln.llm import fused_export, serving
 from kiln.llm.export import export_decoder
 from kiln.llm.loaded import Loaded, load
 from kiln.llm.measure import fidelity, speed
 from kiln.llm.openvino_export import export_openvino
 from kiln.llm.report import LLM_REPORT_SCHEMA, render_llm_markdown
-from kiln.llm.runners import OpenVinoDecoder, OrtDecoder
+from kiln.llm.runners import OpenVinoDecoder, OrtDecoder, generate
 from kiln.llm.source import TOKENIZER_FILES, check_supported
 from kiln.targets import detect_host, find_target
 from kiln.toolchain import toolchain_versions
@@ -208,9 +208,9 @@ def build_llm(config: ExportConfig, plan: Plan, host, loaded: Loaded, exports: E
         else:
             from kiln.backends.openvino.session import default_settings
 
-            details = llm_compile.compile_openvino(export_dir / "model.xml", staged / "openvino", plan.precision,
-                                                   options, spec, calibration_windows)
-            model_rel, settings = "openvino/model.xml", default_settings("CPU", plan.precision, plan.threads)
+            details = llm_compile.compile_openvino(export_dir / "model.xml", staged / serving.OPENVINO_MODEL,
+                                                   plan.precision, options, spec, calibration_windows)
+            model_rel, settings = serving.OPENVINO_MODEL, default_settings("CPU", plan.precision, plan.threads)
         if calibration:
             details["calibration"] = calibration
         model_path = staged / model_rel
@@ -226,11 +226,35 @@ def build_llm(config: ExportConfig, plan: Plan, host, loaded: Loaded, exports: E
     found, gate, bench, source = _measure(config, plan, loaded, progress, candidate)
     if not exports.shared:
         loaded.release_model()  # a single export compares nothing more with it: its memory goes before packaging
+    with progress.stage("engine") as st:
+        served = _serving(plan, loaded, staged, export_dir, settings, candidate)
+        st.result = (f"{served['engine']} loads it: {served['tokens_identical']} of {served['tokens_checked']} greedy "
+                     f"tokens identical" if served["loads"] else f"{served['engine']}: {served.get('reason')}")
     with progress.stage("package") as st:
         report, manifest = _package(config, plan, host, loaded, staged, record, details, settings, model_rel, layout,
-                                    found, gate, bench, source, weights, progress, started)
+                                    found, gate, bench, source, weights, progress, started, served)
         st.result = f"{report['size']['artifact_mib']:.1f} MiB"
     return finish(config, staged, report, manifest, gate, progress)
+
+
+def _serving(plan: Plan, loaded: Loaded, staged: Path, export_dir: Path, settings: dict, candidate) -> dict:
+    """The files the serving engine reads (serving.py), written into the artifact's root, and the engine's check."""
+    files = serving.copy_tokenizer_files(loaded.folder, staged, TOKENIZER_FILES)
+    if (loaded.folder / "generation_config.json").is_file():
+        shutil.copyfile(loaded.folder / "generation_config.json", staged / "generation_config.json")
+    serving.write_generation_config(staged, loaded.tokenizer)
+    files.append("generation_config.json")
+    prompt = loaded.prompts[0]
+    if plan.backend == "openvino":
+        tokenizer = serving.write_openvino_tokenizers(loaded.tokenizer, staged)
+        files += ["openvino_tokenizer.xml", "openvino_detokenizer.xml"] if tokenizer["tokenizer_ir"] else []
+        checked = serving.check_openvino_genai(staged, prompt, settings, plan.threads)
+        return {**checked, **tokenizer, "files": [serving.OPENVINO_MODEL, *files]}
+    if (export_dir / "genai_config.json").is_file():
+        serving.write_genai_config(export_dir / "genai_config.json", staged, settings)
+        files.append("genai_config.json")
+    expected = [int(t) for t in generate(candidate(), prompt, serving.CHECK_TOKENS).tokens]
+    return {**serving.check_onnxruntime_genai(staged, prompt, expected), "files": ["model.onnx", *files]}
 
 
 def _int4_calibration(plan: Plan, loaded: Loaded) -> tuple[list | None, str | None]:
@@ -398,20 +422,14 @@ def _gate(config: ExportConfig, found: dict) -> dict:
 
 
 def _package(config, plan, host, loaded: Loaded, staged, record, details, settings, model_rel, layout, found, gate,
-             bench, source, weights, progress, started) -> tuple[dict, dict]:
+             bench, source, weights, progress, started, served: dict | None = None) -> tuple[dict, dict]:
     from kiln.exporters.base import sha256_tree
     from kiln.signature import read_signature
 
     folder, origin, spec, where = loaded.folder, loaded.origin, loaded.spec, loaded.where
     gguf = plan.backend == "llamacpp"
-    if not gguf:  # a GGUF file holds its tokenizer and generation settings
-        (staged / "tokenizer").mkdir()
-        for name in TOKENIZER_FILES:
-            if (folder / name).is_file():  # before .work goes: a GGUF source was read into a folder there
-                shutil.copyfile(folder / name, staged / "tokenizer" / name)
-        for name in ("config.json", "generation_config.json"):
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, staged / name)
+    if not gguf and (folder / "config.json").is_file():  # the tokenizer went in with the engine's files
+        shutil.copyfile(folder / "config.json", staged / "config.json")
     shutil.rmtree(staged / ".work", ignore_errors=True)
     runner = Path(__file__).parent.parent / "llamacpp" / "generate.py" if gguf else Path(__file__).parent / \
         "device_generate.py"
@@ -451,7 +469,7 @@ def _package(config, plan, host, loaded: Loaded, staged, record, details, settin
                     "ratio_to_fp32": weights / spec.weight_bytes_fp32},
         "fidelity": found, "gate": gate, "bench": bench, "source_bench": source,
         "decode_speedup_vs_source": speedup, "bench_skipped": None if bench else plan.measure_reason,
-        "export": {k: v for k, v in record.items()}, "compile": details,
+        "export": {k: v for k, v in record.items()}, "compile": details, **({"serving": served} if served else {}),
         "size": {"model_mib": weights / 2**20}, "stages_seconds": stages, "notes": notes,
         "cache": {"enabled": False, "reason": "language-model stages are not cached yet", "root": None, "stages": {}},
     }

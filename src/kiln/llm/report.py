@@ -85,4 +85,33 @@ def render_llm_markdown(report: dict) -> str:
     else:
         lines.append("- Compile: " + ", ".join(f"{k} {v}" for k, v in compile_.items() if k not in ("seconds", "nodes")))
     lines += [f"- {note}" for note in report["notes"]]
+    if report.get("serving"):
+        lines += ["", "## Serving", ""] + _serving_lines(report["serving"])
     return "\n".join(lines) + "\n"
+
+
+def _serving_lines(served: dict) -> list[str]:
+    """Which engine loads the artifact as it is, what the export saw it do, and the lines that serve it."""
+    engine = served["engine"]
+    if not served["loads"]:
+        verdict = "does not load it" if served["loads"] is False else "was not tried"
+        return [f"{engine} {verdict}: {served.get('reason')}."]
+    settings = ", ".join(f'{k}="{v}"' for k, v in served.get("settings", {}).items())
+    lines = [f"{engine} {served['version']} loads this folder as it is: {served['tokens_identical']} of the first "
+             f"{served['tokens_checked']} greedy tokens equal the artifact's own generator"
+             + (f" with {settings}" if settings else "") + ".",
+             "It serves: " + "; ".join(served["features"]) + "."]
+    if served.get("tokenizer_ir") is False:
+        lines.append(f"No tokenizer IR: {served.get('tokenizer_reason')}.")
+    if engine == "openvino-genai":
+        code = ["import openvino_genai as ov_genai", "",
+                f'pipe = ov_genai.LLMPipeline("ARTIFACT", "CPU", {", ".join(f"{k}={v!r}" for k, v in served.get("settings", {}).items())})',
+                'print(pipe.generate("The capital of France is", max_new_tokens=32))']
+    else:
+        code = ["import onnxruntime_genai as og", "", 'model = og.Model("ARTIFACT")',
+                "tokenizer = og.Tokenizer(model)", "params = og.GeneratorParams(model)",
+                "params.set_search_options(max_length=64)", "generator = og.Generator(model, params)",
+                'generator.append_tokens(tokenizer.encode("The capital of France is"))',
+                "while not generator.is_done():", "    generator.generate_next_token()",
+                "print(tokenizer.decode(generator.get_sequence(0)))"]
+    return lines + ["", "```python", *code, "```"]
