@@ -228,7 +228,9 @@ def test_each_family_gets_the_fused_graph_on_onnxruntime(tiny, tmp_path, family)
 
     graph = onnx.load(str(tmp_path / "export" / "model.onnx"), load_external_data=False)
     assert sum(n.op_type == "GroupQueryAttention" for n in graph.graph.node) == spec.layers
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["model.onnx", "model.onnx.data"]
+    # with the builder's genai_config.json, which the artifact keeps for onnxruntime-genai (llm/serving.py)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["genai_config.json", "model.onnx",
+                                                                       "model.onnx.data"]
 
 
 def test_shared_cache_buffer_generates_the_same_tokens_as_copying_it(tiny, tmp_path):
