@@ -58,9 +58,16 @@ def test_fp32_runs_in_f32_explicitly_and_matches_the_source(efficientnet):
 
 
 def test_bf16_runs_in_bf16_and_its_drift_is_measured(efficientnet):
+    """bf16 where the CPU has bf16 instructions. Elsewhere (an AVX2-only EPYC) OpenVINO's CPU plugin runs the IR in
+    f32, and the report says what ran, not what was asked for."""
+    from kiln.targets import detect_host
+
     report = efficientnet["bf16"]
-    assert report["execution_precision"] == "bf16"
     out = report["accuracy"]["outputs"]["output"]
+    if not {"avx512_bf16", "amx_bf16"} & detect_host().cpu_flags:
+        assert report["execution_precision"] == "f32" and out["top1_agreement"] == 1.0
+        return
+    assert report["execution_precision"] == "bf16"
     assert 0.85 <= out["top1_agreement"] < 1.0  # bf16 does move some ambiguous images: measured, not hidden
     assert out["top1_agreement_confident"] == 1.0
 
