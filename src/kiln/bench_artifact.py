@@ -64,24 +64,70 @@ def _bench_language_model(root: Path, manifest: dict, model: Path, settings: dic
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 
 
-def bench_concurrency(root: Path, levels: list[int], new_tokens: int, threads: int | None) -> dict:
-    """The artifact served by its engine at each number of concurrent requests (kiln.llm.concurrency)."""
+def _language_model_artifact(root: Path, flag: str) -> tuple[dict, dict]:
+    """The manifest and report of a language-model artifact whose files match its manifest."""
     import json
-
-    from kiln.llm.concurrency import measure_concurrency, random_prompts
 
     manifest = load_manifest(root)
     if "language_model" not in manifest["runtime"]:
-        raise UsageError("--concurrency measures language-model artifacts; this one takes one input at a time",
-                         hint="drop --concurrency (kiln bench reports its throughput)")
+        raise UsageError(f"{flag} measures language-model artifacts; this one takes one input at a time",
+                         hint=f"drop {flag} (kiln bench reports its throughput)")
     verify_files(root, manifest)
-    report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+    return manifest, json.loads((root / "report.json").read_text(encoding="utf-8"))
+
+
+def bench_serving(root: Path, threads: int | None) -> dict:
+    """What the export's serve stage measures (kiln.llm.serving_bench), again, on this machine."""
+    from transformers import AutoTokenizer
+
+    from kiln.llm.concurrency import server_for
+    from kiln.llm.serving_bench import measure_serving
+
+    manifest, report = _language_model_artifact(root, "--serving")
+    runtime = manifest["runtime"]
+    threads = threads or int(report["settings"]["threads"])
+    server_for(root, report, threads, 1)  # refuses in one line what has no serving engine, before loading anything
+    if not (root / "tokenizer_config.json").is_file():
+        raise UsageError("--serving writes its prompts with the artifact's tokenizer, and this one has none",
+                         hint="export the artifact again from a source with a tokenizer")
+    settings = dict(runtime["settings"])
+    if runtime["backend"] == "openvino":
+        settings["config"] = {**settings.get("config", {}), **report["serving"]["settings"],
+                              "INFERENCE_NUM_THREADS": str(threads)}
+    else:
+        settings["intra_op_num_threads"] = threads
+    model = root / checked_relative_path(runtime["model"], "manifest.json runtime.model")
+    decoder = language_model_decoder(model, runtime["backend"], settings, runtime["language_model"])()
+    served = measure_serving(root, report, decoder, AutoTokenizer.from_pretrained(str(root)), threads)
+    return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
+            "precision": manifest["precision"], "serving": served}
+
+
+def bench_concurrency(root: Path, levels: list[int], new_tokens: int, threads: int | None) -> dict:
+    """The artifact served by its engine at each number of concurrent requests (kiln.llm.concurrency)."""
+    from kiln.llm.concurrency import measure_concurrency
+
+    manifest, report = _language_model_artifact(root, "--concurrency")
     layout = manifest["runtime"]["language_model"]
     threads = threads or int(report["settings"]["threads"])
-    curve = measure_concurrency(root, report, levels, random_prompts(max(levels), layout["vocab_size"]), new_tokens,
+    curve = measure_concurrency(root, report, levels, _questions(root, max(levels), layout["vocab_size"]), new_tokens,
                                 threads)
     return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
             "precision": manifest["precision"], "concurrency": curve}
+
+
+def _questions(root: Path, count: int, vocab_size: int) -> list[list[int]]:
+    """`count` short questions through the artifact's tokenizer and chat template (the export's serve stage asks the
+    same); random token ids where the artifact has no tokenizer."""
+    from kiln.llm.concurrency import random_prompts
+    from kiln.llm.serving_bench import QUESTIONS, chat_prompts
+
+    if not (root / "tokenizer_config.json").is_file():
+        return random_prompts(count, vocab_size)
+    from transformers import AutoTokenizer
+
+    texts = [QUESTIONS[i % len(QUESTIONS)] + (f" (request {i + 1})" if i >= len(QUESTIONS) else "") for i in range(count)]
+    return [list(map(int, ids)) for ids in chat_prompts(AutoTokenizer.from_pretrained(str(root)), texts)]
 
 
 def language_model_decoder(model: Path, backend: str, settings: dict, layout: dict):

@@ -128,6 +128,9 @@ def run_model_matrix(config, targets: list[str], precisions: list[str], progress
     """A classic model's matrix, or a language model's (those run here only)."""
     from kiln.llm.source import language_model
 
+    if config.llm.draft is not None:
+        raise UsageError("--draft ships a draft inside one language-model artifact; a matrix builds many",
+                         hint="export the chosen target and precision alone with --draft")
     decoder = language_model(config.source, config.task, config.trust_remote_code)
     if decoder is not None:
         if executor is not None:

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--max-perplexity-increase", type=float, metavar="X",
                     help="fail (exit 4) if perplexity on the --eval text exceeds torch's by more than this share "
                          "(0.05 = 5 %%)")
+    lm.add_argument("--draft", type=Path, metavar="ARTIFACT",
+                    help="a smaller kiln language-model artifact of the same target and tokenizer, shipped in draft/ "
+                         "for speculative decoding and measured against plain decoding")
     lm.add_argument("--max-memory", type=_memory, metavar="SIZE",
                     help="refuse a model whose export would need more memory than this (e.g. 16G)")
     ex.add_argument("--compiled-cache", action="store_true",
@@ -215,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("artifact", type=Path)
     be.add_argument("--concurrency", metavar="N,N,...", help="a language-model artifact served by its engine with N "
                     "requests at once (e.g. 1,4,8): tokens/s, TTFT and inter-token latency against one at a time")
+    be.add_argument("--serving", action="store_true", help="a language-model artifact: prompt lookup in kiln's "
+                    "generator and the engine, the concurrency curve 1,2,4,8 and the recommendation (as an export "
+                    "measures them)")
     be.add_argument("--new-tokens", type=_number(int, 2), default=64, help="--concurrency: tokens per request")
     _bench_options(be)
     _output_options(be)
@@ -348,7 +354,7 @@ def _export_config(args):
                                       block_size=args.block_size, accuracy_level=args.accuracy_level,
                                       keep_embeddings=args.keep_embeddings, min_agreement=args.min_agreement,
                                       max_perplexity_increase=args.max_perplexity_increase,
-                                      max_memory=args.max_memory),
+                                      max_memory=args.max_memory, draft=args.draft),
             measure=not args.no_bench,
             bundle=_bundle_path(args), sign_key=args.sign_key, cache=not args.no_cache,
         )
@@ -437,6 +443,15 @@ def _bench_concurrency(args) -> int:
     return 0
 
 
+def _bench_serving(args) -> int:
+    from kiln.bench_artifact import bench_serving
+    from kiln.llm.serving_bench import render
+
+    result = bench_serving(args.artifact, args.threads)
+    print(dumps(result) if args.json else f"{args.artifact}:" + "\n".join(render(result["serving"])))
+    return 0
+
+
 def _node_grace_option(parser) -> None:
     parser.add_argument("--node-grace", type=_number(float, 0.0), metavar="SECONDS",
                         help="--cluster: how long a cell whose fitting nodes all left waits for one to join before it "
@@ -487,6 +502,8 @@ def _cmd_bench(args) -> int:
 
     if args.concurrency is not None:
         return _bench_concurrency(args)
+    if args.serving:
+        return _bench_serving(args)
     result = bench_artifact(args.artifact, BenchSettings(warmup=args.warmup, min_runs=args.runs,
                                                          min_seconds=args.min_seconds,
                                                          throughput_seconds=args.throughput_seconds), threads=args.threads)

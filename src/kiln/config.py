@@ -267,6 +267,7 @@ class LanguageModelSettings(Frozen):
     min_agreement: float | None = Field(default=None, ge=0.0, le=1.0)  # gate on greedy agreement
     max_perplexity_increase: float | None = Field(default=None, ge=0.0)  # gate: 0.05 = at most 5 % above torch's
     max_memory: int | None = Field(default=None, ge=1)  # bytes: refuse models whose export would need more
+    draft: Path | None = None  # a kiln language-model artifact shipped in draft/ for speculative decoding
 
     @field_validator("block_size")
     @classmethod

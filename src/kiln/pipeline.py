@@ -104,6 +104,9 @@ def run(config: ExportConfig, *, module: Any = None, example_inputs: Any = None,
         from kiln.llm.pipeline import run_llm
 
         return run_llm(config, *decoder, progress, started)
+    if config.llm.draft is not None:
+        raise UsageError("--draft is for language models (a decoder's speculative-decoding draft)",
+                         hint="drop --draft")
     host = detect_host()
     with progress.stage("resolve") as st:
         plan, backend = resolve_plan(config, host)

@@ -9,6 +9,7 @@ Speed is reported, not asserted here (benchmarks/llm.py measures it).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from benchmarks import zoo
+from kiln.artifact.manifest import file_entries
 from kiln.schemas import validate_document
 from tests.conftest import run_cli
 
@@ -34,7 +36,7 @@ def export(source: Path, out: Path, *args) -> dict:
 
 # (family, target, precision, extra args): every family on both runtimes, every precision at least once
 CASES = [("llama", "onnxruntime", "int4-weights", ("--calibration", zoo.CALIBRATION_SENTENCES)),
-         ("llama", "openvino", "fp32", ("--no-bench",)),
+         ("llama", "openvino", "fp32", ()),
          ("qwen2", "openvino", "int4-weights", ("--no-bench", "--calibration", zoo.CALIBRATION_SENTENCES)), ("qwen2", "onnxruntime", "fp32", ("--no-bench",)),
          ("phi3", "onnxruntime", "int8-weights", ("--no-bench",)), ("phi3", "openvino", "int8-weights", ("--no-bench",)),
          ("gpt2", "onnxruntime", "int4-weights", ("--no-bench",)), ("gpt2", "openvino", "fp32", ("--no-bench",))]
@@ -83,17 +85,45 @@ def test_decoder_families_export_with_their_cache_and_keep_fidelity(tiny, tmp_pa
     if "--no-bench" not in extra:
         assert report["bench"]["ttft_ms"] > 0 and report["bench"]["decode_tokens_per_s"] > 0
         assert report["source_bench"]["decode_tokens_per_s"] > 0 and report["decode_speedup_vs_source"] > 0
+        _assert_serving_measured(served, target, (tmp_path / "out" / "report.md").read_text())
+    elif served["loads"]:
+        assert served["measure_reason"] == "--no-bench" and "prompt_lookup" not in served
 
 
-@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
-def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(tiny, tmp_path, target):
+def _assert_serving_measured(served: dict, target: str, markdown: str) -> None:
+    """The serve stage: prompt lookup in kiln's generator and in the engine on both prompts, each against plain
+    greedy (a random tiny model's figures say nothing of speed; the real model's: test_llamacpp.py), the concurrency
+    curve through the engine, and the recommendation made of them."""
+    engine = {"onnxruntime": "onnxruntime-genai", "openvino": "openvino-genai"}[target]
+    rows = served["prompt_lookup"]["rows"]
+    assert [(r["runner"], r["prompt"]) for r in rows] == [(runner, prompt) for runner in ("kiln generate", engine)
+                                                          for prompt in ("copy-heavy", "open-ended")]
+    assert all(r["speedup"] > 0 and r["new_tokens"] == 64 and r["prompt_tokens"] > 20 for r in rows)
+    assert all(r["identical"] == 64 for r in rows if target == "openvino" or r["runner"] == "kiln generate"), rows
+    curve = served["concurrency"]
+    assert [level["requests"] for level in curve["levels"]] == [1, 2, 4, 8] and curve["new_tokens"] == 32
+    assert curve["engine"] == {"onnxruntime": "onnxruntime-genai Engine",
+                               "openvino": "openvino-genai ContinuousBatchingPipeline"}[target]
+    assert [line.split(":")[0] for line in served["recommendation"]] == ["prompt lookup", "batching"]
+    assert "| kiln generate | copy-heavy |" in markdown and served["recommendation"][1] in markdown
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def fp32_bundle(request, tiny, tmp_path_factory) -> tuple[Path, str]:
+    """The tiny Llama's fp32 artifact and bundle for each runtime, once a module: the bundle, prompt lookup,
+    concurrency and draft tests share it (the draft test ships it as a draft)."""
+    out = tmp_path_factory.mktemp(f"fp32-{request.param}") / "out"
+    export(tiny["llama"], out, "--target", request.param, "--no-bench", "--bundle")
+    return out, request.param
+
+
+def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(fp32_bundle, tiny, tmp_path):
     """fp32 bundle, verified and unpacked; its generate.py (kiln made unimportable) continues a prompt exactly as
     transformers' own greedy generate() does."""
     import torch
     import transformers
 
-    out = tmp_path / "out"
-    export(tiny["llama"], out, "--target", target, "--no-bench", "--bundle")
+    out, _ = fp32_bundle
     dest = tmp_path / "device"
     assert run_cli("verify", out.with_name("out.tar.gz"), "--extract", dest).returncode == 0
     prompt = [1, 504, 3458, 314, 4813, 42]
@@ -109,28 +139,96 @@ def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(tiny
                               eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert got == want[:len(got)] and len(got) >= 1
     assert np.isfinite(json.loads(run.stdout.strip().splitlines()[-1])["ttft_ms"])
-    _bench_concurrency(out, target)
 
 
-def _bench_concurrency(out: Path, target: str) -> None:
-    """`kiln bench --concurrency`: the OpenVINO artifact served by openvino-genai's continuous batching, N requests at
-    once against one at a time; an ONNX Runtime artifact is refused in one line (onnxruntime-genai batches
-    statically on CPU). The real model's identity and speed: test_llamacpp.py and benchmarks/serving.py."""
+def test_prompt_lookup_rolls_back_rejected_guesses_and_keeps_greedys_tokens(fp32_bundle, tiny):
+    """kiln's generator with prompt lookup (llm/speculate.py) on the artifact and on the torch model: a rolled-back
+    guess leaves the cache as if it had never been run, and the tokens are plain greedy's."""
+    import torch
+    import transformers
+
+    from kiln.bench_artifact import language_model_decoder
+    from kiln.llm.runners import TorchDecoder, generate
+    from kiln.llm.speculate import generate_prompt_lookup
+
+    out, target = fp32_bundle
+    runtime = json.loads((out / "runtime.json").read_text())
+    decoder = language_model_decoder(out / runtime["model"], target, runtime["settings"], runtime["language_model"])()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny["llama"]), dtype=torch.float32).eval()
+    prompt = np.array([1, 504, 3458, 314, 4813, 42] * 4, dtype=np.int64)
+    for each in (decoder, TorchDecoder(model, 2)):
+        each.reset()
+        each.forward(prompt[None])
+        each.forward(np.array([[7, 8, 9, 10]]))
+        each.rollback(3)  # keep 7
+        after = each.forward(np.array([[11]]))
+        each.reset()
+        each.forward(prompt[None])
+        each.forward(np.array([[7]]))
+        fresh = each.forward(np.array([[11]]))
+        assert each.length == len(prompt) + 2 and np.abs(after - fresh).max() < 1e-4 * np.abs(fresh).max()
+        plain = generate(each, prompt, 24).tokens
+        guessed = generate_prompt_lookup(each, prompt, 24)
+        assert guessed.generation.tokens == plain and guessed.drafted > 0
+        assert guessed.passes == 23 - guessed.accepted  # every kept guess saved one pass
+
+
+def test_bench_serves_the_artifact_with_its_engine_at_each_concurrency(fp32_bundle):
+    """`kiln bench --concurrency`: the artifact served by its engine (openvino-genai's continuous batching,
+    onnxruntime-genai's Engine, which batches 4 per step on CPU), N requests at once against one at a time. The real
+    model's identity and speed: test_llamacpp.py and benchmarks/serving.py."""
+    out, target = fp32_bundle
     done = run_cli("bench", out, "--concurrency", "1,4", "--new-tokens", "8", "--json")
-    if target == "onnxruntime":
-        assert done.returncode == 3 and done.stderr.count("\n") == 1 and "--concurrency measures OpenVINO" in done.stderr
-        return
     assert done.returncode == 0, done.stderr
     curve = json.loads(done.stdout)["concurrency"]
-    assert [row["requests"] for row in curve["levels"]] == [1, 4]
-    assert all(row["identical_to_alone"] == row["requests"] and row["tokens_per_s"] > 0 for row in curve["levels"])
-    assert curve["settings"]["KV_CACHE_PRECISION"] == "f32" and curve["new_tokens"] == 8
+    assert [row["requests"] for row in curve["levels"]] == [1, 4] and curve["new_tokens"] == 8
+    assert all(row["tokens_per_s"] > 0 and row["ttft_ms"]["p50"] > 0 for row in curve["levels"])
+    if target == "openvino":  # the settings under which batched tokens are each request's own
+        assert curve["settings"]["KV_CACHE_PRECISION"] == "f32"
+        assert all(row["identical_to_alone"] == row["requests"] for row in curve["levels"])
+    else:
+        assert curve["engine"] == "onnxruntime-genai Engine" and curve["batch_per_step"] == 4
     bad = run_cli("bench", out, "--concurrency", "0,4")
     assert bad.returncode == 2 and "--concurrency '0,4' is not a list of request counts" in bad.stderr
     bench = run_cli("bench", out, "--json", "--runs", "2")
     assert bench.returncode == 0, bench.stderr
     speed = json.loads(bench.stdout)["language_model"]
     assert speed["prompt_tokens"] == 128 and speed["decode_tokens_per_s"] > 0 and speed["rounds"] == 2
+
+
+def test_a_draft_ships_in_the_artifact_and_speculation_keeps_greedys_tokens(fp32_bundle, tiny, tmp_path):
+    """--draft: the tiny Llama's artifact as the draft of the tiny Qwen2 (the same tokenizer, another model). It lands in draft/, hashed by the manifest; kiln's generator and the engine speculate with it
+    and emit plain greedy's tokens; a draft with another tokenizer is refused in one line before any export."""
+    draft, target = fp32_bundle
+    out = tmp_path / "out"
+    report = export(tiny["qwen2"], out, "--target", target, "--draft", draft)
+    served = report["serving"]
+    assert served["draft"]["artifact"] == draft.name and served["draft"]["precision"] == "fp32"
+    listed = {e["path"] for e in json.loads((out / "manifest.json").read_text())["files"]}
+    assert set(served["draft"]["files"]) <= listed and "draft/manifest.json" in listed
+    assert ("draft/speculative.json" in listed) == (target == "onnxruntime")
+    engine = {"onnxruntime": "onnxruntime-genai", "openvino": "openvino-genai"}[target]
+    rows = served["draft_speculation"]["rows"]
+    assert [(r["runner"], r["prompt"]) for r in rows] == [(runner, prompt) for runner in ("kiln generate", engine)
+                                                          for prompt in ("copy-heavy", "open-ended")]
+    kiln = [r for r in rows if r["runner"] == "kiln generate"]
+    assert all(r["identical"] == 64 and 0 <= r["acceptance"] <= 1 and r["tokens_per_pass"] >= 1 for r in kiln), rows
+    if target == "openvino":
+        assert all(r["identical"] == 64 for r in rows), rows
+    assert served["recommendation"][1].startswith("draft speculation: ")
+    assert "Draft speculation (draft out (fp32)" in (out / "report.md").read_text()
+    assert run_cli("verify", out).returncode == 0
+
+    other = tmp_path / "other-tokenizer"  # the same draft, its tokenizer swapped for MiniLM's (hashes rewritten)
+    shutil.copytree(draft, other)
+    shutil.copyfile(zoo.minilm_path() / "tokenizer.json", other / "tokenizer.json")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"] = file_entries(other)
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    refused = run_cli("export", tiny["qwen2"], "--out", tmp_path / "refused", "--target", target, "--eval",
+                      zoo.EVAL_SENTENCES, "--draft", other, "--no-bench", "--quiet")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "has another tokenizer" in refused.stderr and not (tmp_path / "refused").exists()
 
 
 def test_language_model_bad_input(tiny, smollm2, minilm_path, tmp_path):

@@ -10,6 +10,7 @@ model loaded and each export made once.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from kiln.config import ExportConfig, Plan, QuantizationPlan
 from kiln.errors import ExportError, KilnError, UnsupportedTargetError, UsageError
 from kiln.llm import compile as llm_compile
 from kiln.llm import fused_export, serving
+from kiln.llm.draft import DRAFT_DIR, bundle_draft, check_draft_artifact, check_draft_tokens
 from kiln.llm.export import export_decoder
 from kiln.llm.loaded import Loaded, load
 from kiln.llm.measure import fidelity, speed
@@ -42,12 +44,17 @@ def resolve_llm(config: ExportConfig, host, folder: Path, cfg: dict, matrix_cell
     """`matrix_cell`: one cell of a comparison matrix, where --calibration serves the cells that take it and the
     others say they did not use it (a single export refuses it instead)."""
     spec = find_target(config.target)
+    if config.llm.draft is not None and spec.backend not in BACKENDS:
+        raise UnsupportedTargetError(f"--draft is served by openvino-genai and onnxruntime-genai; '{spec.name}' is "
+                                     f"{spec.backend}", hint="use --target openvino or onnxruntime with --draft")
     if spec.backend == "llamacpp":
         return _resolve_llamacpp(config, host, spec, folder, cfg)
     if spec.backend not in BACKENDS or spec.device != "cpu":
         raise UnsupportedTargetError(f"language models are exported for CPU targets of {', '.join(BACKENDS)}; "
                                      f"'{spec.name}' is {spec.backend} on {spec.device}",
                                      hint="use --target onnxruntime or --target openvino")
+    if config.llm.draft is not None:
+        check_draft_artifact(config.llm.draft, spec.backend)
     if config.precision not in PRECISIONS:
         raise UnsupportedTargetError(f"precision '{config.precision}' is not offered for language models",
                                      hint=f"use one of {', '.join(PRECISIONS)} (weight-only: activations stay fp32)")
@@ -185,6 +192,9 @@ def build_llm(config: ExportConfig, plan: Plan, host, loaded: Loaded, exports: E
                "keep_embeddings": config.llm.keep_embeddings, "group_size": config.weight_compression.group_size,
                "ratio": config.weight_compression.ratio, "symmetric": config.weight_compression.symmetric}
     calibration_windows, calibration = _int4_calibration(plan, loaded)
+    draft = None
+    if config.llm.draft is not None:  # refused in one line before minutes of export
+        draft = check_draft_tokens(config.llm.draft, loaded.tokenizer, spec.vocab_size)
     with progress.stage("export") as st:
         record, shared = exports.get(plan.backend, lambda out: _export(plan, loaded.model, spec, loaded.folder, loaded.cfg, out))
         export_dir = exports.work / f"export-{plan.backend}"
@@ -230,6 +240,15 @@ def build_llm(config: ExportConfig, plan: Plan, host, loaded: Loaded, exports: E
         served = _serving(plan, loaded, staged, export_dir, settings, candidate)
         st.result = (f"{served['engine']} loads it: {served['tokens_identical']} of {served['tokens_checked']} greedy "
                      f"tokens identical" if served["loads"] else f"{served['engine']}: {served.get('reason')}")
+    if draft is not None:
+        served["draft"] = {**draft, "files": bundle_draft(config.llm.draft, staged, plan.backend)}
+    with progress.stage("serve") as st:
+        reason = _serving_unmeasured(plan, loaded, exports, served)
+        if reason is None:
+            served.update(_measure_serving(plan, loaded, staged, served, settings, layout, draft is not None))
+            st.result = "; ".join(served["recommendation"])
+        else:
+            served["measure_reason"] = st.result = reason
     with progress.stage("package") as st:
         report, manifest = _package(config, plan, host, loaded, staged, record, details, settings, model_rel, layout,
                                     found, gate, bench, source, weights, progress, started, served)
@@ -255,6 +274,44 @@ def _serving(plan: Plan, loaded: Loaded, staged: Path, export_dir: Path, setting
         files.append("genai_config.json")
     expected = [int(t) for t in generate(candidate(), prompt, serving.CHECK_TOKENS).tokens]
     return {**serving.check_onnxruntime_genai(staged, prompt, expected), "files": ["model.onnx", *files]}
+
+
+def _serving_unmeasured(plan: Plan, loaded: Loaded, exports: Exports, served: dict) -> str | None:
+    """Why the serve stage measures nothing, or None when it measures."""
+    if not plan.measure:
+        return plan.measure_reason
+    if exports.shared:
+        return "a matrix cell (kiln bench ARTIFACT --concurrency 1,2,4,8 measures it)"
+    if not served["loads"]:
+        return f"{served['engine']} does not load the artifact"
+    if loaded.tokenizer is None:
+        return "the source has no tokenizer to write the prompts with"
+    return None
+
+
+def _measure_serving(plan: Plan, loaded: Loaded, staged: Path, served: dict, settings: dict, layout: dict,
+                     with_draft: bool) -> dict:
+    """Prompt lookup, draft speculation, the concurrency curve and the recommendation (serving_bench.py), with kiln's
+    generator under the engine's settings, so that its tokens and the engine's can be compared."""
+    from kiln.bench_artifact import language_model_decoder
+    from kiln.llm.serving_bench import measure_serving
+
+    def decoder(root: Path, runtime_settings: dict, model: str, runtime_layout: dict):
+        if plan.backend == "openvino":
+            runtime_settings = {**runtime_settings, "config": {**runtime_settings.get("config", {}),
+                                                               **served["settings"]}}
+        return language_model_decoder(root / model, plan.backend, runtime_settings, runtime_layout)()
+
+    draft_decoder = None
+    if with_draft:
+        runtime = json.loads((staged / DRAFT_DIR / "manifest.json").read_text(encoding="utf-8"))["runtime"]
+        draft_settings = {**runtime["settings"], **({} if plan.backend == "openvino" else
+                                                    {"intra_op_num_threads": settings["intra_op_num_threads"]})}
+        draft_decoder = decoder(staged / DRAFT_DIR, draft_settings, runtime["model"], runtime["language_model"])
+    report = {"target": {"backend": plan.backend}, "serving": served}
+    return measure_serving(staged, report, decoder(staged, settings, serving.OPENVINO_MODEL if plan.backend == "openvino"
+                                                   else "model.onnx", layout),
+                           loaded.tokenizer, plan.threads, draft_decoder)
 
 
 def _int4_calibration(plan: Plan, loaded: Loaded) -> tuple[list | None, str | None]:

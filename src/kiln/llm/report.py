@@ -103,6 +103,11 @@ def _serving_lines(served: dict) -> list[str]:
              "It serves: " + "; ".join(served["features"]) + "."]
     if served.get("tokenizer_ir") is False:
         lines.append(f"No tokenizer IR: {served.get('tokenizer_reason')}.")
+    from kiln.llm.serving_bench import render
+
+    lines += render(served)
+    if served.get("measure_reason"):
+        lines += ["", f"Serving not measured: {served['measure_reason']}."]
     if engine == "openvino-genai":
         code = ["import openvino_genai as ov_genai", "",
                 f'pipe = ov_genai.LLMPipeline("ARTIFACT", "CPU", {", ".join(f"{k}={v!r}" for k, v in served.get("settings", {}).items())})',

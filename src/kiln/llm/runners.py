@@ -72,6 +72,11 @@ class TorchDecoder:
         self.cache, self.length = out.past_key_values, self.length + seq
         return out.logits[0].float().numpy()
 
+    def rollback(self, count: int) -> None:
+        """Forget the last `count` tokens (speculation's rejected guesses)."""
+        self.length -= count
+        self.cache.crop(-count)  # transformers 5: a negative count removes that many (a positive one is refused)
+
 
 class OrtDecoder:
     """The cache passed in and out; for the fused graph (layout `kv_buffer: shared`), kept in one buffer per
@@ -141,6 +146,13 @@ class OrtDecoder:
         self.length += seq
         return out[0][0]
 
+    def rollback(self, count: int) -> None:
+        """Forget the last `count` tokens: the shared buffer's mask stops before them (the next pass overwrites
+        them); passed-in caches are cut."""
+        self.length -= count
+        if not self.shared:
+            self.past = {name: value[:, :, :self.length] for name, value in self.past.items()}
+
 
 class OpenVinoDecoder:
     name = "openvino"
@@ -169,3 +181,13 @@ class OpenVinoDecoder:
         self.request.infer({name: value for name, value in feed.items() if name in self.inputs})
         self.length += seq
         return self.request.get_tensor("logits").data[0].copy()
+
+    def rollback(self, count: int) -> None:
+        """Forget the last `count` tokens: each cache variable is set to its first positions (a copy: the stateful
+        IR keeps the cache inside the compiled model, with the sequence on axis 2)."""
+        import openvino as ov
+
+        self.length -= count
+        for state in self.request.query_state():
+            kept = state.state.data[:, :, :self.length]
+            state.state = ov.Tensor(np.ascontiguousarray(kept))
