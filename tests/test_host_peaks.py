@@ -140,7 +140,9 @@ def test_openvino_peaks_are_measured_and_checked(tmp_path):
     assert (peaks["int8_gops"] is not None) == int8_ran
     if int8_ran:
         assert "ran as u8" in peaks["method"]["int8"] or "ran as i8" in peaks["method"]["int8"]
-        assert peaks["int8_gops"] > peaks["fp32_gflops"], peaks["method"]
+        if flags & {"amx_int8", "avx512_vnni", "avx_vnni"}:  # without VNNI, u8 x s8 goes through vpmaddubsw, which
+            # measured below f32 FMA on an AVX2-only EPYC Zen 3 (117 against 155 G/s)
+            assert peaks["int8_gops"] > peaks["fp32_gflops"], peaks["method"]
     if flags & {"amx_int8", "avx512_vnni"}:
         assert int8_ran, peaks["method"]["int8"]  # a VNNI/AMX host must get int8 kernels from LPT
     assert 0.5 < peaks["memory_gbps"] < 500 and 0 < peaks["seconds"] < 20
