@@ -90,14 +90,7 @@ def bench_serving(root: Path, threads: int | None) -> dict:
     if not (root / "tokenizer_config.json").is_file():
         raise UsageError("--serving writes its prompts with the artifact's tokenizer, and this one has none",
                          hint="export the artifact again from a source with a tokenizer")
-    settings = dict(runtime["settings"])
-    if runtime["backend"] == "openvino":
-        settings["config"] = {**settings.get("config", {}), **report["serving"]["settings"],
-                              "INFERENCE_NUM_THREADS": str(threads)}
-    else:
-        settings["intra_op_num_threads"] = threads
-    model = root / checked_relative_path(runtime["model"], "manifest.json runtime.model")
-    decoder = language_model_decoder(model, runtime["backend"], settings, runtime["language_model"])()
+    decoder = serving_decoder(root, runtime, report["serving"]["settings"], threads)
     served = measure_serving(root, report, decoder, AutoTokenizer.from_pretrained(str(root)), threads)
     return {"schema_version": "kiln.bench/1", "artifact": str(root), "target": manifest["target"],
             "precision": manifest["precision"], "serving": served}
@@ -128,6 +121,18 @@ def _questions(root: Path, count: int, vocab_size: int) -> list[list[int]]:
 
     texts = [QUESTIONS[i % len(QUESTIONS)] + (f" (request {i + 1})" if i >= len(QUESTIONS) else "") for i in range(count)]
     return [list(map(int, ids)) for ids in chat_prompts(AutoTokenizer.from_pretrained(str(root)), texts)]
+
+
+def serving_decoder(root: Path, runtime: dict, engine_settings: dict, threads: int):
+    """kiln's decoder of the language-model artifact at `root` (`runtime`: its manifest's runtime block) under its
+    engine's settings and `threads`, so that its tokens and the engine's can be compared."""
+    settings = dict(runtime["settings"])
+    if runtime["backend"] == "openvino":
+        settings["config"] = {**settings.get("config", {}), **engine_settings, "INFERENCE_NUM_THREADS": str(threads)}
+    else:
+        settings["intra_op_num_threads"] = threads
+    model = root / checked_relative_path(runtime["model"], "runtime.model")
+    return language_model_decoder(model, runtime["backend"], settings, runtime["language_model"])()
 
 
 def language_model_decoder(model: Path, backend: str, settings: dict, layout: dict):

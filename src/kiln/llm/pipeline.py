@@ -293,25 +293,18 @@ def _measure_serving(plan: Plan, loaded: Loaded, staged: Path, served: dict, set
                      with_draft: bool) -> dict:
     """Prompt lookup, draft speculation, the concurrency curve and the recommendation (serving_bench.py), with kiln's
     generator under the engine's settings, so that its tokens and the engine's can be compared."""
-    from kiln.bench_artifact import language_model_decoder
+    from kiln.bench_artifact import serving_decoder
     from kiln.llm.serving_bench import measure_serving
 
-    def decoder(root: Path, runtime_settings: dict, model: str, runtime_layout: dict):
-        if plan.backend == "openvino":
-            runtime_settings = {**runtime_settings, "config": {**runtime_settings.get("config", {}),
-                                                               **served["settings"]}}
-        return language_model_decoder(root / model, plan.backend, runtime_settings, runtime_layout)()
-
+    model = serving.OPENVINO_MODEL if plan.backend == "openvino" else "model.onnx"
+    own = {"backend": plan.backend, "settings": settings, "model": model, "language_model": layout}
+    decoder = serving_decoder(staged, own, served["settings"], plan.threads)
     draft_decoder = None
     if with_draft:
         runtime = json.loads((staged / DRAFT_DIR / "manifest.json").read_text(encoding="utf-8"))["runtime"]
-        draft_settings = {**runtime["settings"], **({} if plan.backend == "openvino" else
-                                                    {"intra_op_num_threads": settings["intra_op_num_threads"]})}
-        draft_decoder = decoder(staged / DRAFT_DIR, draft_settings, runtime["model"], runtime["language_model"])
+        draft_decoder = serving_decoder(staged / DRAFT_DIR, runtime, served["settings"], plan.threads)
     report = {"target": {"backend": plan.backend}, "serving": served}
-    return measure_serving(staged, report, decoder(staged, settings, serving.OPENVINO_MODEL if plan.backend == "openvino"
-                                                   else "model.onnx", layout),
-                           loaded.tokenizer, plan.threads, draft_decoder)
+    return measure_serving(staged, report, decoder, loaded.tokenizer, plan.threads, draft_decoder)
 
 
 def _int4_calibration(plan: Plan, loaded: Loaded) -> tuple[list | None, str | None]:

@@ -73,6 +73,19 @@ def _check(decoder, token: int, guesses: list[int]) -> tuple[int, list[int]]:
     return kept, [*guesses[:kept], int(chosen[kept])]
 
 
+def _emit(result: Generation, emitted: list[int], elapsed: float) -> None:
+    """One pass emits several tokens: its time is spread over them, so tokens/s stays emitted tokens per second."""
+    result.step_s.extend([elapsed / len(emitted)] * len(emitted))
+    result.tokens.extend(emitted)
+
+
+def _adapt(budget: int, max_draft: int, guessed: int, kept: int) -> int:
+    """Guess further after a full hit, less after a miss (transformers' assisted-generation schedule)."""
+    if not guessed:
+        return budget
+    return min(max_draft, budget + 2) if kept == guessed else max(1, budget - 1)
+
+
 def generate_prompt_lookup(decoder, prompt: np.ndarray, new_tokens: int, max_ngram: int = MAX_NGRAM,
                            max_draft: int = MAX_DRAFT) -> Speculation:
     """Greedy decoding of `new_tokens` tokens with prompt lookup; `decoder` must support `rollback(n)`. The number
@@ -89,15 +102,11 @@ def generate_prompt_lookup(decoder, prompt: np.ndarray, new_tokens: int, max_ngr
         draft = lookup(context, max_ngram, min(budget, new_tokens - len(result.tokens) - 1), MIN_NGRAM)
         start = time.perf_counter()
         kept, emitted = _check(decoder, token, draft)
-        elapsed = time.perf_counter() - start
-        # one pass emits several tokens: spread its time over them, so tokens/s stays emitted tokens per second
-        result.step_s.extend([elapsed / len(emitted)] * len(emitted))
-        result.tokens.extend(emitted)
+        _emit(result, emitted, time.perf_counter() - start)
         context.extend(emitted)
         token = emitted[-1]
         drafted, accepted, passes = drafted + len(draft), accepted + kept, passes + 1
-        if draft:  # guess further after a full hit, less after a miss (transformers' assisted-generation schedule)
-            budget = min(max_draft, budget + 2) if kept == len(draft) else max(1, budget - 1)
+        budget = _adapt(budget, max_draft, len(draft), kept)
     return Speculation(result, drafted, accepted, passes)
 
 
@@ -127,11 +136,8 @@ def generate_with_draft(decoder, draft, prompt: np.ndarray, new_tokens: int,
         context.extend(emitted)
         if draft.length > len(context) - 1:  # it ran rejected guesses: forget them (the last token it never ran)
             draft.rollback(draft.length - (len(context) - 1))
-        elapsed = time.perf_counter() - start
-        result.step_s.extend([elapsed / len(emitted)] * len(emitted))
-        result.tokens.extend(emitted)
+        _emit(result, emitted, time.perf_counter() - start)
         token = emitted[-1]
         drafted, accepted, passes = drafted + len(guesses), accepted + kept, passes + 1
-        if guesses:
-            budget = min(max_draft, budget + 2) if kept == len(guesses) else max(1, budget - 1)
+        budget = _adapt(budget, max_draft, len(guesses), kept)
     return Speculation(result, drafted, accepted, passes)
