@@ -116,3 +116,13 @@ def test_every_module_imports_and_only_the_torch_exporters_pull_in_torch():
     assert {"kiln.cli", "kiln.pipeline", "kiln.exporters.onnx_file", "kiln.exporters.torch_module",
             "kiln.backends.onnxruntime", "kiln.calibration.images"} <= set(report["names"])
     assert len(report["names"]) >= 30
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`kiln targets | head -1`: the pipe is closed before kiln writes (here before it has even started), so the
+    write fails with EPIPE. That is the reader's choice: exit 0 and no traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "kiln.cli", "targets"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=REPO)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and b"Traceback" not in err and err == b"", err
