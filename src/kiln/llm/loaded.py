@@ -85,12 +85,13 @@ def load(config: ExportConfig, folder: Path, cfg: dict, work: Path, threads: int
     origin = {"kind": "huggingface", "location": str(folder), "name": folder.name, "gguf": None}
     if folder.suffix.lower() == ".gguf":  # read into a Hugging Face folder: every stage below then works on that
         from kiln.exporters.base import sha256_file
-        from kiln.llm.gguf_source import folder_from_gguf
+        from kiln.llm.gguf_source import cached_folder_from_gguf
 
         with progress.stage("source") as st:
             origin.update(kind="gguf", gguf=sha256_file(folder))
-            folder = folder_from_gguf(folder, work / "source")
-            st.result = f"{origin['name']} read and dequantized to fp32 by transformers"
+            folder, cached = cached_folder_from_gguf(folder, work / "source", origin["gguf"], config.cache)
+            st.result = (f"{origin['name']} read and dequantized to fp32 by transformers"
+                         + (" (from the stage cache)" if cached else ""))
     with progress.stage("load") as st:
         spec = read_spec(folder, cfg)  # each target checked the architectures it takes when it resolved
         check_memory(spec, config.llm.max_memory, folder)
