@@ -127,18 +127,28 @@ def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(fp32
     dest = tmp_path / "device"
     assert run_cli("verify", out.with_name("out.tar.gz"), "--extract", dest).returncode == 0
     prompt = [1, 504, 3458, 314, 4813, 42]
-    code = ("import sys, runpy; sys.modules['kiln'] = None; "
-            f"sys.argv = ['generate.py', '--ids', '{','.join(map(str, prompt))}', '--new-tokens', '12', '--json']; "
-            "runpy.run_path('generate.py', run_name='__main__')")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=dest, timeout=300)
-    assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout.strip().splitlines()[-1])["ids"]
+
+    def device(ids: list[int], new_tokens: int, *flags: str) -> dict:
+        code = ("import sys, runpy; sys.modules['kiln'] = None; "
+                f"sys.argv = ['generate.py', '--ids', '{','.join(map(str, ids))}', '--new-tokens', '{new_tokens}', "
+                f"'--json', *{list(flags)!r}]; runpy.run_path('generate.py', run_name='__main__')")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=dest, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    first = device(prompt, 12)
+    got = first["ids"]
     model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny["llama"]), dtype=torch.float32).eval()
     with torch.no_grad():
         want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                               eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert got == want[:len(got)] and len(got) >= 1
-    assert np.isfinite(json.loads(run.stdout.strip().splitlines()[-1])["ttft_ms"])
+    assert np.isfinite(first["ttft_ms"])
+    # --prompt-lookup: this random model repeats token 42, and the prompt has "42 42" followed by other tokens, so the
+    # first guesses are wrong (rolled back from the cache) and later ones right; greedy's tokens either way
+    planted = [1, 504, 42, 42, 7, 8, 9, 10, 11, 3458, 314, 4813, 42, *prompt]
+    plain, guessed = device(planted, 24), device(planted, 24, "--prompt-lookup")
+    assert guessed["ids"] == plain["ids"] and 0 < guessed["accepted"] < guessed["drafted"], guessed
 
 
 def test_prompt_lookup_rolls_back_rejected_guesses_and_keeps_greedys_tokens(fp32_bundle, tiny):

@@ -7,6 +7,9 @@ the first tokens of such a span, the rest of it is a free guess. The decoder run
 drops the rejected guesses from its cache (`rollback`). What it emits is greedy decoding's: a guess is kept only where
 greedy would have chosen it. Numerically the verify pass multiplies several rows at once, which may round
 differently from one row; kiln checks the tokens against plain greedy and reports how many agree.
+
+The rules (`lookup`, `check`, `adapt`) live in device_generate.py, the artifact's own generate.py, so kiln's
+measurement and `generate.py --prompt-lookup` on a device guess and keep the same tokens.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kiln.llm.device_generate import MAX_DRAFT, MAX_NGRAM, MIN_NGRAM, adapt, check, lookup
 from kiln.llm.runners import Generation
 
-MAX_NGRAM = 3  # the longest tail looked up (3 matched openvino-genai's best setting on SmolLM2, research notes)
-MIN_NGRAM = 2  # a single matching token guesses wrong on open text more often than not (acceptance 0.07 there)
-MAX_DRAFT = 5  # most guesses per pass; the pass costs more per guess (on 2 cores, 1.3-2x a single token at 5)
+__all__ = ["MAX_DRAFT", "MAX_NGRAM", "MIN_NGRAM", "Speculation", "generate_prompt_lookup", "generate_with_draft",
+           "lookup"]
 
 
 @dataclass
@@ -41,49 +44,10 @@ class Speculation:
         return (len(self.generation.tokens) - 1) / self.passes if self.passes else 0.0
 
 
-def lookup(context: list[int], max_ngram: int = MAX_NGRAM, max_draft: int = MAX_DRAFT,
-           min_ngram: int = MIN_NGRAM) -> list[int]:
-    """The tokens that followed an earlier occurrence of the context's last n tokens (the longest n from
-    `max_ngram` down to `min_ngram` that occurs), at most `max_draft` of them: the most recent occurrence with that
-    many after it (the span being quoted now), else the one with the most; none if no tail occurs earlier."""
-    size = len(context)
-    for n in range(min(max_ngram, size - 1), min_ngram - 1, -1):
-        tail, best = context[size - n:], []
-        for start in range(size - n - 1, -1, -1):
-            if context[start:start + n] == tail:
-                follow = context[start + n:start + n + max_draft]
-                if len(follow) == max_draft:
-                    return follow
-                best = follow if len(follow) > len(best) else best
-        if best:
-            return best
-    return []
-
-
-def _check(decoder, token: int, guesses: list[int]) -> tuple[int, list[int]]:
-    """One pass over the current token and the guesses: how many guesses greedy keeps, and the tokens emitted (those
-    and greedy's own next one); the rejected guesses leave the decoder's cache."""
-    logits = decoder.forward(np.array([[token, *guesses]], dtype=np.int64))
-    chosen = np.argmax(logits[-(len(guesses) + 1):], axis=-1)
-    kept = 0
-    while kept < len(guesses) and guesses[kept] == int(chosen[kept]):
-        kept += 1
-    if kept < len(guesses):
-        decoder.rollback(len(guesses) - kept)
-    return kept, [*guesses[:kept], int(chosen[kept])]
-
-
 def _emit(result: Generation, emitted: list[int], elapsed: float) -> None:
     """One pass emits several tokens: its time is spread over them, so tokens/s stays emitted tokens per second."""
     result.step_s.extend([elapsed / len(emitted)] * len(emitted))
     result.tokens.extend(emitted)
-
-
-def _adapt(budget: int, max_draft: int, guessed: int, kept: int) -> int:
-    """Guess further after a full hit, less after a miss (transformers' assisted-generation schedule)."""
-    if not guessed:
-        return budget
-    return min(max_draft, budget + 2) if kept == guessed else max(1, budget - 1)
 
 
 def generate_prompt_lookup(decoder, prompt: np.ndarray, new_tokens: int, max_ngram: int = MAX_NGRAM,
@@ -101,12 +65,12 @@ def generate_prompt_lookup(decoder, prompt: np.ndarray, new_tokens: int, max_ngr
     while len(result.tokens) < new_tokens:
         draft = lookup(context, max_ngram, min(budget, new_tokens - len(result.tokens) - 1), MIN_NGRAM)
         start = time.perf_counter()
-        kept, emitted = _check(decoder, token, draft)
+        kept, emitted = check(decoder.forward, decoder.rollback, token, draft)
         _emit(result, emitted, time.perf_counter() - start)
         context.extend(emitted)
         token = emitted[-1]
         drafted, accepted, passes = drafted + len(draft), accepted + kept, passes + 1
-        budget = _adapt(budget, max_draft, len(draft), kept)
+        budget = adapt(budget, max_draft, len(draft), kept)
     return Speculation(result, drafted, accepted, passes)
 
 
@@ -132,12 +96,12 @@ def generate_with_draft(decoder, draft, prompt: np.ndarray, new_tokens: int,
         for _ in range(min(budget, new_tokens - len(result.tokens) - 1)):
             pending = (context + guesses)[draft.length:]  # tokens the draft has not run yet (at least the last)
             guesses.append(int(np.argmax(draft.forward(np.array([pending], dtype=np.int64))[-1])))
-        kept, emitted = _check(decoder, token, guesses)
+        kept, emitted = check(decoder.forward, decoder.rollback, token, guesses)
         context.extend(emitted)
         if draft.length > len(context) - 1:  # it ran rejected guesses: forget them (the last token it never ran)
             draft.rollback(draft.length - (len(context) - 1))
         _emit(result, emitted, time.perf_counter() - start)
         token = emitted[-1]
         drafted, accepted, passes = drafted + len(guesses), accepted + kept, passes + 1
-        budget = _adapt(budget, max_draft, len(guesses), kept)
+        budget = adapt(budget, max_draft, len(guesses), kept)
     return Speculation(result, drafted, accepted, passes)
