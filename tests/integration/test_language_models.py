@@ -9,6 +9,7 @@ Speed is reported, not asserted here (benchmarks/llm.py measures it).
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -149,6 +150,17 @@ def test_the_bundle_generates_the_torch_models_tokens_with_only_the_runtime(fp32
     planted = [1, 504, 42, 42, 7, 8, 9, 10, 11, 3458, 314, 4813, 42, *prompt]
     plain, guessed = device(planted, 24), device(planted, 24, "--prompt-lookup")
     assert guessed["ids"] == plain["ids"] and 0 < guessed["accepted"] < guessed["drafted"], guessed
+    # a token that repeats whatever came before cannot show a bad rollback: the logits after one must be a fresh run's
+    script = runpy.run_path(str(dest / "generate.py"))
+    runtime = script["read_runtime"]("generate.py")
+    opened = script["_" + json.loads((dest / "runtime.json").read_text())["backend"]]
+    (forward, rollback), (fresh_forward, _) = opened(runtime), opened(runtime)
+    forward(np.array([planted])), fresh_forward(np.array([planted]))
+    forward(np.array([[7, 8, 9, 10]]))
+    rollback(3)  # keep 7
+    fresh_forward(np.array([[7]]))
+    after, fresh = forward(np.array([[11]])), fresh_forward(np.array([[11]]))
+    assert np.abs(after - fresh).max() < 1e-4 * np.abs(fresh).max()
 
 
 def test_prompt_lookup_rolls_back_rejected_guesses_and_keeps_greedys_tokens(fp32_bundle, tiny):
