@@ -82,9 +82,8 @@ def _data(config: ExportConfig, plans: list[Plan], context) -> tuple[Samples, di
     kinds = {_calibration_kind(config, plan) for plan in plans}
     calibration: dict = {}
     real_calibration = None
-    if "real" in kinds or (config.calibration and not config.evaluation):
-        real_calibration = load_samples(config.calibration, context, "calibration")
-    if "real" in kinds:
+    if config.calibration is not None:  # also where no plan quantizes: the export stage's key names this data, so a
+        real_calibration = load_samples(config.calibration, context, "calibration")  # later int8 run reuses it
         calibration["real"] = real_calibration
     evaluation = load_samples(config.evaluation, context, "evaluation") if config.evaluation else real_calibration
     context = with_data_dims(context, evaluation, real_calibration)

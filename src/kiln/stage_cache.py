@@ -32,8 +32,9 @@ from kiln.toolchain import toolchain_versions
 # Bumped when what a stage computes changes without a kiln version change (every later key derives from the export
 # key): 2 = shapes from data and probes (issue 14), opset conversion before Q/DQ, fp16 control flow;
 # 3 = ai.onnx.ml lowered for OpenVINO, TensorRT and int8, OpenVINO static-shape fallback; 4 = OpenVINO fallback units
-# named by their first op in graph order (issue 15).
-STAGE_LOGIC = 4
+# named by their first op in graph order (issue 15); 5 = the calibration named in the key is always in the entry (an
+# fp16 export with --calibration stored none, and an int8 export then hit that entry and failed).
+STAGE_LOGIC = 5
 EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
                  "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 

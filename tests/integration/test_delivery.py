@@ -60,6 +60,13 @@ def test_an_unchanged_rebuild_reuses_every_stage_and_one_changed_setting_recompu
     fp32 = json.loads(export(data["model"], tmp_path / "d", "--calibration", data["calib"], "--no-analysis",
                              cache_dir=cache).stdout)
     assert fp32["cache"]["stages"] == {"export": "hit", "compile": "miss", "validate": "miss", "bench": "miss"}
+    # the other order: an export that does not quantize stores the calibration its key names, for the one that does
+    fresh = tmp_path / "cache-2"
+    plain = export(data["model"], tmp_path / "f", "--calibration", data["calib"], "--no-analysis", cache_dir=fresh)
+    assert plain.returncode == 0, plain.stderr
+    int8 = export(data["model"], tmp_path / "g", *args, cache_dir=fresh)
+    assert int8.returncode == 0, int8.stderr
+    assert json.loads(int8.stdout)["cache"]["stages"]["export"] == "hit"
 
     data["model"].with_name("tiny2.onnx").write_bytes(data["model"].read_bytes())
     tiny_mlp_onnx(data["root"] / "changed.onnx", seed=5)  # other weights: nothing can be reused
