@@ -26,6 +26,7 @@ def export(tmp: Path, name: str, *args: str) -> dict:
     out = tmp / name
     result = run_cli("export", *args, "--out", out, "--quiet", "--json")
     assert result.returncode == 0, result.stderr
+    assert "[TensorRT]" not in result.stderr  # the builder's warnings are in the report (engine.warnings), not echoed
     report = json.loads(result.stdout)  # stdout is the report and nothing else
     report["_out"] = out
     report["_manifest"] = json.loads((out / "manifest.json").read_text())

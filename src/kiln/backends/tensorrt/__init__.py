@@ -110,7 +110,7 @@ def _build_engines(kit: Path, plan: Plan) -> dict:
         return {"built": False, "reason": "no NVIDIA GPU here: TensorRT builds engines on the GPU they run on; "
                                           "run `kiln build-engine ARTIFACT` (or the kit's build_engine.py) there"}
     try:
-        result = build(kit, kit / "engines", which, list(plan.tensorrt.compute_capabilities) or None)
+        result = build(kit, kit / "engines", which, list(plan.tensorrt.compute_capabilities) or None, echo=False)
     except BuildError as exc:
         raise ExportError(str(exc), hint="keep the failing node out of low precision with --keep-fp32 NAME, or "
                                          "export with --precision fp32 to see whether the op itself is the problem") from None

@@ -85,8 +85,9 @@ def import_builder(which: str = "auto"):
                      "(on an NVIDIA machine) or tensorrt-rtx")
 
 
-def make_logger(trt, messages: list[str], verbose: bool = False):
-    """A logger that writes to stderr (stdout carries JSON for callers) and keeps warnings for the record."""
+def make_logger(trt, messages: list[str], verbose: bool = False, echo: bool = True):
+    """A logger that keeps warnings for the record and writes them to stderr (stdout carries JSON for callers), unless
+    `echo` is off: kiln export records them in the build result and keeps its own stderr for its progress."""
 
     class _Logger(trt.ILogger):
         def __init__(self):
@@ -95,7 +96,7 @@ def make_logger(trt, messages: list[str], verbose: bool = False):
         def log(self, severity, msg):
             if severity <= trt.ILogger.Severity.WARNING:
                 messages.append(str(msg))
-            if verbose or severity <= trt.ILogger.Severity.WARNING:
+            if verbose or (echo and severity <= trt.ILogger.Severity.WARNING):
                 print(f"[TensorRT] {msg}", file=sys.stderr)
 
     return _Logger()
@@ -165,8 +166,10 @@ def _apply_settings(trt, builder, config, network, settings: dict, kind: str, ca
         config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + capability.replace(".", "")), 0)
 
 
-def build(kit: Path, out: Path, which: str = "auto", capabilities: list[str] | None = None) -> dict:
-    """Build every engine the kit asks for into `out`; returns what build_result.json records."""
+def build(kit: Path, out: Path, which: str = "auto", capabilities: list[str] | None = None,
+          echo: bool = True) -> dict:
+    """Build every engine the kit asks for into `out`; returns what build_result.json records (with the builder's
+    warnings, which `echo` also writes to stderr)."""
     settings = read_kit(kit)
     trt, kind = import_builder(which)
     onnx_path = _kit_file(kit, settings, "onnx")
@@ -175,7 +178,7 @@ def build(kit: Path, out: Path, which: str = "auto", capabilities: list[str] | N
     else:
         targets = [None]  # full TensorRT builds for the GPU it runs on
     messages: list[str] = []
-    logger = make_logger(trt, messages)
+    logger = make_logger(trt, messages, echo=echo)
     result = {"schema_version": "kiln.tensorrt-build-result/1", "builder": kind,
               "tensorrt_version": str(trt.__version__), "host": gpu_facts(), "engines": []}
     cache_file = _kit_file(kit, settings, "timing_cache") if settings.get("timing_cache") else None
