@@ -126,3 +126,17 @@ def test_a_reader_that_leaves_early_is_no_error():
     process.stdout.close()
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0 and b"Traceback" not in err and err == b"", err
+
+
+def test_preparing_an_onnx_model_for_int8_imports_no_torch(tmp_path):
+    """ONNX Runtime's quantizer pre-processing (symbolic shape inference) lives in onnxruntime.tools, whose __init__
+    imports torch when it is installed: kiln skips that __init__ (2.8 s of an ONNX model's int8 export)."""
+    loaded = heavy_modules_after(f"""
+        from pathlib import Path
+        from tests.conftest import tiny_mlp_onnx
+        from kiln.passes.qdq_common import prepare_for_quantization
+        model = tiny_mlp_onnx(Path({str(tmp_path)!r}) / "tiny.onnx")
+        prepare_for_quantization(model, model.with_name("prepared.onnx"))
+        assert Path({str(tmp_path)!r}, "prepared.onnx").is_file()
+    """)
+    assert "torch" not in loaded and "onnxruntime.quantization" in loaded
