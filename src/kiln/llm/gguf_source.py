@@ -78,24 +78,24 @@ def cached_folder_from_gguf(path: Path, out: Path, sha256: str, use_cache: bool 
     from importlib import metadata
 
     from kiln.artifact.cache import Cache, make_key
+    from kiln.stage_cache import StageCache
 
     cache = Cache()
-    if not use_cache or not _usable(cache.root):
-        return folder_from_gguf(path, out), False
+    stages = StageCache(cache if use_cache and _usable(cache.root) else None)
     key = make_key({"stage": "gguf-source", "logic": 1, "gguf": sha256,
                     "transformers": metadata.version("transformers"), "gguf_reader": metadata.version("gguf")})
-    hit = True
-    with cache.lock("gguf-source", key):
-        entry = cache.lookup("gguf-source", key)
-        if entry is None:
-            def fill(files: Path) -> dict:
-                folder_from_gguf(path, files)
-                return {}
 
-            hit = False
-            entry = cache.put("gguf-source", key, f"{path.name} read into a Hugging Face folder", fill)
+    def save(folder: Path, files: Path) -> dict:
+        _link_tree(folder, files)
+        return {}
+
+    def load(entry) -> Path:
         _link_tree(entry.path / "files", out)
-    return out, hit
+        return out
+
+    stages.run("gguf-source", key, f"{path.name} read into a Hugging Face folder",
+               lambda: folder_from_gguf(path, out), save, load)
+    return out, stages.outcome["gguf-source"] == "hit"
 
 
 def _usable(root: Path) -> bool:
