@@ -82,8 +82,10 @@ def _data(config: ExportConfig, plans: list[Plan], context) -> tuple[Samples, di
     kinds = {_calibration_kind(config, plan) for plan in plans}
     calibration: dict = {}
     real_calibration = None
-    if config.calibration is not None:  # also where no plan quantizes: the export stage's key names this data, so a
-        real_calibration = load_samples(config.calibration, context, "calibration")  # later int8 run reuses it
+    # Loaded also where no plan quantizes: the export stage's key names this data, so its entry must hold it for a
+    # later int8 run that hits the same key
+    if config.calibration is not None:
+        real_calibration = load_samples(config.calibration, context, "calibration")
         calibration["real"] = real_calibration
     evaluation = load_samples(config.evaluation, context, "evaluation") if config.evaluation else real_calibration
     context = with_data_dims(context, evaluation, real_calibration)
