@@ -11,7 +11,7 @@ from kiln.config import PRECISIONS
 from kiln.errors import UsageError
 
 
-def export_config(args):
+def _export_config(args):
     from kiln.config import (AccuracyBudget, BenchSettings, ConstantInput, DataSpec, ExportConfig, ImagePreprocessing, InputSpec,
                              LanguageModelSettings, ReportSettings, ShapeRange, TensorRTSettings, WeightCompression)
 
@@ -81,10 +81,10 @@ def cmd_export(args) -> int:
     targets, precisions = split_list(args.target), split_list(args.precision)
     if not targets or not precisions:
         raise UsageError("--target and --precision need at least one value", hint="e.g. --target onnxruntime,openvino")
-    executor(args)  # its options are checked before any work, also where no cluster is asked for
+    _executor(args)  # its options are checked before any work, also where no cluster is asked for
     if len(targets) * len(precisions) > 1 or args.cluster:
         return _cmd_matrix(args, targets, precisions)
-    config = export_config(args)
+    config = _export_config(args)
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {config.source} → {config.target} ({config.precision})")
     result = run(config, progress=progress)
@@ -109,13 +109,13 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     for target in targets:
         find_target(target)  # an unknown name is bad input for the whole command, not a refused cell
     args.target, args.precision = targets[0], precisions[0]
-    config = export_config(args)
+    config = _export_config(args)
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {config.source} → {len(targets)} targets x {len(precisions)} precisions")
     if args.cluster and args.sign_key is not None:
         raise UsageError("--sign-key with --cluster: the nodes would sign with whatever file is at that path on them",
                          hint="build with --cluster, then sign the recommended cell with a local export")
-    comparison = run_model_matrix(config, targets, precisions, progress, args.debug, executor(args))
+    comparison = run_model_matrix(config, targets, precisions, progress, args.debug, _executor(args))
     if args.json:
         print(dumps(comparison))
     elif not args.quiet:
@@ -128,7 +128,7 @@ def _cmd_matrix(args, targets: list[str], precisions: list[str]) -> int:
     return code
 
 
-def executor(args):
+def _executor(args):
     if not args.cluster:
         if args.node_grace is not None:
             raise UsageError("--node-grace applies to --cluster runs", hint="drop it, or add --cluster ray|ADDRESS")
@@ -154,7 +154,7 @@ def cmd_build(args) -> int:
             "cache": not args.no_cache, "threads": args.threads}
     progress = Progress(enabled=not args.quiet)
     progress.say(f"kiln {__version__}: {args.plan} → {len(plan.models)} models")
-    index = run_plan(plan, args.out, base, progress, args.debug, executor(args))
+    index = run_plan(plan, args.out, base, progress, args.debug, _executor(args))
     if args.json:
         print(dumps(index))
     elif not args.quiet:

@@ -1,4 +1,5 @@
-"""The `kiln` command line: every command's options, checked as they are parsed (a bad value is one line and exit 2)."""
+"""The `kiln` command line: every command's options, checked as they are parsed (a bad value is one line and
+exit 2)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ EPILOG = ("exit codes: 0 ok, 1 bug, 2 bad input, 3 missing dependency/unsupporte
           "regression), 5 export failed, 6 verification failed")
 
 
-class Parser(argparse.ArgumentParser):
+class _Parser(argparse.ArgumentParser):
     """argparse, but bad options give one line and exit 2 like every other input error."""
 
     def error(self, message: str):
@@ -41,7 +42,7 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def number(kind, minimum, strict: bool = False):
+def _number(kind, minimum, strict: bool = False):
     """An argparse type: a number of `kind` at least (or, strict, above) `minimum`, else one clear line."""
     def parse(text: str):
         try:
@@ -79,10 +80,10 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="kiln", description="Turn a trained model into a measured, deployable artifact.",
+    parser = _Parser(prog="kiln", description="Turn a trained model into a measured, deployable artifact.",
                      epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ex = sub.add_parser("export", help="export, compile, validate and measure a model", epilog=EPILOG)
     ex.add_argument("source", help="an .onnx file, a .pt2 program, a Hugging Face folder, or package.module:callable")
@@ -144,12 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="symmetric weights (default for int4, except language models: asymmetric)")
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false", help="asymmetric weights (default for int8)")
     lm = ex.add_argument_group("language models (Hugging Face decoder folders: Llama, Qwen2, Phi-3, Mistral)")
-    lm.add_argument("--new-tokens", type=number(int, 2), default=128, help="tokens decoded per timed generation "
+    lm.add_argument("--new-tokens", type=_number(int, 2), default=128, help="tokens decoded per timed generation "
                     "(the prompt is --sequence-length tokens of the --eval text)")
-    lm.add_argument("--generations", type=number(int, 1), default=3, help="timed generations (median reported)")
-    lm.add_argument("--prompts", type=number(int, 1), default=8, help="eval lines whose greedy continuations are "
+    lm.add_argument("--generations", type=_number(int, 1), default=3, help="timed generations (median reported)")
+    lm.add_argument("--prompts", type=_number(int, 1), default=8, help="eval lines whose greedy continuations are "
                     "compared with the torch model's")
-    lm.add_argument("--block-size", type=number(int, 16), help="ONNX Runtime int4/int8: weights per scale "
+    lm.add_argument("--block-size", type=_number(int, 16), help="ONNX Runtime int4/int8: weights per scale "
                     "(power of 2; default 32 for int4, 128 for int8)")
     lm.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=4,
                     help="ONNX Runtime MatMulNBits compute type (4: int8 with VNNI, fastest here; 0: the kernel's own)")
@@ -182,16 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp = ex.add_argument_group("export")
     exp.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto")
     exp.add_argument("--opset", type=int, help="ONNX opset (default: 18, or 17 for Hugging Face encoders)")
-    exp.add_argument("--export-rtol", type=number(float, 0.0), default=1e-3, help="export check: tolerance relative to output scale")
+    exp.add_argument("--export-rtol", type=_number(float, 0.0), default=1e-3, help="export check: tolerance relative to output scale")
     exp.add_argument("--trust-pickle", action="store_true", help="allow loading pickled modules (runs their code)")
     exp.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face folders' own Python code")
-    bench_options(ex)
+    _bench_options(ex)
     ex.add_argument("--no-bench", action="store_true", help="skip latency measurement")
     ex.add_argument("--cluster", metavar="ray|ADDRESS",
                     help="a matrix: build each cell as a Ray task on a node with its target's hardware (`ray` joins "
                          "RAY_ADDRESS or the cluster running here, else starts one; ADDRESS is HOST:PORT). Needs "
                          "kiln[ray]; nodes publish `kiln node-labels`")
-    node_grace_option(ex)
+    _node_grace_option(ex)
     de = ex.add_argument_group("delivery")
     de.add_argument("--bundle", nargs="?", const=True, metavar="PATH",
                     help="also write a reproducible .tar.gz of the artifact (default: OUT.tar.gz)")
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--latency-budget-ms", type=float, help="batch sweep: the largest batch whose p99 stays within this")
     rep.add_argument("--price-per-hour", type=float, help="the machine's price per hour: cost per 1M inferences")
     rep.add_argument("--profile-runs", type=int, default=20, help="profiled inferences per artifact")
-    output_options(ex)
+    _output_options(ex)
 
     be = sub.add_parser("bench", help="re-measure an artifact with its recorded runtime settings", epilog=EPILOG)
     be.add_argument("artifact", type=Path)
@@ -215,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--serving", action="store_true", help="a language-model artifact: prompt lookup in kiln's "
                     "generator and the engine, the concurrency curve 1,2,4,8 and the recommendation (as an export "
                     "measures them)")
-    be.add_argument("--new-tokens", type=number(int, 2), default=64, help="--concurrency: tokens per request")
-    bench_options(be)
-    output_options(be)
+    be.add_argument("--new-tokens", type=_number(int, 2), default=64, help="--concurrency: tokens per request")
+    _bench_options(be)
+    _output_options(be)
 
     bd = sub.add_parser("build-engine", help="build the TensorRT engine of an NVIDIA artifact, on the device",
                         epilog=EPILOG)
@@ -225,42 +226,42 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--builder", choices=("auto", "tensorrt", "tensorrt_rtx"), default="auto")
     bd.add_argument("--compute-capability", action="append", metavar="X.Y", help="TensorRT-RTX only (repeat)")
     bd.add_argument("--out", type=Path, help="where engines go (default: ARTIFACT/tensorrt/engines)")
-    output_options(bd)
+    _output_options(bd)
 
     bl = sub.add_parser("build-llama-cpp", help="build the pinned llama.cpp once for this CPU (for --target llama.cpp)",
                         epilog=EPILOG)
     bl.add_argument("--force", action="store_true", help="build again even if this CPU's build exists")
-    output_options(bl)
+    _output_options(bl)
 
     ve = sub.add_parser("verify", help="check an artifact folder or bundle against its manifest (and signature)",
                         epilog=EPILOG)
     ve.add_argument("artifact", type=Path, help="an artifact folder or a --bundle .tar.gz")
     ve.add_argument("--public-key", type=Path, metavar="PEM", help="require a valid Ed25519 signature by this key")
     ve.add_argument("--extract", type=Path, metavar="DIR", help="after verifying a bundle, unpack it into DIR")
-    output_options(ve)
+    _output_options(ve)
 
     co = sub.add_parser("compare", help="regression gate: a new report against a baseline report", epilog=EPILOG)
     co.add_argument("new", type=Path, help="report.json (or the artifact folder holding it) of the new build")
     co.add_argument("--baseline", type=Path, required=True, help="report.json (or folder) to compare against")
-    co.add_argument("--max-slowdown", type=number(float, 0.0), default=0.10, metavar="FRACTION",
+    co.add_argument("--max-slowdown", type=_number(float, 0.0), default=0.10, metavar="FRACTION",
                     help="allowed p50 slowdown beyond the measurement noise (default 0.10)")
-    co.add_argument("--max-cosine-drop", type=number(float, 0.0), default=0.002, help="allowed drop of the worst cosine")
-    co.add_argument("--max-top1-drop", type=number(float, 0.0), default=0.01, help="allowed drop of top-1 agreement")
-    co.add_argument("--max-size-growth", type=number(float, 0.0), default=0.05, metavar="FRACTION",
+    co.add_argument("--max-cosine-drop", type=_number(float, 0.0), default=0.002, help="allowed drop of the worst cosine")
+    co.add_argument("--max-top1-drop", type=_number(float, 0.0), default=0.01, help="allowed drop of top-1 agreement")
+    co.add_argument("--max-size-growth", type=_number(float, 0.0), default=0.05, metavar="FRACTION",
                     help="allowed growth of the model files")
     co.add_argument("--remeasure", action="store_true",
                     help="re-measure both artifact folders here, interleaved, instead of trusting recorded latency "
                          "(use when the baseline was measured on another machine)")
     co.add_argument("--markdown", type=Path, metavar="FILE", help="also write the Markdown summary here")
-    output_options(co)
+    _output_options(co)
 
     ca = sub.add_parser("cache", help="list or prune the stage cache", epilog=EPILOG)
-    ca_sub = ca.add_subparsers(dest="cache_command", required=True, parser_class=Parser)
+    ca_sub = ca.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
     cl = ca_sub.add_parser("list", help="entries, newest use last")
     cl.add_argument("--json", action="store_true")
     cp = ca_sub.add_parser("prune", help="remove entries (those in use by a running export are kept)")
-    cp.add_argument("--older-than", type=number(float, 0.0), metavar="DAYS", help="entries not used for this many days")
-    cp.add_argument("--max-size", type=number(float, 0.0), metavar="GIB", help="then least recently used until this size")
+    cp.add_argument("--older-than", type=_number(float, 0.0), metavar="DAYS", help="entries not used for this many days")
+    cp.add_argument("--max-size", type=_number(float, 0.0), metavar="GIB", help="then least recently used until this size")
     cp.add_argument("--all", action="store_true", help="every entry")
     cp.add_argument("--json", action="store_true")
 
@@ -276,35 +277,35 @@ def build_parser() -> argparse.ArgumentParser:
                                             "min_cosine, ...}]")
     bu.add_argument("--out", "-o", required=True, type=Path, help="folder: OUT/<name>/ per model, OUT/index.json")
     bu.add_argument("--cluster", metavar="ray|ADDRESS", help="run the cells on a Ray cluster, as for export")
-    node_grace_option(bu)
+    _node_grace_option(bu)
     bu.add_argument("--no-bench", action="store_true", help="skip latency measurement")
     bu.add_argument("--no-analysis", action="store_true", help="no profile, roofline or batch sweep")
     bu.add_argument("--no-cache", action="store_true", help="neither read nor fill the stage cache")
-    bench_options(bu)
-    output_options(bu)
+    _bench_options(bu)
+    _output_options(bu)
 
     sub.add_parser("node-labels", help="this machine's kiln.dev/* labels, for `ray start --labels \"$(kiln node-labels)\"`",
                    epilog=EPILOG)
     return parser
 
 
-def bench_options(parser) -> None:
+def _bench_options(parser) -> None:
     group = parser.add_argument_group("measurement")
-    group.add_argument("--threads", type=number(int, 1), help="intra-op threads (default: physical cores)")
-    group.add_argument("--warmup", type=number(int, 0), default=10)
-    group.add_argument("--runs", type=number(int, 1), default=50, help="at least this many timed runs")
-    group.add_argument("--min-seconds", type=number(float, 0.0), default=2.0, help="and at least this long")
-    group.add_argument("--throughput-seconds", type=number(float, 0.0), default=2.0,
+    group.add_argument("--threads", type=_number(int, 1), help="intra-op threads (default: physical cores)")
+    group.add_argument("--warmup", type=_number(int, 0), default=10)
+    group.add_argument("--runs", type=_number(int, 1), default=50, help="at least this many timed runs")
+    group.add_argument("--min-seconds", type=_number(float, 0.0), default=2.0, help="and at least this long")
+    group.add_argument("--throughput-seconds", type=_number(float, 0.0), default=2.0,
                        help="OpenVINO: also run this long with the THROUGHPUT hint and async requests (0: skip)")
 
 
-def output_options(parser) -> None:
+def _output_options(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def node_grace_option(parser) -> None:
-    parser.add_argument("--node-grace", type=number(float, 0.0), metavar="SECONDS",
+def _node_grace_option(parser) -> None:
+    parser.add_argument("--node-grace", type=_number(float, 0.0), metavar="SECONDS",
                         help="--cluster: how long a cell whose fitting nodes all left waits for one to join before it "
                              "is recorded no-hardware (default 60; an autoscaler may need minutes)")

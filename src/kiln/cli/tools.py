@@ -1,4 +1,5 @@
-"""The commands around an artifact: engines and llama.cpp built, bundles verified, reports compared, the cache, keys, targets and node labels."""
+"""The commands around an artifact: engines and llama.cpp built, bundles verified, reports compared, the cache,
+keys, targets and node labels."""
 
 from __future__ import annotations
 
