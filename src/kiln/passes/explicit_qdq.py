@@ -19,6 +19,7 @@ from kiln.passes.qdq_common import CalibrationReader, keep_copy, matching_nodes,
 from kiln.calibration import Samples
 from kiln.errors import ExportError
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
+from kiln.passes.qdq_units import find_units, restore_units
 from kiln.quiet import quiet
 from kiln.signature import default_opset
 
@@ -49,7 +50,10 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
         graph = graph if conversion else src
         with quiet():
             prepare_for_quantization(graph, prepared)
-        excluded += activation_matmuls(onnx.load(str(prepared), load_external_data=False))
+        prepared_model = onnx.load(str(prepared), load_external_data=False)
+        excluded += activation_matmuls(prepared_model)
+        slow = convs_without_fast_fp8(prepared_model) if kind == "fp8" else []
+        excluded += [name for name in slow if name not in excluded]
         try:
             with quiet():
                 quantize_static(
@@ -69,12 +73,15 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
     quantized = onnx.load(str(dst))
     if kind == "fp8":
         int8_to_fp8(quantized)
+        # excluded, they still read the Q/DQ the quantizer put on the activation before them: read it float
+        quantized = restore_units(quantized, [u for u in find_units(quantized) if u.name in slow], {})
         onnx.save(quantized, str(dst))
     return {"pass": f"{kind} explicit Q/DQ", "tool": "onnxruntime.quantization (QDQ, symmetric)",
             "op_types": op_types, "weights": f"{kind} symmetric, per channel",
             "activations": f"{kind} symmetric per tensor, amax = 99.99th percentile over {len(calibration)} "
                            "calibration samples" + (" (e4m3: scale = amax / 448)" if kind == "fp8" else ""),
-            "calibration_samples": len(calibration), "kept_fp32": excluded, "opset": default_opset(quantized),
+            "calibration_samples": len(calibration), "kept_fp32": excluded,
+            **({"fp8_without_fast_kernels": slow} if kind == "fp8" else {}), "opset": default_opset(quantized),
             "opset_conversion": conversion, **qdq_structure(quantized)}
 
 
@@ -118,6 +125,24 @@ def int8_to_fp8(model: onnx.ModelProto) -> None:
     for value in list(model.graph.value_info):  # int8 types recorded by shape inference are stale now
         if value.type.tensor_type.elem_type == onnx.TensorProto.INT8:
             model.graph.value_info.remove(value)
+
+
+def convs_without_fast_fp8(model: onnx.ModelProto) -> list[str]:
+    """Convolutions TensorRT has no fast fp8 kernels for, left without Q/DQ under fp8: grouped and depthwise ones
+    (TensorRT 10.12 release notes, NVIDIA/TensorRT#4524: "no optimized FP8 Convolutions for Group Convolutions and
+    Depthwise Convolutions") and an image stem of at most 4 input channels (NVIDIA/TensorRT#3987: ResNet's first
+    convolution had no fp8 implementation). Quantized, they would run the same float kernel behind extra
+    reformats and lose accuracy for nothing: on EfficientNet-Lite0 they hold most of fp8's error."""
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    slow = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or not node.name or len(node.input) < 2 or node.input[1] not in shapes:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = shapes[node.input[1]]
+        if group != 1 or (len(weight) > 1 and weight[1] <= 4):
+            slow.append(node.name)
+    return slow
 
 
 def activation_matmuls(model: onnx.ModelProto) -> list[str]:
