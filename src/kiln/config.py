@@ -339,6 +339,12 @@ class FallbackPlan(Frozen):
     ladder: bool = False  # --precision auto: other recipes of the target (dynamic int8) compete with the search's
     tuning_share: float = 0.5  # a point passes on the tuning split within this share of the budget's slack
 
+    @property
+    def step_back_share(self) -> float | None:
+        """The share step-back holds half of what the prefix point left of (search._step_back): continuous budgets
+        only; a top-1 rate moves in whole samples, where half a step does not exist."""
+        return None if self.budget.max_top1_disagreement is not None else self.tuning_share
+
 
 class QuantizationPlan(Frozen):
     """How int8 will be produced, decided from the target and the host before any work."""

@@ -238,7 +238,7 @@ def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_p
     _unique_node_names(qdq)
     units = find_units(qdq, node_flops(float_model, tuning))
     evaluate = _Evaluator(onnx.load(str(reference_path)), weights, qdq, units, tuning, plan, settings)
-    result = search(units, evaluate, seconds, progress, sweep=evaluate.sweep)
+    result = search(units, evaluate, seconds, progress, sweep=evaluate.sweep, step_back_share=plan.step_back_share)
     final = result.chosen or result.best
     block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
              "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
