@@ -114,8 +114,8 @@ def restore_units(qdq: onnx.ModelProto, units: list[Unit], floats: dict[str, onn
         for index, name in enumerate(node.input):
             dq = producers.get(name)
             if name in inits and name in floats and _differs(inits[name], floats[name]):
-                node.input[index] = added.setdefault(name, _copy_of(floats[name], graph))  # a bias corrected for
-                continue  # int8 (TensorRT's are float, read directly): the float unit takes the original
+                node.input[index] = added.setdefault(name, _copy_of(floats[name], graph, inits[name].data_type))
+                continue  # a bias corrected for int8 (TensorRT's are float, read directly): the unit takes the original
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             source = dq.input[0]
@@ -143,16 +143,20 @@ def _float_graph_outputs(graph: onnx.GraphProto, wanted: set[str]) -> None:
 
 
 def _differs(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
-    return a.dims != b.dims or not np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    """Whether `b` (a float graph's tensor) holds other values than `a`, compared in `a`'s type."""
+    values = numpy_helper.to_array(a)
+    return a.dims != b.dims or not np.array_equal(values, numpy_helper.to_array(b).astype(values.dtype))
 
 
-def _copy_of(tensor: onnx.TensorProto, graph: onnx.GraphProto) -> str:
+def _in_type(values: np.ndarray, name: str, data_type: int) -> onnx.TensorProto:
+    """A float tensor in the graph's type there: a graph whose float part is fp16 (TensorRT's) gets fp16 weights."""
+    return numpy_helper.from_array(values.astype(onnx.helper.tensor_dtype_to_np_dtype(data_type)), name)
+
+
+def _copy_of(tensor: onnx.TensorProto, graph: onnx.GraphProto, data_type: int) -> str:
     name = f"{tensor.name}_kiln_float"
     if not any(t.name == name for t in graph.initializer):
-        copy = onnx.TensorProto()
-        copy.CopyFrom(tensor)
-        copy.name = name
-        graph.initializer.append(copy)
+        graph.initializer.append(_in_type(numpy_helper.to_array(tensor), name, data_type))
     return name
 
 
@@ -164,12 +168,10 @@ def _float_weight(dq: onnx.NodeProto, inits: dict, floats: dict, graph: onnx.Gra
     name = f"{source}_kiln_float"
     if any(t.name == name for t in graph.initializer):
         return name
+    data_type = inits[dq.input[1]].data_type  # DequantizeLinear writes its scale's type
     original = source[:-len(QUANT_SUFFIX)] if source.endswith(QUANT_SUFFIX) else None
     if original in floats:
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(floats[original])
-        tensor.name = name
-        graph.initializer.append(tensor)
+        graph.initializer.append(_in_type(numpy_helper.to_array(floats[original]), name, data_type))
         return name
     q = numpy_helper.to_array(inits[source]).astype(np.float32)
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
@@ -180,7 +182,7 @@ def _float_weight(dq: onnx.NodeProto, inits: dict, floats: dict, graph: onnx.Gra
         shape = [1] * q.ndim
         shape[axis % q.ndim] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
-    graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), name))
+    graph.initializer.append(_in_type((q - zero) * scale, name, data_type))
     return name
 
 

@@ -90,7 +90,9 @@ def _tensorrt_lines(comp: dict) -> list[str]:
         return []
     lines = [f"- Graph precision: {graph.get('pass')}"
              + (f"; kept fp32: {', '.join(graph['kept_fp32_ops'])}" if graph.get("kept_fp32_ops") else "")
-             + (f"; Q/DQ on {graph['quantized_ops']}" if graph.get("quantized_ops") else ""),
+             + (f"; Q/DQ on {graph['quantized_ops']}" if graph.get("quantized_ops") else "")
+             + (f"; the rest in fp16 (fp32: {', '.join(graph['rest']['kept_fp32_ops']) or 'none'})"
+                if graph.get("rest") else ""),
              "- Build kit: `tensorrt/model.onnx`, `build.json`, `build_engine.py`, `trtexec.txt` "
              "(`kiln build-engine ARTIFACT` on the device)"]
     if engine.get("built"):
