@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from kiln.calibration import Samples
-from kiln.passes.explicit_qdq import quantize_for_tensorrt
+from kiln.passes.explicit_qdq import quantize_for_tensorrt, rest_in_fp16
 
 
 def _conv_net(path) -> None:
@@ -36,7 +36,7 @@ def _conv_net(path) -> None:
 def _reading_dequantized(path) -> set[str]:
     model = onnx.load(str(path))
     producers = {o: n for n in model.graph.node for o in n.output}
-    return {n.name for n in model.graph.node if n.op_type != "QuantizeLinear"
+    return {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "Cast")
             and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)}
 
 
@@ -56,3 +56,32 @@ def test_fp8_leaves_the_stem_and_depthwise_convs_float(tmp_path, kind, quantized
     else:
         assert "fp8_without_fast_kernels" not in details
 
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_the_rest_in_fp16_keeps_qdq_and_matches_the_fp32_rest(tmp_path, kind):
+    """ModelOpt's layout for strongly typed TensorRT: fp16 scales, so DequantizeLinear writes fp16 into the low-precision
+    layer and everything between runs fp16; graph inputs and outputs keep their types, and ONNX Runtime gives the
+    fp32-rest graph's outputs to fp16 rounding."""
+    import onnxruntime as ort
+
+    _conv_net(tmp_path / "net.onnx")
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    quantize_for_tensorrt(tmp_path / "net.onnx", tmp_path / "q.onnx", Samples(tuple(feeds), "arrays", "random"), kind)
+    fp32_rest = tmp_path / "fp32_rest.onnx"
+    fp32_rest.write_bytes((tmp_path / "q.onnx").read_bytes())
+    details = rest_in_fp16(tmp_path / "q.onnx", feeds[:2])
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    scales = {inits[n.input[1]].data_type for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert scales == {TensorProto.FLOAT16} and details["pass"] == "the rest in fp16 (Q/DQ scales fp16)"
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    assert [i.type.tensor_type.elem_type for i in list(model.graph.input) + list(model.graph.output)] == \
+        [TensorProto.FLOAT, TensorProto.FLOAT]
+    assert _reading_dequantized(tmp_path / "q.onnx") == _reading_dequantized(fp32_rest)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    a = ort.InferenceSession(str(fp32_rest), options).run(None, feeds[0])[0].ravel()
+    b = ort.InferenceSession(str(tmp_path / "q.onnx"), options).run(None, feeds[0])[0].ravel()
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.995

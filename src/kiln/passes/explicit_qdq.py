@@ -10,6 +10,7 @@ accuracy before any GPU is involved.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -95,13 +96,17 @@ def rest_in_fp16(path: Path, feeds: list[dict], keep_fp32: tuple[str, ...] = ())
     residual adds and attention in fp32 on the GPU; ModelOpt's ONNX quantizer casts the rest to fp16 for that reason
     (`high_precision_dtype`). Scales become fp16, so DequantizeLinear feeds the int8 layer fp16 and the units the
     fallback search restores run in fp16. Fragile ops, nodes beyond fp16's range on `feeds` and `keep_fp32` stay
-    fp32 behind Casts (`to_fp16`)."""
+    fp32 behind Casts (`to_fp16`). A graph that cannot be converted keeps its fp32 rest, untouched, and says why."""
     from kiln.passes.half_precision import to_fp16
 
     with tempfile.TemporaryDirectory(prefix="kiln-qdq16-") as tmp:
-        upgraded = Path(tmp) / "upgraded.onnx"
-        conversion = at_least(path, upgraded, FP16_QDQ, "fp16 Q/DQ scales")
-        details = to_fp16(upgraded if conversion else path, path, keep_fp32, feeds)
+        upgraded, half = Path(tmp) / "upgraded.onnx", Path(tmp) / "half.onnx"
+        try:
+            conversion = at_least(path, upgraded, FP16_QDQ, "fp16 Q/DQ scales")
+            details = to_fp16(upgraded if conversion else path, half, keep_fp32, feeds)
+        except ExportError as exc:
+            return {"pass": "none: the rest stays fp32", "why": str(exc)}
+        shutil.move(half, path)
     return {**details, "pass": "the rest in fp16 (Q/DQ scales fp16)", "opset_conversion": conversion}
 
 

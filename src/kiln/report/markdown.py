@@ -92,7 +92,8 @@ def _tensorrt_lines(comp: dict) -> list[str]:
              + (f"; kept fp32: {', '.join(graph['kept_fp32_ops'])}" if graph.get("kept_fp32_ops") else "")
              + (f"; Q/DQ on {graph['quantized_ops']}" if graph.get("quantized_ops") else "")
              + (f"; the rest in fp16 (fp32: {', '.join(graph['rest']['kept_fp32_ops']) or 'none'})"
-                if graph.get("rest") else ""),
+                if "kept_fp32_ops" in graph.get("rest", {}) else "")
+             + (f"; the rest stays fp32: {graph['rest']['why']}" if "why" in graph.get("rest", {}) else ""),
              "- Build kit: `tensorrt/model.onnx`, `build.json`, `build_engine.py`, `trtexec.txt` "
              "(`kiln build-engine ARTIFACT` on the device)"]
     if engine.get("built"):
