@@ -1,6 +1,6 @@
 """`--precision auto` against its peer, in one process: EfficientNet-Lite0 on OpenVINO within a top-1 budget.
 
-    .venv/bin/python -m benchmarks.mixed_precision [--work DIR] [--max-disagreement 0.10]
+    .venv/bin/python -m benchmarks.mixed_precision [--work DIR] [--max-disagreement 0.10] [--tensorrt-only]
 
 Rows, all OpenVINO CPU IRs timed here in interleaved rounds (LATENCY hint, f32 execution, 2 threads):
 - kiln `--precision auto --max-top1-disagreement X` (default margin, and `--tuning-margin 0`, NNCF's criterion), and
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/kiln-bench-mixed"))
     parser.add_argument("--max-disagreement", type=float, default=0.10)
+    parser.add_argument("--tensorrt-only", action="store_true", help="only the two TensorRT fp8 graph rows")
     args = parser.parse_args(argv)
     import nncf
     import openvino as ov
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
     data = ["--calibration", str(cal_dir), "--eval", str(eval_dir)]
     budget = ["--max-top1-disagreement", str(args.max_disagreement)]
+    if args.tensorrt_only:
+        _print_fp8(*_fp8_reports(work, budget, data))
+        return 0
     print("exporting kiln artifacts ...", file=sys.stderr)
     reports = {
         "kiln openvino fp32": _export(work / "ov-fp32", "--target", "openvino", "--eval", str(eval_dir)),
@@ -80,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     reports["kiln openvino auto --tuning-margin 0"] = _export(
         work / "ov-auto-margin0", "--target", "openvino", "--precision", "auto", *budget, "--tuning-margin", "0",
         *data, "--no-cache")
-    fp8 = _export(work / "trt-fp8", "--target", "tensorrt-sm89", "--precision", "fp8", "--fallback", *budget, *data,
-                  "--no-cache")
-    fp8_plain = _export(work / "trt-fp8-plain", "--target", "tensorrt-sm89", "--precision", "fp8", *data)
+    fp8, fp8_plain = _fp8_reports(work, budget, data)
 
     # the peer, on kiln's exported graph (the same ONNX the kiln rows start from) and kiln's split
     print("NNCF quantize_with_accuracy_control ...", file=sys.stderr)
@@ -146,17 +148,28 @@ def main(argv: list[str] | None = None) -> int:
         p50 = float(np.median(row["times"]))
         print(f"| {name} | {p50:.2f} | {int8_p50 / p50:.2f}x | {row['agree']:.1f} % ({row['confident']:.0f} %) | "
               f"{searches.get(name, '')} |")
-    for label, report in (("TensorRT fp8 graph, --fallback", fp8), ("TensorRT fp8 graph, plain", fp8_plain)):
-        m = report["accuracy"]["outputs"]["output"]
-        mixed = _mixed(report)
-        extra = (f"{len(mixed['kept_fp32'])} of {mixed['units']} units float, search {mixed['search']['seconds']:.0f} s"
-                 if mixed else "")
-        print(f"\n{label}: top-1 agreement {m['top1_agreement'] * 100:.1f} % (confident "
-              f"{m['top1_agreement_confident'] * 100:.0f} %), exit {report['_exit']}; {extra}")
+    _print_fp8(fp8, fp8_plain)
     print(f"\nkiln auto kept: {', '.join(block['kept_fp32'])}; exit {reports['kiln openvino auto']['_exit']}")
     print(f"kiln auto --tuning-margin 0 kept: {', '.join(same['kept_fp32'])}; "
           f"exit {reports['kiln openvino auto --tuning-margin 0']['_exit']}")
     return 0
+
+
+def _fp8_reports(work: Path, budget: list[str], data: list[str]) -> tuple[dict, dict]:
+    """The TensorRT fp8 graph with --fallback and plain (scored on ONNX Runtime CPU: no GPU timing here)."""
+    fp8 = _export(work / "trt-fp8", "--target", "tensorrt-sm89", "--precision", "fp8", "--fallback", *budget, *data,
+                  "--no-cache")
+    return fp8, _export(work / "trt-fp8-plain", "--target", "tensorrt-sm89", "--precision", "fp8", *data)
+
+
+def _print_fp8(fp8: dict, fp8_plain: dict) -> None:
+    for label, report in (("TensorRT fp8 graph, --fallback", fp8), ("TensorRT fp8 graph, plain", fp8_plain)):
+        m = report["accuracy"]["outputs"]["output"]
+        mixed = _mixed(report)
+        extra = (f"{len(mixed['kept_fp32'])} of {mixed['units']} units float, search {mixed['search']['seconds']:.0f} s"
+                 f"{' (cut short)' if mixed['search']['timed_out'] else ''}" if mixed else "")
+        print(f"\n{label}: top-1 agreement {m['top1_agreement'] * 100:.1f} % (confident "
+              f"{m['top1_agreement_confident'] * 100:.0f} %), exit {report['_exit']}; {extra}")
 
 
 if __name__ == "__main__":
