@@ -24,6 +24,7 @@ from kiln.signature import Signature, read_signature
 from kiln.targets import TargetSpec, detect_host, nvidia_gpu
 
 KIT = "tensorrt"
+RANGE_SAMPLES = 8  # calibration samples whose activations decide what fp16 would overflow
 
 
 def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
@@ -35,7 +36,7 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
     if plan.precision == "fp16":
         from kiln.passes.half_precision import to_fp16
 
-        feeds = list(calibration.feeds[:8]) if calibration is not None and len(calibration) else \
+        feeds = list(calibration.feeds[:RANGE_SAMPLES]) if calibration is not None and len(calibration) else \
             [example] if example else []
         return to_fp16(graph.path, target, plan.quantization.keep_fp32 if plan.quantization else (), feeds)
     if calibration is None or not len(calibration):
@@ -77,7 +78,7 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
     details = quantize_for_tensorrt(current, target, calibration, plan.precision, quant.keep_fp32, prepared)
     # before the search, which then scores the graph that ships: units it restores run in fp16 (the ladder's first
     # rung below int8/fp8), and fp32 stays where fp16 would overflow or the user kept it
-    details["rest"] = rest_in_fp16(target, list(calibration.feeds[:8]), quant.keep_fp32)
+    details["rest"] = rest_in_fp16(target, list(calibration.feeds[:RANGE_SAMPLES]), quant.keep_fp32)
     if tuning is not None:  # scored on ONNX Runtime CPU, as the graph is checked; TensorRT's speed is the GPU's
         details["data_split"] = split
         details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning, quant.fallback,
@@ -90,16 +91,14 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
 def graph_check_settings(plan: Plan) -> dict:
     """ONNX Runtime CPU settings that run the prepared graph (the check, and the fallback search's scoring)."""
     settings = default_settings(plan.threads)
-    if plan.precision == "fp8":  # ORT 1.32's ClipQuantFusion rejects float8 zero points: Q/DQ unfused, and basic
-        # optimisation only (the same outputs as none at all, EfficientNet-Lite0 1.25x faster; full optimisation
-        # moves its logits by up to 0.74)
-        settings["graph_optimization_level"] = "ORT_ENABLE_BASIC"
+    # Q/DQ stay unfused, in float, where ONNX Runtime's fused kernels would compute something else than TensorRT:
+    # fp8 (ORT 1.32's ClipQuantFusion rejects float8 zero points), and int8 on CPUs whose int8 kernels saturate
+    # (TensorRT accumulates int8 products exactly in int32). The rest is still optimised: constant folding
+    # dequantizes the weights once (MiniLM's searched int8 graph scored 1.5x faster than with no optimisation)
+    if plan.precision == "fp8" or (plan.precision == "int8" and int8_kernels_saturate(detect_host())):
         settings["config_entries"] = {**settings.get("config_entries", {}), "session.disable_quant_qdq": "1"}
-    elif plan.precision == "int8" and int8_kernels_saturate(detect_host()):
-        # TensorRT accumulates int8 products exactly in int32; ONNX Runtime's fused int8 kernels on this CPU do
-        # not, so Q/DQ stay unfused (in float: the exact arithmetic). The rest is still optimised (constant folding
-        # dequantizes the weights once): MiniLM's searched graph scored 1.5x faster than with no optimisation at all
-        settings["config_entries"] = {**settings.get("config_entries", {}), "session.disable_quant_qdq": "1"}
+    if plan.precision == "fp8":  # basic only: the same outputs as no optimisation (EfficientNet-Lite0, 1.25x faster);
+        settings["graph_optimization_level"] = "ORT_ENABLE_BASIC"  # full optimisation moves its logits by up to 0.74
     return settings
 
 
