@@ -29,7 +29,8 @@ def _conv_net(path) -> None:
              helper.make_node("Conv", ["b_relu", "w_pw"], ["y"], name="pointwise")]
     graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 16, 16])],
-                              [weight("w_stem", 16, 3, 3, 3), weight("w_expand", 16, 16, 1, 1), weight("w_dw", 16, 1, 3, 3), weight("w_pw", 32, 16, 1, 1)])
+                              [weight("w_stem", 16, 3, 3, 3), weight("w_expand", 16, 16, 1, 1),
+                               weight("w_dw", 16, 1, 3, 3), weight("w_pw", 32, 16, 1, 1)])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
 
 
@@ -57,12 +58,13 @@ def test_fp8_leaves_the_stem_and_depthwise_convs_float(tmp_path, kind, quantized
         assert "fp8_without_fast_kernels" not in details
 
 
-
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
 def test_the_rest_in_fp16_keeps_qdq_and_matches_the_fp32_rest(tmp_path, kind):
     """ModelOpt's layout for strongly typed TensorRT: fp16 scales, so DequantizeLinear writes fp16 into the low-precision
     layer and everything between runs fp16; graph inputs and outputs keep their types, and ONNX Runtime gives the
-    fp32-rest graph's outputs to fp16 rounding."""
+    fp32-rest graph's outputs to fp16 rounding: cosine 0.99989 (int8) and 0.99992 (fp8) between the two, where either
+    differs from the float source by more (int8 0.99955, fp8 0.99763), so the bound sees a conversion that moves
+    the graph by a quantization step."""
     import onnxruntime as ort
 
     _conv_net(tmp_path / "net.onnx")
@@ -84,4 +86,4 @@ def test_the_rest_in_fp16_keeps_qdq_and_matches_the_fp32_rest(tmp_path, kind):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     a = ort.InferenceSession(str(fp32_rest), options).run(None, feeds[0])[0].ravel()
     b = ort.InferenceSession(str(tmp_path / "q.onnx"), options).run(None, feeds[0])[0].ravel()
-    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.995
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.9995
