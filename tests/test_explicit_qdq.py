@@ -87,3 +87,18 @@ def test_the_rest_in_fp16_keeps_qdq_and_matches_the_fp32_rest(tmp_path, kind):
     a = ort.InferenceSession(str(fp32_rest), options).run(None, feeds[0])[0].ravel()
     b = ort.InferenceSession(str(tmp_path / "q.onnx"), options).run(None, feeds[0])[0].ravel()
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.9995
+
+
+def test_a_graph_onnx_runtime_cannot_run_keeps_its_fp32_rest_and_says_why(tmp_path):
+    """Basic Pitch's int8 graph has a Transpose ONNX Runtime refuses: the fp16 range probe is a one-line reason in the
+    report (the graph is refused later, at validation, exit 5), not a traceback; the file is left as it was."""
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], name="bad", perm=[0, 2, 3, 1])], "bad",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [36])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    before = path.read_bytes()
+    details = rest_in_fp16(path, [{"x": np.ones(36, np.float32)}])
+    assert details["pass"] == "none: the rest stays fp32"
+    assert details["why"].startswith("ONNX Runtime cannot run the graph to measure what fp16 would overflow")
+    assert path.read_bytes() == before

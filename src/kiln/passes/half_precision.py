@@ -53,12 +53,8 @@ def out_of_range_nodes(model: onnx.ModelProto, feeds: list[dict], limit: float =
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    inputs = {i.name for i in session.get_inputs()}
     peak: dict[str, float] = {}
-    for feed in feeds:
-        values = session.run(names, {k: v for k, v in feed.items() if k in inputs})
+    for names, values in _probe_runs(probe, options, feeds):
         for name, value in zip(names, values):
             if name in floats and value.size:
                 finite = np.abs(value[np.isfinite(value)]) if value.dtype.kind == "f" else np.abs(value)
@@ -72,6 +68,24 @@ def out_of_range_nodes(model: onnx.ModelProto, feeds: list[dict], limit: float =
         if node.name and big > limit:
             flagged[node.name] = big
     return flagged
+
+
+def _probe_runs(probe: onnx.ModelProto, options, feeds: list[dict]):
+    """Yields (output names, values) of the probe graph, one feed at a time; a graph ONNX Runtime cannot load or run
+    is a one-line ExportError (a Q/DQ graph it refuses, seen on Basic Pitch's Transpose), never a runtime traceback."""
+    import onnxruntime as ort
+
+    from kiln.exporters.graph import ort_reason
+
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        inputs = {i.name for i in session.get_inputs()}
+        for feed in feeds:
+            yield names, session.run(names, {k: v for k, v in feed.items() if k in inputs})
+    except Exception as exc:  # ORT's own exception types
+        raise ExportError(f"ONNX Runtime cannot run the graph to measure what fp16 would overflow: {ort_reason(exc)}",
+                          hint="use --precision fp32 for this model on this target") from None
 
 
 def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[dict] | None = None) -> dict:
