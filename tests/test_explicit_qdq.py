@@ -102,3 +102,35 @@ def test_a_graph_onnx_runtime_cannot_run_keeps_its_fp32_rest_and_says_why(tmp_pa
     assert details["pass"] == "none: the rest stays fp32"
     assert details["why"].startswith("ONNX Runtime cannot run the graph to measure what fp16 would overflow")
     assert path.read_bytes() == before
+
+
+def _input_scale(path) -> float:
+    model = onnx.load(str(path))
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantize = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    return float(values[quantize.input[1]])
+
+
+def test_samples_of_two_shapes_calibrate_one_range_over_both(tmp_path):
+    """An OCR model's pages or audio clips come in several sizes. ONNX Runtime's percentile calibrator stacks one
+    read's activations into one array, which fails on mixed shapes ("inhomogeneous shape": ppocr-det, mtcnn-pnet):
+    kiln feeds it one shape group per read and it merges the histograms. The input's range must be the one the same
+    values give in one shape (each 32x32 image cut into four 16x16 tiles), where the larger images' larger values
+    count."""
+    _conv_net(tmp_path / "fixed.onnx")
+    model = onnx.load(str(tmp_path / "fixed.onnx"))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        for axis, name in ((2, "h"), (3, "w")):
+            value.type.tensor_type.shape.dim[axis].dim_param = name
+    onnx.save(model, str(tmp_path / "net.onnx"))
+    rng = np.random.default_rng(2)
+    small = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(4)]
+    large = [3 * rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    mixed = Samples(tuple({"x": x} for x in small + large), "arrays", "two sizes")
+    details = quantize_for_tensorrt(tmp_path / "net.onnx", tmp_path / "mixed.onnx", mixed)
+    assert details["calibration_shapes"] == 2 and details["quantized_ops"] == {"Conv": 4}
+    tiles = [x[:, :, i:i + 16, j:j + 16] for x in large for i in (0, 16) for j in (0, 16)]
+    one_shape = Samples(tuple({"x": np.ascontiguousarray(x)} for x in small + tiles), "arrays", "tiled")
+    assert quantize_for_tensorrt(tmp_path / "net.onnx", tmp_path / "tiled.onnx", one_shape)["calibration_shapes"] == 1
+    assert _input_scale(tmp_path / "mixed.onnx") == pytest.approx(_input_scale(tmp_path / "tiled.onnx"), rel=0.005)
+    assert _input_scale(tmp_path / "mixed.onnx") > 2 * max(np.abs(x).max() for x in small) / 127

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import onnx
 
+from kiln.backends.onnxruntime.session import load_error
 from kiln.passes.qdq_common import CalibrationReader, keep_copy, matching_nodes, prepare_for_quantization
 from kiln.calibration import Samples
 from kiln.errors import ExportError
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.passes.qdq_units import find_units, restore_units
+from kiln.passes.tensor_names import plain_tensor_names
 from kiln.quiet import quiet
 from kiln.signature import default_opset
 
@@ -55,21 +57,34 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
         excluded += activation_matmuls(prepared_model)
         slow = convs_without_fast_fp8(prepared_model) if kind == "fp8" else []
         excluded += [name for name in slow if name not in excluded]
-        try:
-            with quiet():
-                quantize_static(
-                    str(prepared), str(dst), CalibrationReader(calibration, inputs), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    reduce_range=False, calibrate_method=CalibrationMethod.Percentile, op_types_to_quantize=op_types,
-                    nodes_to_exclude=excluded,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": True, "CalibPercentile": 99.99,
-                                   "DefaultTensorType": onnx.TensorProto.FLOAT, "AddQDQPairToWeight": False,
-                                   "QuantizeBias": False,  # TensorRT: int32 bias DQ is not accepted
-                                   # kept for the fallback search: a unit restored to float needs its Relu/Clip
-                                   "QDQKeepRemovableActivations": prepared_copy is not None})
-        except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
-            raise ExportError(f"{kind} Q/DQ quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
-                              hint="exclude the failing node with --keep-fp32 NAME, or use fp16") from None
+
+        def quantize() -> CalibrationReader:
+            reader = CalibrationReader(calibration, inputs)
+            try:
+                with quiet():
+                    quantize_static(
+                        str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=False, calibrate_method=CalibrationMethod.Percentile,
+                        op_types_to_quantize=op_types, nodes_to_exclude=excluded,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": True, "CalibPercentile": 99.99,
+                                       "DefaultTensorType": onnx.TensorProto.FLOAT, "AddQDQPairToWeight": False,
+                                       "QuantizeBias": False,  # TensorRT: int32 bias DQ is not accepted
+                                       # and so no weight scale is raised for an int32 bias (the adjustment also
+                                       # fails on a Gemm bias of shape [1, N], as skl2onnx writes it)
+                                       "QDQDisableWeightAdjustForInt32Bias": True, **reader.strided(),
+                                       # kept for the fallback search: a unit restored to float needs its Relu/Clip
+                                       "QDQKeepRemovableActivations": prepared_copy is not None})
+            except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
+                raise ExportError(f"{kind} Q/DQ quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
+                                  hint="exclude the failing node with --keep-fp32 NAME, or use fp16") from None
+            return reader
+
+        reader = quantize()
+        # the quantizer's suffixed names can clash with the graph's own (tf2onnx): once more with plain tensor names
+        renamed = plain_tensor_names(prepared, prepared) if load_error(dst) else 0
+        if renamed:
+            quantize()
         keep_copy(prepared, prepared_copy)
     quantized = onnx.load(str(dst))
     if kind == "fp8":
@@ -81,9 +96,9 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
             "op_types": op_types, "weights": f"{kind} symmetric, per channel",
             "activations": f"{kind} symmetric per tensor, amax = 99.99th percentile over {len(calibration)} "
                            "calibration samples" + (" (e4m3: scale = amax / 448)" if kind == "fp8" else ""),
-            "calibration_samples": len(calibration), "kept_fp32": excluded,
+            "calibration_samples": len(calibration), "calibration_shapes": reader.shape_groups, "kept_fp32": excluded,
             **({"fp8_without_fast_kernels": slow} if kind == "fp8" else {}), "opset": default_opset(quantized),
-            "opset_conversion": conversion, **qdq_structure(quantized)}
+            "opset_conversion": conversion, "internal_tensors_renamed": renamed, **qdq_structure(quantized)}
 
 
 # DequantizeLinear writes the type of its scale, and fp16 scales need opset 19

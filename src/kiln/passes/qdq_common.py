@@ -4,7 +4,9 @@ fallback search. Runtime-agnostic: it uses onnxruntime.quantization as a tool, w
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -19,20 +21,41 @@ def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[st
 
 
 class CalibrationReader:
-    """ORT's CalibrationDataReader protocol over our samples."""
+    """ORT's CalibrationDataReader protocol over our samples. Samples of several shapes (an OCR model's pages, audio
+    clips of different lengths) come grouped by shape, and `stride` says how many the quantizer may read at once: its
+    histogram calibrators stack one read's activations into one array, which fails on mixed shapes, and merge the
+    histograms of successive reads."""
 
     def __init__(self, samples: Samples, input_names: set[str]):
-        self._feeds = [{k: v for k, v in f.items() if k in input_names} for f in samples.feeds]
-        self._index = 0
+        feeds = [{k: v for k, v in f.items() if k in input_names} for f in samples.feeds]
+        self._feeds = sorted(feeds, key=_shapes)  # stable: one shape keeps the samples' order
+        groups = Counter(_shapes(f) for f in feeds)
+        self.shape_groups = len(groups)
+        self.stride = math.gcd(*groups.values()) if len(groups) > 1 else None
+        self._index, self._end = 0, len(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._index, self._end = start_index, min(end_index, len(self._feeds))
 
     def get_next(self):
-        if self._index >= len(self._feeds):
+        if self._index >= self._end:
             return None
         self._index += 1
         return self._feeds[self._index - 1]
 
     def rewind(self):
-        self._index = 0
+        self._index, self._end = 0, len(self._feeds)
+
+    def strided(self) -> dict:
+        """The quantizer's extra option that makes it read one shape group (or a divisor of it) at a time."""
+        return {"CalibStridedMinMax": self.stride} if self.stride else {}
+
+
+def _shapes(feed: dict) -> tuple:
+    return tuple((name, tuple(value.shape)) for name, value in sorted(feed.items()))
 
 
 def has_external_data(model_path: Path) -> bool:
