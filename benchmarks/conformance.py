@@ -1,11 +1,11 @@
-"""Conformance: every corpus model (benchmarks/corpus.py) through kiln's four main cells, as a user would run them.
+"""Conformance: every corpus model (benchmarks/corpus.py) through kiln's five main cells, as a user would run them.
 
     .venv/bin/python -m benchmarks.conformance                 # all models, all cells -> docs/conformance.md
     .venv/bin/python -m benchmarks.conformance --model silero-vad --cell ort-fp32 --no-write
 
 Each cell is one `kiln export` subprocess (the CLI users run, with --json): ONNX Runtime fp32 and int8 (static,
-calibrated on the model's own data), OpenVINO fp32, and the TensorRT fp16 graph (verified on ONNX Runtime CPU;
-no engine is built here). A cell is `ok` with its accuracy against the source model (the worst cosine over outputs
+calibrated on the model's own data), OpenVINO fp32, and the TensorRT fp16 and int8 graphs (explicit Q/DQ, calibrated
+on the model's own data; verified on ONNX Runtime CPU; no engine is built here). A cell is `ok` with its accuracy against the source model (the worst cosine over outputs
 and samples) and its speedup over the source model measured in the same process; or `refused` with kiln's one-line
 reason and exit code; a traceback (exit 1) is a kiln bug and is listed as such. fp32 cells must match the source at
 cosine >= 0.9999. Results go to docs/conformance.md with the date and the machine.
@@ -31,6 +31,7 @@ CELLS = {  # name: (target, precision)
     "ort-int8": ("onnxruntime", "int8"),
     "openvino-fp32": ("openvino", "fp32"),
     "tensorrt-fp16": ("tensorrt", "fp16"),
+    "tensorrt-int8": ("tensorrt", "int8"),
 }
 FP32_COSINE = 0.9999
 LOW_ACCURACY = 0.99  # below this an ok cell is marked ⚠: the artifact works, its accuracy needs per-layer fallback
@@ -112,7 +113,7 @@ def render(rows: list[dict], machine: str, command: str) -> str:
         f"{sum(r['status'] == 'bug' for r in rows)}. A cell reads `ok cos C, S x`: C the worst cosine similarity to "
         "the source model's outputs over outputs and samples, S the speedup over the source model (ONNX Runtime "
         "with default settings, or torch eager) in the same process (2 threads, batch 1; timings are short runs, "
-        "ratios only). The TensorRT cell is the fp16 graph on ONNX Runtime CPU, not an engine. int8 cells are "
+        "ratios only). The TensorRT cells are the fp16 and int8 graphs on ONNX Runtime CPU, not engines. int8 cells are "
         "calibrated on the evaluation data itself (no accuracy claim beyond the graph working).",
         "",
         "| model | project | origin | task | " + " | ".join(CELLS) + " |",

@@ -2,9 +2,10 @@
 
 The algorithm (see ../shared/research/mixed_precision.md, section 7), deterministic for deterministic evaluations:
 1. all units low: within budget, done (nothing kept);
-2. sensitivity: each unit restored alone, on top of the all-low graph (NNCF's "revert one group" score, which sees
-   the unit's interaction with the rest), scored by the sweep's continuous error; a unit whose restore does not
-   help is not a candidate;
+2. sensitivity, scored by the sweep's continuous error: for a top-1 budget, each unit restored alone on top of the
+   all-low graph (NNCF's "revert one group" score, which sees the unit's interaction with the rest); for a
+   continuous budget, each unit quantized alone on the all-high graph (the error it adds, free of the other units'
+   noise); a unit whose restore does not help, or that adds no error, is not a candidate;
 3. order by accuracy recovered per unit of cost (FLOPs kept in high precision, plus a boundary term per unit), the
    best buy first;
 4. keep the first k of that order for k = 1, 2, 4, 8, ... until one passes, then bisect between the last failing
@@ -41,7 +42,7 @@ class SearchResult:
     chosen: Point | None  # the point shipped: passing and cheapest found; None when nothing passed
     best: Point  # the closest point (the answer when nothing passed)
     curve: list[Point]
-    sensitivity: dict[str, float]  # distance recovered by restoring each unit alone
+    sensitivity: dict[str, float]  # error each unit adds alone, or recovers when restored alone (`alone`)
     order: list[str]
     evaluations: int
     timed_out: bool
@@ -60,11 +61,13 @@ class _Deadline(Exception):
 def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seconds: float,
            report: Callable[[str], None] = lambda text: None,
            sweep: Callable[[tuple[str, ...]], Point] | None = None,
-           step_back_share: float | None = None) -> SearchResult:
+           step_back_share: float | None = None, alone: str = "restore") -> SearchResult:
     """Run the search; `evaluate(kept)` measures the graph with those units restored on the tuning split, `sweep`
     (default: evaluate) scores it for the one-unit-at-a-time sensitivity sweep (lower is better; a continuous
-    error on a few tuning samples in practice, see TuningEvaluator.sweep). `step_back_share`: the distance a point
-    passes at; given, step-back keeps half of what the prefix point left of it (`_step_back`)."""
+    error on a few tuning samples in practice, see TuningEvaluator.sweep); `alone`: "restore" (each unit high on the
+    all-low graph) or "quantize" (each unit low on the all-high graph), see TuningEvaluator.alone.
+    `step_back_share`: the distance a point passes at; given, step-back keeps half of what the prefix point left of
+    it (`_step_back`)."""
     start = time.perf_counter()
     cost = unit_costs(units)
     names = [u.name for u in units]
@@ -89,12 +92,16 @@ def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seco
     chosen = low if low.passed else None
     try:
         if chosen is None:
-            base = sweep(()).distance if sweep is not evaluate else low.distance
+            def swept(kept: tuple[str, ...]) -> float:
+                return (sweep(kept) if sweep is not evaluate else measure(kept, curve=False)).distance
+
+            quantize = alone == "quantize"
+            base = swept(tuple(names) if quantize else ())
             for index, name in enumerate(names):
                 if time.perf_counter() - start > seconds:
                     raise _Deadline
-                sensitivity[name] = base - (sweep((name,)) if sweep is not evaluate
-                                            else measure((name,), curve=False)).distance
+                sensitivity[name] = (swept(tuple(n for n in names if n != name)) - base if quantize
+                                     else base - swept((name,)))
                 if index % 8 == 7:
                     report(f"{index + 1}/{len(names)} units scored")
             order = _ranked(names, sensitivity, cost)

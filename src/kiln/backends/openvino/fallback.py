@@ -141,7 +141,7 @@ def fall_back(float_model, quantized, tuning: Samples, plan: FallbackPlan, confi
     units = groups.units(flops)
     evaluate = _Evaluator(float_model, groups, tuning, plan, config, declared)
     result = search(units, evaluate, plan.seconds, progress, sweep=evaluate.sweep,
-                    step_back_share=plan.step_back_share)
+                    step_back_share=plan.step_back_share, alone=evaluate.alone)
     final = result.chosen or result.best
     block = {"units": len(units), "search": result.to_dict(), "budget_met_on_tuning": result.chosen is not None,
              "kept_fp32": list(final.kept), "shipped": "low" if not final.kept else "mixed",
