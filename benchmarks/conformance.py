@@ -5,9 +5,9 @@
 
 Each cell is one `kiln export` subprocess (the CLI users run, with --json): ONNX Runtime fp32 and int8 (static,
 calibrated on the model's own data), OpenVINO fp32, and the TensorRT fp16 and int8 graphs (explicit Q/DQ, calibrated
-on the model's own data; verified on ONNX Runtime CPU; no engine is built here). A cell is `ok` with its accuracy against the source model (the worst cosine over outputs
-and samples) and its speedup over the source model measured in the same process; or `refused` with kiln's one-line
-reason and exit code; a traceback (exit 1) is a kiln bug and is listed as such. fp32 cells must match the source at
+on the model's own data; verified on ONNX Runtime CPU; no engine is built here). A cell is `ok` with its accuracy
+against the source model (the worst cosine over outputs and samples) and its speedup over the source model measured
+in the same process; or `refused` with kiln's one-line reason and exit code; a traceback (exit 1) is a kiln bug and is listed as such. fp32 cells must match the source at
 cosine >= 0.9999. Results go to docs/conformance.md with the date and the machine.
 """
 

@@ -126,7 +126,8 @@ def test_samples_of_two_shapes_calibrate_one_range_over_both(tmp_path):
     rng = np.random.default_rng(2)
     small = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(4)]
     large = [3 * rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(2)]
-    mixed = Samples(tuple({"x": x} for x in small + large), "arrays", "two sizes")
+    interleaved = [small[0], large[0], small[1], small[2], large[1], small[3]]  # read two at a time: grouped first
+    mixed = Samples(tuple({"x": x} for x in interleaved), "arrays", "two sizes")
     details = quantize_for_tensorrt(tmp_path / "net.onnx", tmp_path / "mixed.onnx", mixed)
     assert details["calibration_shapes"] == 2 and details["quantized_ops"] == {"Conv": 4}
     tiles = [x[:, :, i:i + 16, j:j + 16] for x in large for i in (0, 16) for j in (0, 16)]
@@ -134,3 +135,25 @@ def test_samples_of_two_shapes_calibrate_one_range_over_both(tmp_path):
     assert quantize_for_tensorrt(tmp_path / "net.onnx", tmp_path / "tiled.onnx", one_shape)["calibration_shapes"] == 1
     assert _input_scale(tmp_path / "mixed.onnx") == pytest.approx(_input_scale(tmp_path / "tiled.onnx"), rel=0.005)
     assert _input_scale(tmp_path / "mixed.onnx") > 2 * max(np.abs(x).max() for x in small) / 127
+
+
+def test_the_calibration_reader_reads_one_shape_per_window_largest_values_first():
+    """The reader the quantizer gets: windows of `stride` samples never mix shapes (3 + 2 samples: one at a time),
+    and the shape group with the largest input values comes first, since the first read sets the histogram's bin
+    width; one shape keeps the samples' order and reads them all at once."""
+    from kiln.passes.qdq_common import CalibrationReader
+
+    rng = np.random.default_rng(3)
+    quiet_clips = [{"x": 0.01 * rng.standard_normal((1, 100)).astype(np.float32)} for _ in range(3)]
+    loud_clips = [{"x": rng.standard_normal((1, 160)).astype(np.float32)} for _ in range(2)]
+    reader = CalibrationReader(Samples(tuple(quiet_clips + loud_clips), "arrays", "clips"), {"x"})
+    assert len(reader) == 5 and reader.stride == 1 and reader.strided() == {"CalibStridedMinMax": 1}
+    windows = []
+    for start in range(0, len(reader), reader.stride):
+        reader.set_range(start, start + reader.stride)
+        windows.append([feed["x"].shape for feed in iter(reader.get_next, None)])
+    assert windows == [[(1, 160)]] * 2 + [[(1, 100)]] * 3
+    same = [{"x": rng.standard_normal((1, 100)).astype(np.float32)} for _ in range(4)]
+    one_shape = CalibrationReader(Samples(tuple(same), "arrays", "clips"), {"x"})
+    assert one_shape.stride is None and one_shape.strided() == {}
+    assert all(got["x"] is want["x"] for got, want in zip(iter(one_shape.get_next, None), same))

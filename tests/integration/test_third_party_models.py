@@ -413,7 +413,6 @@ def test_basic_pitch_int8_survives_the_quantizers_name_clash(work):
     assert len(cosines) == 3 and min(cosines.values()) >= 0.8, cosines
 
 
-
 @pytest.mark.parametrize("name, ops, floor", [("sklearn-mlp", {"MatMul": 1, "Gemm": 2}, 0.995),
                                               ("basic-pitch", {"Conv": 32}, 0.9)])
 def test_tensorrt_int8_graph_of_models_the_quantizer_tripped_on(work, name, ops, floor):

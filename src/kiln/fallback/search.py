@@ -6,7 +6,7 @@ The algorithm (see ../shared/research/mixed_precision.md, section 7), determinis
    all-low graph (NNCF's "revert one group" score, which sees the unit's interaction with the rest); for a
    continuous budget, each unit quantized alone on the all-high graph (the error it adds, free of the other units'
    noise); a unit whose restore does not help, or that adds no error, is not a candidate;
-3. order by accuracy recovered per unit of cost (FLOPs kept in high precision, plus a boundary term per unit), the
+3. order by sensitivity per unit of cost (FLOPs kept in high precision, plus a boundary term per unit), the
    best buy first;
 4. keep the first k of that order for k = 1, 2, 4, 8, ... until one passes, then bisect between the last failing
    and the first passing k (O(log n) evaluations, not n);
@@ -47,10 +47,12 @@ class SearchResult:
     evaluations: int
     timed_out: bool
     seconds: float
+    alone: str = "restore"  # how sensitivity was measured: "restore" (recovered) or "quantize" (error added)
 
     def to_dict(self) -> dict:
         return {"chosen": self.chosen.to_dict() if self.chosen else None, "best": self.best.to_dict(),
-                "curve": [p.to_dict() for p in self.curve], "sensitivity": self.sensitivity, "order": self.order,
+                "curve": [p.to_dict() for p in self.curve], "sensitivity": self.sensitivity,
+                "sensitivity_by": f"each unit {self.alone}d alone", "order": self.order,
                 "evaluations": self.evaluations, "timed_out": self.timed_out, "seconds": round(self.seconds, 2)}
 
 
@@ -117,7 +119,8 @@ def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seco
         chosen = min(passing, key=lambda p: (sum(cost[n] for n in p.kept), p.distance)) if passing else None
     best = chosen or min(seen.values(), key=lambda p: (p.distance, len(p.kept)))
     curve = sorted((seen[key] for key in on_curve), key=lambda p: (len(p.kept), p.distance))
-    return SearchResult(chosen, best, curve, sensitivity, order, len(seen), timed_out, time.perf_counter() - start)
+    return SearchResult(chosen, best, curve, sensitivity, order, len(seen), timed_out, time.perf_counter() - start,
+                        alone)
 
 
 def unit_costs(units: list[Unit]) -> dict[str, float]:
@@ -132,8 +135,9 @@ def unit_costs(units: list[Unit]) -> dict[str, float]:
 
 
 def _ranked(names: list[str], sensitivity: dict[str, float], cost: dict[str, float]) -> list[str]:
-    """Units that help, by accuracy recovered per unit of cost; then the rest, cheapest first (restoring every
-    unit gives the float graph back, so the order always ends at a point that passes if any does)."""
+    """Units that matter (their error, or what restoring them recovers), by sensitivity per unit of cost; then the
+    rest, cheapest first (restoring every unit gives the float graph back, so the order always ends at a point that
+    passes if any does)."""
     helping = sorted((n for n in names if sensitivity[n] > 0), key=lambda n: (-sensitivity[n] / cost[n], names.index(n)))
     rest = sorted((n for n in names if sensitivity[n] <= 0), key=lambda n: (cost[n], names.index(n)))
     return helping + rest

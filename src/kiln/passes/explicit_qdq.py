@@ -82,9 +82,14 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
 
         reader = quantize()
         # the quantizer's suffixed names can clash with the graph's own (tf2onnx): once more with plain tensor names
-        renamed = plain_tensor_names(prepared, prepared) if load_error(dst) else 0
+        refused = load_error(dst)
+        renamed = plain_tensor_names(prepared, prepared) if refused else 0
         if renamed:
             quantize()
+            refused = load_error(dst)
+        if refused:
+            raise ExportError(f"{kind} Q/DQ quantization wrote a graph ONNX Runtime refuses: {refused}",
+                              hint="keep the node it names out of low precision with --keep-fp32 NAME, or use fp16")
         keep_copy(prepared, prepared_copy)
     quantized = onnx.load(str(dst))
     if kind == "fp8":

@@ -9,6 +9,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from kiln.calibration import Samples
@@ -24,11 +25,17 @@ class CalibrationReader:
     """ORT's CalibrationDataReader protocol over our samples. Samples of several shapes (an OCR model's pages, audio
     clips of different lengths) come grouped by shape, and `stride` says how many the quantizer may read at once: its
     histogram calibrators stack one read's activations into one array, which fails on mixed shapes, and merge the
-    histograms of successive reads."""
+    histograms of successive reads. The first read sets the histogram's bin width and later reads add bins of that
+    width, so the group holding the largest input values is read first (a near-silent clip first would make the
+    bins tiny and their number huge)."""
 
     def __init__(self, samples: Samples, input_names: set[str]):
         feeds = [{k: v for k, v in f.items() if k in input_names} for f in samples.feeds]
-        self._feeds = sorted(feeds, key=_shapes)  # stable: one shape keeps the samples' order
+        peak: dict[tuple, float] = {}
+        for feed in feeds:
+            peak[_shapes(feed)] = max(peak.get(_shapes(feed), 0.0), _largest(feed))
+        # stable: within a shape, the samples keep their order
+        self._feeds = sorted(feeds, key=lambda f: (-peak[_shapes(f)], _shapes(f)))
         groups = Counter(_shapes(f) for f in feeds)
         self.shape_groups = len(groups)
         self.stride = math.gcd(*groups.values()) if len(groups) > 1 else None
@@ -56,6 +63,13 @@ class CalibrationReader:
 
 def _shapes(feed: dict) -> tuple:
     return tuple((name, tuple(value.shape)) for name, value in sorted(feed.items()))
+
+
+def _largest(feed: dict) -> float:
+    """The largest finite |value| over a feed's float inputs (0 where it has none)."""
+    values = [np.abs(v[np.isfinite(v)]).max(initial=0.0) for v in feed.values()
+              if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.size]
+    return float(max(values, default=0.0))
 
 
 def has_external_data(model_path: Path) -> bool:
