@@ -107,7 +107,7 @@ def search(units: list[Unit], evaluate: Callable[[tuple[str, ...]], Point], seco
                 if index % 8 == 7:
                     report(f"{index + 1}/{len(names)} units scored")
             order = _ranked(names, sensitivity, cost)
-            chosen = _prefix_search(order, measure, report)
+            chosen = prefix_search(order, measure, report)
             if chosen is not None:
                 chosen = _step_back(chosen, cost, lambda kept: measure(kept, curve=False), report, step_back_share)
                 measure(chosen.kept)  # on the curve: the point shipped
@@ -143,8 +143,9 @@ def _ranked(names: list[str], sensitivity: dict[str, float], cost: dict[str, flo
     return helping + rest
 
 
-def _prefix_search(order: list[str], measure, report) -> Point | None:
-    """Keep the first k units of `order`: doubling k until a pass, then bisection below it."""
+def prefix_search(order: list[str], measure, report) -> Point | None:
+    """Keep the first k units of `order`: doubling k until a pass, then bisection below it. `measure(kept)` returns
+    the Point of that set; None when even the whole order does not pass."""
     if not order:
         return None
     failing, passing = 0, None

@@ -29,7 +29,10 @@ def markdown_lines(compile_details: dict) -> list[str]:
                         + (" (their weights int8: as fast, and a smaller file)" if block.get("kept_weights") == "int8"
                            else ""),
                "high": f"all units in float ({block.get('why', '')})",
-               "dynamic": "dynamic int8 (faster than the searched static int8 graph, and within budget)"}[block["shipped"]]
+               "dynamic": "dynamic int8 (faster than the searched static int8 graph, and within budget)",
+               "dynamic-mixed": f"dynamic int8 with {len(block['kept_fp32'])} of "
+                                f"{(block.get('dynamic_search') or {}).get('units', '?')} MatMuls kept float (plain "
+                                "dynamic int8 missed the budget; faster than the searched static int8 graph)"}[block["shipped"]]
     lines = ["## Mixed precision", "", f"Shipped: **{shipped}**."]
     if split:
         lines.append(f"Data: ranges from {split['calibration']['count']} calibration samples, search on "
@@ -52,7 +55,7 @@ def markdown_lines(compile_details: dict) -> list[str]:
         rung = block["int8_weights_rung"]
         lines.append(f"The kept units with int8 weights (float activations): "
                      f"{'within budget' if rung['passed'] else 'over budget'} on the tuning split ({_tuning(rung)}).")
-    if block["shipped"] == "mixed":
+    if block["shipped"] in ("mixed", "dynamic-mixed"):
         lines += ["", "Kept in float (pass back with `--keep-fp32 NAME` to pin them): "
                   + ", ".join(f"`{n}`" for n in block["kept_fp32"]) + "."]
     ladder = block.get("ladder")

@@ -10,10 +10,11 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
-from kiln.fallback.tune import fall_back, fastest_within_budget, split_for_search
+from kiln.fallback.tune import fall_back, fastest_within_budget, split_for_search, whole_graph_scorer
 from kiln.progress import report
 from kiln.passes.ml_ops import LINEAR_MODELS, lower_ml_ops
 from kiln.backends.onnxruntime.fusion import faster_of, fuse_transformer
+from kiln.backends.onnxruntime.dynamic_fallback import search_dynamic
 from kiln.backends.onnxruntime.quantize import quantize_dynamic_int8, quantize_static_int8
 from kiln.passes.qdq_common import matching_nodes
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
@@ -116,16 +117,24 @@ class OnnxRuntimeBackend:
                 details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning,
                                                        quant.fallback, settings, timed=True, progress=report)
                 if quant.fallback.ladder:  # --precision auto: dynamic int8 (MiniLM's best recipe) competes
-                    dynamic = stage / "dynamic.onnx"
+                    block = details["mixed_precision"]
+                    dynamic, searched = stage / "dynamic.onnx", stage / "dynamic_searched.onnx"
                     quantize_dynamic_int8(uncorrected or current, dynamic, quant)
-                    ladder = fastest_within_budget(graph.path, tuning, quant.fallback, settings,
-                                                   {"static int8 (searched)": target, "dynamic int8": dynamic})
-                    details["mixed_precision"]["ladder"] = ladder
-                    if ladder["chosen"] == "dynamic int8":
+                    candidates = {"static int8 (searched)": target, "dynamic int8": dynamic}
+                    scorer = whole_graph_scorer(graph.path, tuning, quant.fallback, settings)
+                    rung = search_dynamic(uncorrected or current, searched, quant, block["search"]["order"],
+                                          lambda path: scorer.score(onnx.load(str(path))), progress=report)
+                    if rung:  # plain dynamic int8 missed the budget: with its costliest MatMuls float
+                        candidates["dynamic int8 (searched)"] = searched
+                        block["dynamic_search"] = rung
+                    ladder = fastest_within_budget(graph.path, tuning, quant.fallback, settings, candidates)
+                    block["ladder"] = ladder
+                    if ladder["chosen"] != "static int8 (searched)":
                         target.with_name(target.name + ".data").unlink(missing_ok=True)
-                        _copy_model(dynamic, target)
-                        details["mixed_precision"]["shipped"] = "dynamic"
-                        details["quantization"] = {**details["quantization"], "shipped_instead": "dynamic int8"}
+                        _copy_model(candidates[ladder["chosen"]], target)
+                        block["shipped"] = "dynamic" if ladder["chosen"] == "dynamic int8" else "dynamic-mixed"
+                        block["kept_fp32"] = rung["kept_fp32"] if block["shipped"] == "dynamic-mixed" else []
+                        details["quantization"] = {**details["quantization"], "shipped_instead": ladder["chosen"]}
                 details["steps"].append({"step": "fallback search", "seconds": round(time.perf_counter() - t0, 3)})
         else:
             _copy_model(current, target)

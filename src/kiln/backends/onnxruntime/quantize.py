@@ -39,11 +39,13 @@ def seven_bit_weights() -> bool:
     return int8_kernels_saturate(detect_host())
 
 
-def quantize_dynamic_int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict:
+def quantize_dynamic_int8(src: Path, dst: Path, plan: QuantizationPlan, exclude: tuple[str, ...] = ()) -> dict:
+    """`exclude`: node names kept float as well as the user's --keep-fp32 patterns (exact names, for the search)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src), load_external_data=False)
     excluded = matching_nodes(model, plan.keep_fp32)
+    excluded += [name for name in exclude if name not in excluded]
     reduce = seven_bit_weights()
     try:
         with quiet():
