@@ -100,8 +100,9 @@ def cell_record(target: str, precision: str, out: Path, status: str, reason: str
                     cost_per_million=(report.get("cost") or {}).get("artifact_per_million"))
         block, _ = mixed_precision_block(report.get("compile") or {})
         if block:
+            units = (block.get("dynamic_search") or {}).get("units") if block["shipped"] == "dynamic-mixed" else None
             cell["mixed_precision"] = {"shipped": block["shipped"], "kept_fp32": len(block["kept_fp32"]),
-                                       "units": block["units"]}
+                                       "units": units or block["units"]}
     return cell
 
 

@@ -72,10 +72,11 @@ def test_the_planted_unit_is_ranked_first_kept_and_the_budget_holds(runs):
     # high when mixed is not faster here (the block says why); dynamic when that recipe is faster and within budget
     assert block["shipped"] in ("mixed", "high", "dynamic", "dynamic-mixed")
     assert block["shipped"] != "high" or "why" in block
-    ladder = block["ladder"]["candidates"]
-    # dynamic int8 with MatMuls kept float competes only where plain dynamic int8 missed the budget
+    ladder, rung = block["ladder"]["candidates"], block["dynamic_search"]
+    # dynamic int8 with nodes kept float competes only where plain dynamic int8 missed the budget and a prefix held it
     assert set(ladder) - {"dynamic int8 (searched)"} == {"static int8 (searched)", "dynamic int8"}
-    assert ("dynamic int8 (searched)" in ladder) == ("dynamic_search" in block) == (not ladder["dynamic int8"]["passed"])
+    assert ("dynamic int8 (searched)" in ladder) == ("kept_fp32" in rung) != ("skipped" in rung), rung
+    assert (rung.get("skipped") == "plain dynamic int8 holds the budget") == ladder["dynamic int8"]["passed"], rung
     gate = report["accuracy"]["gate"]
     assert gate["checked"] and gate["passed"], gate
     assert report["accuracy"]["outputs"]["output_1"]["cosine_min"] >= 0.995

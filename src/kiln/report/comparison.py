@@ -19,7 +19,7 @@ def precision_label(cell: dict) -> str:
     shipped = {"mixed": f"mixed, {mixed['kept_fp32']} of {mixed['units']} units float",
                "low": "all units low precision", "high": "all float: mixed was not faster",
                "dynamic": "dynamic int8",
-               "dynamic-mixed": f"dynamic int8, {mixed['kept_fp32']} MatMuls float"}.get(mixed["shipped"], mixed["shipped"])
+               "dynamic-mixed": f"dynamic int8, {mixed['kept_fp32']} of {mixed['units']} nodes float"}.get(mixed["shipped"], mixed["shipped"])
     return f"{cell['precision']} ({shipped})"
 
 

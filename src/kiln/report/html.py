@@ -359,7 +359,7 @@ def _mixed(report: dict) -> str:
     chosen = search["chosen"]["kept"] if search.get("chosen") else None
     text = (f'<p>Shipped: <strong>{e(block["shipped"])}</strong>; {search["evaluations"]} graphs evaluated in '
             f'{search["seconds"]:.1f} s{" (cut short)" if search["timed_out"] else ""}.</p>')
-    if block["shipped"] == "mixed":
+    if block["shipped"] in ("mixed", "dynamic-mixed"):
         text += "<p>Kept in float: " + ", ".join(f"<code>{e(n)}</code>" for n in block["kept_fp32"]) + "</p>"
     return _plot(plots.fallback_curve, search["curve"], chosen, block.get("tuning_share", 0.5)) + text
 

@@ -31,14 +31,15 @@ def markdown_lines(compile_details: dict) -> list[str]:
                "high": f"all units in float ({block.get('why', '')})",
                "dynamic": "dynamic int8 (faster than the searched static int8 graph, and within budget)",
                "dynamic-mixed": f"dynamic int8 with {len(block['kept_fp32'])} of "
-                                f"{(block.get('dynamic_search') or {}).get('units', '?')} MatMuls kept float (plain "
-                                "dynamic int8 missed the budget; faster than the searched static int8 graph)"}[block["shipped"]]
+                                f"{(block.get('dynamic_search') or {}).get('units', '?')} quantized nodes kept float "
+                                "(plain dynamic int8 missed the budget; the fastest recipe within it)"}[block["shipped"]]
     lines = ["## Mixed precision", "", f"Shipped: **{shipped}**."]
     if split:
         lines.append(f"Data: ranges from {split['calibration']['count']} calibration samples, search on "
                      f"{split['tuning']['count']} tuning samples ({split['tuning']['rule']}; sha256 "
                      f"{split['tuning']['sha256'][:12]}), the gate on the evaluation set once.")
-    budget_note = "met" if block["budget_met_on_tuning"] else "NOT met by any point tried (the closest is shipped)"
+    budget_note = "met" if block["budget_met_on_tuning"] else "NOT met by any point tried (the closest is shipped" + (
+        " if no recipe below holds it)" if block.get("ladder") else ")")
     lines.append(f"Search: {search['evaluations']} graphs evaluated in {search['seconds']:.1f} s"
                  f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
                  f"{budget_note}" + (f" (a point passes there within {block['tuning_share']:.0%} of the budget's slack)"
@@ -58,6 +59,12 @@ def markdown_lines(compile_details: dict) -> list[str]:
     if block["shipped"] in ("mixed", "dynamic-mixed"):
         lines += ["", "Kept in float (pass back with `--keep-fp32 NAME` to pin them): "
                   + ", ".join(f"`{n}`" for n in block["kept_fp32"]) + "."]
+    rung = block.get("dynamic_search")
+    if rung:
+        lines.append("Dynamic int8 per unit: " + (rung["skipped"] if "skipped" in rung else
+                     f"{len(rung['kept_fp32'])} of {rung['units']} nodes float within budget on the tuning split")
+                     + f" ({rung.get('evaluations', 0)} graphs; the static search ranked "
+                     f"{rung['ranked_by_the_static_search']} of {rung['units']}).")
     ladder = block.get("ladder")
     if ladder:
         lines += ["", "| recipe | within budget (tuning split) | p50 ms (this host) |", "|---|---|---|"]

@@ -122,11 +122,13 @@ class OnnxRuntimeBackend:
                     quantize_dynamic_int8(uncorrected or current, dynamic, quant)
                     candidates = {"static int8 (searched)": target, "dynamic int8": dynamic}
                     scorer = whole_graph_scorer(graph.path, tuning, quant.fallback, settings)
-                    rung = search_dynamic(uncorrected or current, searched, quant, block["search"]["order"],
-                                          lambda path: scorer.score(onnx.load(str(path))), progress=report)
-                    if rung:  # plain dynamic int8 missed the budget: with its costliest MatMuls float
+                    # what the static search left of --search-seconds, and at least a fifth of it
+                    seconds = max(quant.fallback.seconds - block["search"]["seconds"], quant.fallback.seconds / 5)
+                    block["dynamic_search"] = rung = search_dynamic(
+                        uncorrected or current, dynamic, searched, quant, block["search"]["order"],
+                        lambda path: scorer.score(onnx.load(str(path))), seconds, progress=report)
+                    if "kept_fp32" in rung:  # plain dynamic int8 missed the budget: with some nodes float, within
                         candidates["dynamic int8 (searched)"] = searched
-                        block["dynamic_search"] = rung
                     ladder = fastest_within_budget(graph.path, tuning, quant.fallback, settings, candidates)
                     block["ladder"] = ladder
                     if ladder["chosen"] != "static int8 (searched)":
