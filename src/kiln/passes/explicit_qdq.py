@@ -16,13 +16,12 @@ from pathlib import Path
 
 import onnx
 
-from kiln.backends.onnxruntime.session import load_error
-from kiln.passes.qdq_common import CalibrationReader, keep_copy, matching_nodes, prepare_for_quantization
 from kiln.calibration import Samples
 from kiln.errors import ExportError
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
+from kiln.passes.qdq_common import (CalibrationReader, keep_copy, matching_nodes, prepare_for_quantization,
+                                    quantize_loadable)
 from kiln.passes.qdq_units import find_units, restore_units
-from kiln.passes.tensor_names import plain_tensor_names
 from kiln.quiet import quiet
 from kiln.signature import default_opset
 
@@ -80,16 +79,9 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
                                   hint="exclude the failing node with --keep-fp32 NAME, or use fp16") from None
             return reader
 
-        reader = quantize()
-        # the quantizer's suffixed names can clash with the graph's own (tf2onnx): once more with plain tensor names
-        refused = load_error(dst)
-        renamed = plain_tensor_names(prepared, prepared) if refused else 0
-        if renamed:
-            quantize()
-            refused = load_error(dst)
-        if refused:
-            raise ExportError(f"{kind} Q/DQ quantization wrote a graph ONNX Runtime refuses: {refused}",
-                              hint="keep the node it names out of low precision with --keep-fp32 NAME, or use fp16")
+        reader, renamed = quantize_loadable(
+            quantize, prepared, dst, f"{kind} Q/DQ quantization",
+            hint="keep the node it names out of low precision with --keep-fp32 NAME, or use fp16")
         keep_copy(prepared, prepared_copy)
     quantized = onnx.load(str(dst))
     if kind == "fp8":

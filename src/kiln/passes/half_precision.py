@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from kiln.backends.onnxruntime.session import load_error
 from kiln.errors import ExportError
+from kiln.passes.loadable import load_error
 from kiln.quiet import quiet
 
 # normalisations, Softmax, reductions, exp/pow and friends: fp32 keeps them finite and accurate

@@ -8,11 +8,17 @@ import math
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import onnx
 
 from kiln.calibration import Samples
+from kiln.errors import ExportError
+from kiln.passes.loadable import load_error
+from kiln.passes.tensor_names import plain_tensor_names
+
+T = TypeVar("T")
 
 
 def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
@@ -111,6 +117,22 @@ def prepare_for_quantization(src: Path, dst: Path) -> None:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=False, save_as_external_data=external)
         except Exception:  # symbolic shape inference fails on some graphs; ONNX shape inference is enough then
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, save_as_external_data=external)
+
+
+def quantize_loadable(quantize: Callable[[], T], prepared: Path, dst: Path, what: str, hint: str) -> tuple[T, int]:
+    """Run `quantize` (it reads `prepared` and writes `dst`) until ONNX Runtime loads what it wrote. The quantizer's
+    suffixed tensor names can clash with a graph's own (tf2onnx: "Duplicate definition of name"): then `prepared`'s
+    internal tensors are renamed plainly and it quantizes once more. Returns its result and how many tensors were
+    renamed; a graph still refused is an ExportError naming `what`."""
+    result = quantize()
+    refused = load_error(dst)
+    renamed = plain_tensor_names(prepared, prepared) if refused else 0
+    if renamed:
+        result = quantize()
+        refused = load_error(dst)
+    if refused:
+        raise ExportError(f"{what} wrote a graph ONNX Runtime refuses: {refused}", hint=hint)
+    return result, renamed
 
 
 def keep_copy(model: Path, copy: Path | None) -> None:

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import onnx
 
-from kiln.backends.onnxruntime.session import load_error
 from kiln.calibration import Samples
 from kiln.config import QuantizationPlan
 from kiln.errors import ExportError, UnsupportedTargetError
 from kiln.passes.qdq_common import (CalibrationReader, has_external_data, keep_copy, matching_nodes,
-                                     prepare_for_quantization)
-from kiln.passes.tensor_names import plain_tensor_names
+                                     prepare_for_quantization, quantize_loadable)
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.quiet import quiet
 
@@ -97,39 +95,35 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
         with quiet():
             prepare_for_quantization(upgraded if conversion else src, prepared)
         unrangeable: list[str] = []
-        renamed = 0
-        for _ in range(MAX_UNRANGEABLE + 3):
-            try:
-                with quiet():
-                    quantize_static(
-                        str(prepared), str(dst), CalibrationReader(calibration, inputs), quant_format=QuantFormat.QDQ,
-                        activation_type=activation, weight_type=QuantType.QInt8, per_channel=True,
-                        reduce_range=seven_bit_weights(),
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS),
-                        nodes_to_exclude=excluded + unrangeable, use_external_data_format=has_external_data(src),
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": activation == QuantType.QInt8,
-                                       "DefaultTensorType": onnx.TensorProto.FLOAT,
-                                       # a unit restored to float needs its Relu/Clip, which the quantizer would
-                                       # otherwise drop where the Q after it clamps the same range
-                                       "QDQKeepRemovableActivations": plan.fallback is not None})
-            except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
-                consumers = _consumers_of_unrangeable(exc, prepared)
-                if not consumers or len(unrangeable) >= MAX_UNRANGEABLE:
-                    raise ExportError(f"static int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
-                                      hint="exclude the failing node with --keep-fp32 NAME, or use int8-dynamic") \
-                        from None
-                unrangeable += consumers
-                continue
-            refused = load_error(dst)
-            if refused and not renamed:  # the quantizer's suffixed names can clash with the graph's own: once more
-                renamed = plain_tensor_names(prepared, prepared)  # with plain internal tensor names
-                if renamed:
-                    continue
-            if refused:  # seen on a tf2onnx graph: "Duplicate definition of name"
-                raise ExportError(f"static int8 quantization wrote a graph ONNX Runtime refuses: {refused}",
-                                  hint="keep the node it names in fp32 with --keep-fp32 NAME, or use --precision "
-                                       "int8-dynamic or fp32 for this model")
-            break
+
+        def quantize() -> None:
+            while True:
+                try:
+                    with quiet():
+                        quantize_static(
+                            str(prepared), str(dst), CalibrationReader(calibration, inputs),
+                            quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
+                            per_channel=True, reduce_range=seven_bit_weights(),
+                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OPS),
+                            nodes_to_exclude=excluded + unrangeable, use_external_data_format=has_external_data(src),
+                            extra_options={"WeightSymmetric": True,
+                                           "ActivationSymmetric": activation == QuantType.QInt8,
+                                           "DefaultTensorType": onnx.TensorProto.FLOAT,
+                                           # a unit restored to float needs its Relu/Clip, which the quantizer would
+                                           # otherwise drop where the Q after it clamps the same range
+                                           "QDQKeepRemovableActivations": plan.fallback is not None})
+                    return
+                except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
+                    consumers = _consumers_of_unrangeable(exc, prepared)
+                    if not consumers or len(unrangeable) >= MAX_UNRANGEABLE:
+                        raise ExportError(f"static int8 quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
+                                          hint="exclude the failing node with --keep-fp32 NAME, or use int8-dynamic") \
+                            from None
+                    unrangeable.extend(consumers)
+
+        _, renamed = quantize_loadable(quantize, prepared, dst, "static int8 quantization",
+                                       hint="keep the node it names in fp32 with --keep-fp32 NAME, or use --precision "
+                                            "int8-dynamic or fp32 for this model")
         keep_copy(prepared, prepared_copy)
     return {"mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8",
             "activation_type": plan.activation_type, "calibration_method": "MinMax",

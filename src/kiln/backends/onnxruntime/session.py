@@ -16,23 +16,6 @@ from kiln.signature import Signature
 DEFAULT_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def load_error(model_path: Path) -> str | None:
-    """Why ONNX Runtime refuses to load a graph a pass just wrote (its reason, without paths), or None: checked where
-    the pass ran, so the error names the pass instead of surfacing later as an invalid artifact."""
-    import onnxruntime as ort
-
-    from kiln.exporters.graph import ort_reason
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own exception types
-        return ort_reason(exc)
-    return None
-
-
 def default_settings(threads: int) -> dict:
     return {
         "providers": ["CPUExecutionProvider"],
