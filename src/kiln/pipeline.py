@@ -36,6 +36,7 @@ from kiln.report import REPORT_SCHEMA, render
 from kiln.report import plots
 from kiln.report.html import render_html
 from kiln.resolve import resolve
+from kiln.exporters.module_digest import module_digest
 from kiln.stage_cache import (StageCache, compile_key, derived_key, export_key, load_compiled, load_prepared,
                                open_cache, save_compiled, save_prepared)
 from kiln.targets import detect_host, find_target
@@ -173,13 +174,24 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
 
     Each of these is reused from the stage cache when its inputs are unchanged (see kiln.stage_cache)."""
     stages, fingerprint = open_cache(config, module)
+    opened: dict = {}
+    opening = 0.0
+    if stages.on and fingerprint is None:  # a Python source: its fingerprint is the loaded module's
+        started = time.perf_counter()
+        with progress.stage("load") as st:
+            opened["source"] = open_source(config, module, example_inputs)
+            fingerprint = module_digest(getattr(opened["source"], "module", None), stages.cache.root / "hashes")
+            st.result = f"{opened['source'].info.kind}, fingerprinted for the stage cache"
+        opening = time.perf_counter() - started
+        if fingerprint is None:
+            stages = StageCache(None, "the source is a Python object kiln cannot fingerprint (a torch.export program "
+                                      "object, or tensors without plain bytes)")
     synthetic = any(_calibration_kind(config, plan) == "synthetic" for plan in plans)
     key = export_key(stages, config, fingerprint, synthetic)
-    opened: dict = {}
 
     def compute() -> Prepared:
         with progress.stage("load") as st:
-            source = opened["source"] = open_source(config, module, example_inputs)
+            source = opened["source"] = opened.get("source") or open_source(config, module, example_inputs)
             evaluation, calibration, context = _data(config, plans, source.data_context(config))
             st.result = f"{source.info.kind}; eval {evaluation.kind} x{len(evaluation)}" + "".join(
                 f"; calibration {c.kind} x{len(c)}" for c in calibration.values())
@@ -197,10 +209,13 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
     prepared = stages.run("export", key, f"{config.source} (export)", compute, save_prepared,
                           lambda entry: load_prepared(entry, Prepared, work))
     if stages.outcome["export"] == "hit":
-        progress.timings["load"] = 0.0  # the source was not opened: the cache read counts as the export stage
+        # the source was not opened (from Python: opened only to fingerprint it); the cache read is the export stage
+        progress.timings["load"] = opening
         progress.timings["export"] = time.perf_counter() - started
         progress.say(f"  ✓ {'export':<10} {progress.timings['export']:6.1f}s  from the cache ({key[:12]}): "
                      f"{prepared.graph.record.exporter}, opset {prepared.graph.record.opset}")
+    elif opening:
+        progress.timings["load"] = progress.timings.get("load", 0.0) + opening
     source_bench = None
     if config.report.analysis and any(p.measure for p in plans):
         def measure_baseline() -> dict:

@@ -9,7 +9,8 @@
     analyse  bench key, report settings, baseline                 -> profile, roofline, batch sweep
 
 Changing one setting changes only the keys that depend on it. A source given as a Python object or a
-`package.module:callable` has no bytes to hash, so it is not cached (the report says so).
+`package.module:callable` has no file to hash: it is loaded, and the module's classes' code, tensors and plain
+settings are its fingerprint (kiln.exporters.module_digest); a torch.export program object is not cached.
 """
 
 from __future__ import annotations
@@ -78,19 +79,17 @@ class StageCache:
 
 
 def open_cache(config: ExportConfig, module) -> tuple[StageCache, str | None]:
-    """The run's cache and the source fingerprint (None when the source cannot be fingerprinted)."""
+    """The run's cache and the source file's fingerprint (None for a Python source, fingerprinted once loaded)."""
     if not config.cache:
         return StageCache(None, "--no-cache"), None
-    if module is not None:
-        return StageCache(None, "the source is a Python object: its code and weights have no file to hash"), None
     path = Path(config.source)
-    if not path.exists():
-        return StageCache(None, "the source is a Python callable: its code has no file to hash"), None
+    python = module is not None or not path.exists()  # a module object or package.module:callable
     cache = Cache()
     try:
         cache.root.mkdir(parents=True, exist_ok=True)
         cache.clean_tmp()
-        fingerprint = _source_digest(path, cache.root / "hashes")
+        # a Python source has no file to hash: the caller fingerprints the module once it is loaded (module_digest)
+        fingerprint = None if python else _source_digest(path, cache.root / "hashes")
     except OSError as exc:
         return StageCache(None, f"the cache folder {cache.root} is not usable ({exc.strerror})"), None
     return StageCache(cache), fingerprint

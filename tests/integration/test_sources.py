@@ -126,6 +126,34 @@ def test_callable_with_two_inputs_keeps_both_named_dynamic_dims(tmp_path):
     np.testing.assert_allclose(got, torch_run(two_inputs(), tokens, scale), rtol=1e-5, atol=1e-6)
 
 
+def test_a_callable_source_is_fingerprinted_so_its_export_is_cached(tmp_path):
+    """A `package.module:callable` has no file holding the model: kiln loads it and fingerprints the module. The
+    same model again reuses the export stage; another setting in the user's module is a new export."""
+    (tmp_path / "my_model.py").write_text(textwrap.dedent("""
+        import torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.fc = torch.nn.Linear(4, 3)
+                self.scale = SCALE
+            def forward(self, x):
+                return self.fc(x) * self.scale
+        def make():
+            return Net()
+        """).replace("SCALE", "2.0"))
+    args = ("--input", "x=batch=2,4")
+    first = export("my_model:make", tmp_path / "a", *args, cwd=tmp_path)[1]
+    again = export("my_model:make", tmp_path / "b", *args, cwd=tmp_path)[1]
+    assert first["cache"]["stages"]["export"] == "miss" and again["cache"]["stages"]["export"] == "hit"
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+    source = (tmp_path / "my_model.py").read_text()
+    (tmp_path / "my_model.py").write_text(source.replace("self.scale = 2.0", "self.scale = 3.0"))
+    changed = export("my_model:make", tmp_path / "c", *args, cwd=tmp_path)[1]
+    assert changed["cache"]["stages"]["export"] == "miss"
+    assert changed["accuracy"]["outputs"]["output"]["max_abs_error"] < 1e-5  # checked against the new model
+
+
 # --- 4. torch.export .pt2 program -------------------------------------------------------------------------
 
 
