@@ -303,15 +303,18 @@ def whole_graph_scorer(reference_path: Path, tuning: Samples, plan: FallbackPlan
 
 
 def fastest_within_budget(reference_path: Path, tuning: Samples, plan: FallbackPlan, settings: dict,
-                          candidates: dict[str, Path]) -> dict:
+                          candidates: dict[str, Path], scorer: _Evaluator | None = None,
+                          scored: dict[str, Point] | None = None) -> dict:
     """The recipe ladder above per-unit fallback (ONNX Runtime: the searched static int8 graph, dynamic int8): each
     candidate scored on the tuning split and timed, in this order, here; the fastest within budget wins (the first
-    candidate when none is). Returns {"candidates": {name: figures}, "chosen": name}."""
-    evaluate = whole_graph_scorer(reference_path, tuning, plan, settings)
+    candidate when none is). `scorer`: a whole_graph_scorer the caller already built; `scored`: candidates it
+    already scored with it. Returns {"candidates": {name: figures}, "chosen": name}."""
+    evaluate = scorer or whole_graph_scorer(reference_path, tuning, plan, settings)
+    scored = scored or {}
     rows = {}
     for name, path in candidates.items():
         model = onnx.load(str(path))
-        point = evaluate.score(model)
+        point = scored.get(name) or evaluate.score(model)
         rows[name] = {"passed": point.passed, "distance": point.distance, "p50_ms": round(evaluate.p50_ms(
             model, LADDER_RUNS), 4), **point.summary}
     passing = [n for n, r in rows.items() if r["passed"]]

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from kiln.backends.base import Compiled
+from kiln.fallback.search import Point
 from kiln.fallback.tune import fall_back, fastest_within_budget, split_for_search, whole_graph_scorer
 from kiln.progress import report
 from kiln.passes.ml_ops import LINEAR_MODELS, lower_ml_ops
@@ -122,14 +123,21 @@ class OnnxRuntimeBackend:
                     quantize_dynamic_int8(uncorrected or current, dynamic, quant)
                     candidates = {"static int8 (searched)": target, "dynamic int8": dynamic}
                     scorer = whole_graph_scorer(graph.path, tuning, quant.fallback, settings)
+                    scored: dict[Path, Point] = {}
+
+                    def score(path: Path) -> Point:
+                        scored[path] = point = scorer.score(onnx.load(str(path)))
+                        return point
+
                     # what the static search left of --search-seconds, and at least a fifth of it
                     seconds = max(quant.fallback.seconds - block["search"]["seconds"], quant.fallback.seconds / 5)
                     block["dynamic_search"] = rung = search_dynamic(
-                        uncorrected or current, dynamic, searched, quant, block["search"]["order"],
-                        lambda path: scorer.score(onnx.load(str(path))), seconds, progress=report)
+                        uncorrected or current, dynamic, searched, quant, block["search"]["order"], score, seconds,
+                        progress=report)
                     if "kept_fp32" in rung:  # plain dynamic int8 missed the budget: with some nodes float, within
                         candidates["dynamic int8 (searched)"] = searched
-                    ladder = fastest_within_budget(graph.path, tuning, quant.fallback, settings, candidates)
+                    ladder = fastest_within_budget(graph.path, tuning, quant.fallback, settings, candidates, scorer,
+                                                   {"dynamic int8": scored[dynamic]} if dynamic in scored else None)
                     block["ladder"] = ladder
                     if ladder["chosen"] != "static int8 (searched)":
                         target.with_name(target.name + ".data").unlink(missing_ok=True)
