@@ -237,3 +237,32 @@ def test_a_matrix_cell_this_host_could_not_time_renders_beside_the_shared_source
     text = render(report)
     assert "this artifact was not timed here" in text and "faster at p50" not in text
     assert "not measured: host CPU lacks amx_int8" in render_html(report)
+
+
+def test_the_curve_drawn_is_the_one_whose_graph_shipped(monkeypatch):
+    """ONNX Runtime auto can ship the dynamic-int8 rung's graph: the page then plots that rung's points (with its
+    shipped point starred), not the static search's. The plot function is replaced by one that records its input."""
+    from kiln.report import html
+
+    drawn = []
+    monkeypatch.setattr(html.plots, "fallback_curve", lambda points, chosen, target: drawn.append((points, chosen)) or "")
+
+    def point(kept: int, distance: float) -> dict:
+        return {"kept": kept, "kept_units": [f"n{i}" for i in range(kept)], "distance": distance,
+                "passed": distance <= 0.5}
+
+    static = {"chosen": None, "curve": [point(0, 3.0), point(8, 0.9)], "evaluations": 2, "seconds": 1.0,
+              "timed_out": True}
+    rung = {"curve": [point(0, 0.8), point(2, 0.4)], "kept_fp32": ["n0", "n1"], "units": 24,
+            "ranked_by_the_static_search": 24, "evaluations": 2}
+    block = {"search": static, "shipped": "dynamic-mixed", "kept_fp32": ["n0", "n1"], "dynamic_search": rung,
+             "tuning_share": 0.5}
+    page = html._mixed({"compile": {"mixed_precision": block}})
+    assert drawn == [(rung["curve"], 2)] and "dynamic-int8 rung" in page
+    from kiln.report.mixed_precision import markdown_lines
+
+    text = "\n".join(markdown_lines({"mixed_precision": {**block, "units": 58, "budget_met_on_tuning": False}}))
+    assert "| nodes float in dynamic int8 (the rung that shipped) |" in text and "| 2 | 0.400 | yes |" in text
+    drawn.clear()
+    html._mixed({"compile": {"mixed_precision": {**block, "shipped": "high", "kept_fp32": []}}})
+    assert drawn == [(static["curve"], None)]

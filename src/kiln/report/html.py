@@ -361,7 +361,12 @@ def _mixed(report: dict) -> str:
             f'{search["seconds"]:.1f} s{" (cut short)" if search["timed_out"] else ""}.</p>')
     if block["shipped"] in ("mixed", "dynamic-mixed"):
         text += "<p>Kept in float: " + ", ".join(f"<code>{e(n)}</code>" for n in block["kept_fp32"]) + "</p>"
-    return _plot(plots.fallback_curve, search["curve"], chosen, block.get("tuning_share", 0.5)) + text
+    curve, rung = search["curve"], block.get("dynamic_search") or {}
+    if block["shipped"] == "dynamic-mixed" and rung.get("curve"):  # the points of the graph that shipped
+        curve, chosen = rung["curve"], len(block["kept_fp32"])
+        text += ("<p>The curve is the dynamic-int8 rung's (nodes kept float in dynamic int8), whose graph shipped; "
+                 "the static search's points are in report.json.</p>")
+    return _plot(plots.fallback_curve, curve, chosen, block.get("tuning_share", 0.5)) + text
 
 
 def render_html(report: dict) -> str:

@@ -70,8 +70,11 @@ def markdown_lines(compile_details: dict) -> list[str]:
         lines += ["", "| recipe | within budget (tuning split) | p50 ms (this host) |", "|---|---|---|"]
         lines += [f"| {name}{' (shipped)' if name == ladder['chosen'] else ''} | {'yes' if row['passed'] else 'no'} | "
                   f"{row['p50_ms']:.3f} |" for name, row in ladder["candidates"].items()]
-    lines += ["", "| units in float | distance (1 = budget limit) | within budget | tuning split |", "|---|---|---|---|"]
-    for point in search["curve"]:
+    curve, title = search["curve"], "units in float"
+    if block["shipped"] == "dynamic-mixed" and (rung or {}).get("curve"):  # the points of the graph that shipped
+        curve, title = rung["curve"], "nodes float in dynamic int8 (the rung that shipped)"
+    lines += ["", f"| {title} | distance (1 = budget limit) | within budget | tuning split |", "|---|---|---|---|"]
+    for point in curve:
         lines.append(f"| {point['kept']} | {point['distance']:.3f} | {'yes' if point['passed'] else 'no'} | "
                      f"{_tuning(point)} |")
     return lines + [""]
