@@ -45,7 +45,8 @@ def overhead(work: Path, rounds: int) -> None:
         last = None
         for r in range(rounds):
             for mode in ("off", "on"):
-                extra = ["--no-analysis"] if mode == "off" else []
+                # each round measured afresh (the stage cache would serve the first round's bench to the others)
+                extra = ["--no-cache", *(["--no-analysis"] if mode == "off" else [])]
                 report = kiln_export(work / f"{name}-{mode}-{r}".replace(" ", "_"), [*args, *SHORT, *extra])
                 p50[mode].append(report["latency_ms"]["p50"])
                 last = report if mode == "on" else last

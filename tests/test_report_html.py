@@ -241,7 +241,8 @@ def test_a_matrix_cell_this_host_could_not_time_renders_beside_the_shared_source
 
 def test_the_curve_drawn_is_the_one_whose_graph_shipped(monkeypatch):
     """ONNX Runtime auto can ship the dynamic-int8 rung's graph: the page then plots that rung's points (with its
-    shipped point starred), not the static search's. The plot function is replaced by one that records its input."""
+    shipped point starred), not the static search's; where a whole recipe ships (float, plain dynamic int8) no point
+    is starred. The plot function is replaced by one that records its input."""
     from kiln.report import html
 
     drawn = []
@@ -251,7 +252,7 @@ def test_the_curve_drawn_is_the_one_whose_graph_shipped(monkeypatch):
         return {"kept": kept, "kept_units": [f"n{i}" for i in range(kept)], "distance": distance,
                 "passed": distance <= 0.5}
 
-    static = {"chosen": None, "curve": [point(0, 3.0), point(8, 0.9)], "evaluations": 2, "seconds": 1.0,
+    static = {"chosen": point(8, 0.4), "curve": [point(0, 3.0), point(8, 0.4)], "evaluations": 2, "seconds": 1.0,
               "timed_out": True}
     rung = {"curve": [point(0, 0.8), point(2, 0.4)], "kept_fp32": ["n0", "n1"], "units": 24,
             "ranked_by_the_static_search": 24, "evaluations": 2}
@@ -264,5 +265,8 @@ def test_the_curve_drawn_is_the_one_whose_graph_shipped(monkeypatch):
     text = "\n".join(markdown_lines({"mixed_precision": {**block, "units": 58, "budget_met_on_tuning": False}}))
     assert "| nodes float in dynamic int8 (the rung that shipped) |" in text and "| 2 | 0.400 | yes |" in text
     drawn.clear()
+    html._mixed({"compile": {"mixed_precision": {**block, "shipped": "mixed", "kept_fp32": ["n0"] * 8}}})
     html._mixed({"compile": {"mixed_precision": {**block, "shipped": "high", "kept_fp32": []}}})
-    assert drawn == [(static["curve"], None)]
+    html._mixed({"compile": {"mixed_precision": {**block, "shipped": "dynamic", "kept_fp32": []}}})
+    # the static search's point is starred only where it shipped; float or plain dynamic int8 are no point of it
+    assert drawn == [(static["curve"], 8), (static["curve"], None), (static["curve"], None)]

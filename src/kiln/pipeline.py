@@ -36,7 +36,7 @@ from kiln.report import REPORT_SCHEMA, render
 from kiln.report import plots
 from kiln.report.html import render_html
 from kiln.resolve import resolve
-from kiln.exporters.module_digest import module_digest
+from kiln.exporters.module_digest import source_digest
 from kiln.stage_cache import (StageCache, compile_key, derived_key, export_key, load_compiled, load_prepared,
                                open_cache, save_compiled, save_prepared)
 from kiln.targets import detect_host, find_target
@@ -180,12 +180,12 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
         started = time.perf_counter()
         with progress.stage("load") as st:
             opened["source"] = open_source(config, module, example_inputs)
-            fingerprint = module_digest(getattr(opened["source"], "module", None), stages.cache.root / "hashes")
+            fingerprint = source_digest(opened["source"], example_inputs, stages.cache.root / "hashes")
             st.result = f"{opened['source'].info.kind}, fingerprinted for the stage cache"
         opening = time.perf_counter() - started
         if fingerprint is None:
             stages = StageCache(None, "the source is a Python object kiln cannot fingerprint (a torch.export program "
-                                      "object, or tensors without plain bytes)")
+                                      "object, a class without a source file, tensors without plain bytes)")
     synthetic = any(_calibration_kind(config, plan) == "synthetic" for plan in plans)
     key = export_key(stages, config, fingerprint, synthetic)
 
@@ -216,6 +216,8 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
                      f"{prepared.graph.record.exporter}, opset {prepared.graph.record.opset}")
     elif opening:
         progress.timings["load"] = progress.timings.get("load", 0.0) + opening
+    if "source" in opened:  # what this run opened names the source (a cached entry may have come from another spec)
+        prepared = replace(prepared, source_info=opened["source"].info)
     source_bench = None
     if config.report.analysis and any(p.measure for p in plans):
         def measure_baseline() -> dict:

@@ -361,6 +361,8 @@ def _mixed(report: dict) -> str:
             f'{search["seconds"]:.1f} s{" (cut short)" if search["timed_out"] else ""}.</p>')
     if block["shipped"] in ("mixed", "dynamic-mixed"):
         text += "<p>Kept in float: " + ", ".join(f"<code>{e(n)}</code>" for n in block["kept_fp32"]) + "</p>"
+    if block["shipped"] not in ("mixed", "low"):  # a whole recipe shipped, not a point of this search
+        chosen = None
     curve, rung = search["curve"], block.get("dynamic_search") or {}
     if block["shipped"] == "dynamic-mixed" and rung.get("curve"):  # the points of the graph that shipped
         curve, chosen = rung["curve"], len(block["kept_fp32"])
