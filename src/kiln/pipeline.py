@@ -177,12 +177,11 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
     opened: dict = {}
     opening = 0.0
     if stages.on and fingerprint is None:  # a Python source: its fingerprint is the loaded module's
-        started = time.perf_counter()
         with progress.stage("load") as st:
             opened["source"] = open_source(config, module, example_inputs)
             fingerprint = source_digest(opened["source"], example_inputs, stages.cache.root / "hashes")
             st.result = f"{opened['source'].info.kind}, fingerprinted for the stage cache"
-        opening = time.perf_counter() - started
+        opening = progress.timings["load"]
         if fingerprint is None:
             stages = StageCache(None, "the source is a Python object kiln cannot fingerprint (a torch.export program "
                                       "object, a class without a source file, tensors without plain bytes)")
@@ -214,8 +213,8 @@ def prepare(config: ExportConfig, plans: list[Plan], work: Path, module, example
         progress.timings["export"] = time.perf_counter() - started
         progress.say(f"  ✓ {'export':<10} {progress.timings['export']:6.1f}s  from the cache ({key[:12]}): "
                      f"{prepared.graph.record.exporter}, opset {prepared.graph.record.opset}")
-    elif opening:
-        progress.timings["load"] = progress.timings.get("load", 0.0) + opening
+    elif opening:  # the load stage ran again for the data: both count
+        progress.timings["load"] += opening
     if "source" in opened:  # what this run opened names the source (a cached entry may have come from another spec)
         prepared = replace(prepared, source_info=opened["source"].info)
     source_bench = None
