@@ -123,10 +123,12 @@ class OnnxRuntimeBackend:
                     quantize_dynamic_int8(uncorrected or current, dynamic, quant)
                     candidates = {"static int8 (searched)": target, "dynamic int8": dynamic}
                     scorer = whole_graph_scorer(graph.path, tuning, quant.fallback, settings)
-                    scored: dict[Path, Point] = {}
+                    scored: dict[str, Point] = {}  # plain dynamic int8's score, which the ladder reuses
 
                     def score(path: Path) -> Point:
-                        scored[path] = point = scorer.score(onnx.load(str(path)))
+                        point = scorer.score(onnx.load(str(path)))
+                        if path == dynamic:
+                            scored["dynamic int8"] = point
                         return point
 
                     # what the static search left of --search-seconds, and at least a fifth of it
@@ -137,7 +139,7 @@ class OnnxRuntimeBackend:
                     if "kept_fp32" in rung:  # plain dynamic int8 missed the budget: with some nodes float, within
                         candidates["dynamic int8 (searched)"] = searched
                     ladder = fastest_within_budget(graph.path, tuning, quant.fallback, settings, candidates, scorer,
-                                                   {"dynamic int8": scored[dynamic]} if dynamic in scored else None)
+                                                   scored)
                     block["ladder"] = ladder
                     if ladder["chosen"] != "static int8 (searched)":
                         target.with_name(target.name + ".data").unlink(missing_ok=True)
