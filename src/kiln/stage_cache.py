@@ -36,8 +36,9 @@ from kiln.toolchain import toolchain_versions
 # named by their first op in graph order (issue 15); 5 = the calibration named in the key is always in the entry (an
 # fp16 export with --calibration stored none, and an int8 export then hit that entry and failed); 6 = the fallback
 # search ranks continuous budgets by the error each unit adds alone, ONNX Runtime auto's dynamic-int8 rung, TensorRT
-# Q/DQ calibration read one shape group at a time (a compile cached before would be served unchanged).
-STAGE_LOGIC = 6
+# Q/DQ calibration read one shape group at a time (a compile cached before would be served unchanged); 7 = TensorRT
+# graphs checked and searched with Q/DQ unfused on every host (fused, an AVX-512 VNNI CPU scored noise).
+STAGE_LOGIC = 7
 EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
                  "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 
