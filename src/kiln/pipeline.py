@@ -31,6 +31,7 @@ from kiln.exporters import open_source
 from kiln.exporters.graph import export_graph
 from kiln.exporters.shapes import with_data_dims
 from kiln.llm.source import language_model
+from kiln.passes import calibration_ranges
 from kiln.progress import Progress
 from kiln.report import REPORT_SCHEMA, render
 from kiln.report import plots
@@ -264,9 +265,10 @@ def build(config, plan, backend, host, staged, prepared: Prepared, progress, sta
             update={"fallback": fallback.model_copy(update={"outputs": prepared.primary})})})
     compile_id = compile_key(prepared.export_key, plan, kind, config)
     with progress.stage("compile") as st:
-        compiled = stages.run("compile", compile_id, f"{config.source} -> {plan.target} {plan.precision}",
-                              lambda: backend.compile(graph, plan, work, calibration, example=example),
-                              save_compiled, lambda entry: load_compiled(entry, work))
+        with calibration_ranges.kept_in(stages.cache.root / "calibration" if stages.on else None):
+            compiled = stages.run("compile", compile_id, f"{config.source} -> {plan.target} {plan.precision}",
+                                  lambda: backend.compile(graph, plan, work, calibration, example=example),
+                                  save_compiled, lambda entry: load_compiled(entry, work))
         st.result = _compile_line(compiled) + _cached(stages, "compile")
     if plan.measure and compiled.details.get("not_timed"):  # e.g. a GPU here, but no engine it can run
         plan = plan.model_copy(update={"measure": False,

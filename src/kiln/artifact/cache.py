@@ -167,7 +167,17 @@ class Cache:
             if self._remove_unlocked(row["stage"], row["key"]):
                 removed.append(row)
                 total -= row["bytes"]
+        self._prune_ranges(older_than_days, everything)
         return removed
+
+    def _prune_ranges(self, older_than_days: float | None, everything: bool) -> None:
+        """Kept calibration ranges (tens of KB per model, passes/calibration_ranges.py): by age of last use, or all."""
+        if not everything and older_than_days is None:
+            return
+        for kept in (self.root / "calibration").glob("*.json"):
+            with contextlib.suppress(OSError):
+                if everything or time.time() - kept.stat().st_mtime > older_than_days * 86400:
+                    kept.unlink()
 
     def _remove_unlocked(self, stage: str, key: str) -> bool:
         locks = self.root / "locks"

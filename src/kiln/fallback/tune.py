@@ -8,7 +8,6 @@ scored is what ships, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from kiln.calibration import Samples
 from kiln.config import AccuracyBudget, FallbackPlan
 from kiln.errors import UsageError
 from kiln.fallback.search import Point, search
+from kiln.passes.calibration_ranges import samples_digest
 from kiln.passes.qdq_units import Unit, find_units, float_weights, restore_units
 from kiln.validate import gate, is_class_logits, output_metrics
 
@@ -31,15 +31,6 @@ MIN_CALIBRATION = 4
 SWEEP_SAMPLES = 16  # tuning samples the one-unit-at-a-time sensitivity sweep runs
 MAX_TUNING = 128
 TIMED_RUNS = 30
-
-
-def _digest(samples: tuple) -> str:
-    h = hashlib.sha256()
-    for feed in samples:
-        for name in sorted(feed):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(feed[name]).tobytes())
-    return h.hexdigest()
 
 
 def split_for_search(calibration: Samples) -> tuple[Samples, Samples, dict]:
@@ -58,8 +49,8 @@ def split_for_search(calibration: Samples) -> tuple[Samples, Samples, dict]:
                        calibration.synthetic, labels)
 
     ranges, tuning = part(ranges_idx, "ranges"), part(tuning_idx, "tuning")
-    record = {"calibration": {"count": len(ranges), "sha256": _digest(ranges.feeds)},
-              "tuning": {"count": len(tuning), "sha256": _digest(tuning.feeds),
+    record = {"calibration": {"count": len(ranges), "sha256": samples_digest(ranges.feeds)},
+              "tuning": {"count": len(tuning), "sha256": samples_digest(tuning.feeds),
                          "rule": "every other calibration sample, at most 128"}}
     return ranges, tuning, record
 

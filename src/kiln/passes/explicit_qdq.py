@@ -18,6 +18,7 @@ import onnx
 
 from kiln.calibration import Samples
 from kiln.errors import ExportError
+from kiln.passes.calibration_ranges import cache_option, ranges_file
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
 from kiln.passes.qdq_common import (CalibrationReader, keep_copy, matching_nodes, prepare_for_quantization,
                                     quantize_loadable)
@@ -45,6 +46,8 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
     # EfficientNet top-1 agreement 87.5 % -> 89.3 %). fp8 reuses the same ranges, rescaled to e4m3's 448
     # (ONNX Runtime's own float8 path, calibrated by distribution, gave 9 % agreement on EfficientNet).
     op_types = list(QDQ_OPS + FUSED_ACTIVATIONS)
+    kept_ranges = ranges_file(src, calibration, {"method": "percentile", "percentile": 99.99, "symmetric": True,
+                                                 "op_types": op_types})
     with tempfile.TemporaryDirectory(prefix="kiln-qdq-") as tmp:
         prepared, graph = Path(tmp) / "prepared.onnx", Path(tmp) / "upgraded.onnx"
         conversion = (at_least(src, graph, 19, "float8 Q/DQ") if kind == "fp8"
@@ -73,7 +76,8 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
                                        # fails on a Gemm bias of shape [1, N], as skl2onnx writes it)
                                        "QDQDisableWeightAdjustForInt32Bias": True, **reader.strided(),
                                        # kept for the fallback search: a unit restored to float needs its Relu/Clip
-                                       "QDQKeepRemovableActivations": prepared_copy is not None})
+                                       "QDQKeepRemovableActivations": prepared_copy is not None},
+                        **cache_option(kept_ranges, prepared, op_types))
             except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
                 raise ExportError(f"{kind} Q/DQ quantization failed: {type(exc).__name__}: {str(exc)[:300]}",
                                   hint="exclude the failing node with --keep-fp32 NAME, or use fp16") from None

@@ -16,6 +16,7 @@ import onnx
 from kiln.calibration import Samples
 from kiln.config import QuantizationPlan
 from kiln.errors import ExportError, UnsupportedTargetError
+from kiln.passes.calibration_ranges import cache_option, ranges_file
 from kiln.passes.qdq_common import (CalibrationReader, has_external_data, keep_copy, matching_nodes,
                                      prepare_for_quantization, quantize_loadable)
 from kiln.passes.opset import PER_CHANNEL_QDQ, at_least
@@ -95,6 +96,7 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
         with quiet():
             prepare_for_quantization(upgraded if conversion else src, prepared)
         unrangeable: list[str] = []
+        kept_ranges = ranges_file(src, calibration, {"method": "minmax", "op_types": sorted(STATIC_OPS)})
 
         def quantize() -> None:
             while True:
@@ -111,7 +113,8 @@ def quantize_static_int8(src: Path, dst: Path, plan: QuantizationPlan, calibrati
                                            "DefaultTensorType": onnx.TensorProto.FLOAT,
                                            # a unit restored to float needs its Relu/Clip, which the quantizer would
                                            # otherwise drop where the Q after it clamps the same range
-                                           "QDQKeepRemovableActivations": plan.fallback is not None})
+                                           "QDQKeepRemovableActivations": plan.fallback is not None},
+                            **cache_option(kept_ranges, prepared, list(STATIC_OPS)))
                     return
                 except Exception as exc:  # the quantizer raises bare Exceptions and assertion errors
                     consumers = _consumers_of_unrangeable(exc, prepared)
