@@ -298,7 +298,8 @@ class ExportConfig(Frozen):
     keep_fp32: tuple[str, ...] = ()
     fallback: bool = False  # int8/fp8: search which units to keep in float so that the budget holds
     search_seconds: float = Field(default=150.0, gt=0)  # wall-clock limit of that search
-    tuning_margin: float = Field(default=0.5, ge=0.0, lt=1.0)  # share of the budget's slack kept free on the tuning split
+    # share of the budget's slack kept free on the tuning split; None: resolve.default_tuning_margin
+    tuning_margin: float | None = Field(default=None, ge=0.0, lt=1.0)
     # activation smoothing before int8; 0 turns it off; None: kiln's default (0.8), or, when a TensorRT Q/DQ graph is
     # searched per unit, the strength of resolve.SMOOTH_ALPHA_CHOICES that scores best on the tuning split
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)

@@ -130,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "split of the calibration data (--precision auto does this at the target's int8)")
     gate.add_argument("--search-seconds", type=float, default=150.0,
                       help="wall-clock limit of the fallback search; on timeout the best point within budget is used")
-    gate.add_argument("--tuning-margin", type=float, default=0.5,
+    gate.add_argument("--tuning-margin", type=float, default=None,
                       help="share of the budget's slack the search leaves unused on its tuning split, against the "
-                           "noise of a small split (0.5: cosine 0.99 is searched at 0.995; 0: at the budget, as "
-                           "NNCF's accuracy control does)"),
+                           "noise of a small split (default 0.5: cosine 0.99 is searched at 0.995; 0.25 for a top-1 "
+                           "budget, searched on the expected disagreement; 0: at the budget, as NNCF's accuracy "
+                           "control does)"),
     gate.add_argument("--smooth-alpha", type=float, default=None,
                       help="int8 on transformers: SmoothQuant strength from calibration data (0 turns it off; "
                            "default 0.8, or chosen on the tuning split when a TensorRT graph is searched per unit)")

@@ -19,7 +19,7 @@ from kiln.errors import UsageError
 from kiln.fallback.search import Point, search
 from kiln.passes.calibration_ranges import samples_digest
 from kiln.passes.qdq_units import Unit, find_units, float_weights, restore_units
-from kiln.validate import gate, is_class_logits, output_metrics
+from kiln.validate import is_class_logits, output_metrics
 
 MIN_CALIBRATION = 4
 # By default a point passes on the tuning split only within half the budget's slack (cosine 0.99: 0.995; --tuning-margin):
@@ -55,9 +55,52 @@ def split_for_search(calibration: Samples) -> tuple[Samples, Samples, dict]:
     return ranges, tuning, record
 
 
-def _distance(metrics: dict, budget: AccuracyBudget) -> float:
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Phi(x) with numpy only (Abramowitz & Stegun 7.1.26 for erf, absolute error below 1.5e-7)."""
+    z = np.abs(x) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = 1.0 - poly * np.exp(-z * z)
+    return 0.5 * (1.0 + np.sign(x) * erf)
+
+
+NEAREST_CLASSES = 64  # the classes closest to the top-1 that the estimate reads per position
+
+
+def expected_disagreement(refs: list[np.ndarray], gots: list[np.ndarray]) -> float:
+    """The top-1 disagreement rate the error predicts: per position, the chance that Gaussian noise of the error's
+    measured size (its standard deviation over the classes, independent per class) lifts another class over the
+    reference's top-1, summed over classes (the union bound, at most 1), averaged. A count of flips on a small tuning
+    split moves in whole samples and misses near flips; this sees how close every sample came. The exact probability
+    under that noise model came out low (real quantization error has heavier tails), the bound close: EfficientNet-Lite0,
+    five OpenVINO int8 and TensorRT fp8 graphs, 42 tuning against 168 evaluation images (docs/benchmarks.md): the bound
+    was off the evaluation set's rate by 2.0 points on average and 3.5 at most, the count of flips by 4.8 and 8.3 (a
+    TensorRT fp8 point at 2 flips of 42, 4.8 %, gave 13.1 %; the bound read 9.6 %)."""
+    ref = np.concatenate([r.reshape(-1, r.shape[-1]) for r in refs])
+    got = np.concatenate([g.reshape(-1, g.shape[-1]) for g in gots])
+    rows = max(1, 2**22 // ref.shape[1])  # positions per step: about 4 M logits
+    return float(np.concatenate([_flip_chances(ref[i:i + rows], got[i:i + rows])
+                                 for i in range(0, len(ref), rows)]).mean())
+
+
+def _flip_chances(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """The bound on P(the top-1 changes) per position (see expected_disagreement)."""
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    sigma = np.maximum((got - ref).std(axis=-1, keepdims=True), 1e-30)
+    top = ref.argmax(-1)
+    # another class wins when its noise minus the top class's, N(0, 2 sigma^2), exceeds its margin
+    z = (np.take_along_axis(ref, top[:, None], -1) - ref) / (np.sqrt(2.0) * sigma)
+    z[np.arange(len(ref)), top] = np.inf
+    if z.shape[1] > NEAREST_CLASSES:  # a vocabulary: the far classes add nothing
+        z = np.partition(z, NEAREST_CLASSES - 1, axis=1)[:, :NEAREST_CLASSES]
+    return np.minimum(_normal_cdf(-np.minimum(z, 40.0)).sum(axis=1), 1.0)
+
+
+def _distance(metrics: dict, budget: AccuracyBudget, share: float = 1.0) -> float:
     """The budget's own metric as one number, 1.0 at the limit: the worst active term over the gated outputs,
-    plus a small share of the mean cosine gap so that coarse metrics (top-1 on a few samples) still rank."""
+    plus a small share of the mean cosine gap so that coarse metrics still rank. A top-1 term is the expected rate
+    (expected_disagreement), or the counted rate times `share` where that is larger, so that a point passing within
+    `share` also has its counted rate within the budget."""
     worst, gap = 0.0, 0.0
     for m in metrics.values():
         if m.get("non_finite_samples"):
@@ -67,7 +110,11 @@ def _distance(metrics: dict, budget: AccuracyBudget) -> float:
         if budget.min_cosine is not None and "cosine_min" in m:
             worst = max(worst, (1.0 - m["cosine_min"]) / max(1.0 - budget.min_cosine, 1e-9))
         if budget.max_top1_disagreement is not None and m.get("class_logits"):
-            worst = max(worst, (1.0 - m["top1_agreement"]) / max(budget.max_top1_disagreement, 1e-9))
+            # the rate the error predicts, within the share of the slack; and the flips counted, within the budget
+            # itself (never a point whose own tuning samples break it: an fp8 point predicted at 7.4 % had 14.3 %)
+            expected = m.get("top1_expected_disagreement", 1.0 - m["top1_agreement"])
+            rate = max(expected, (1.0 - m["top1_agreement"]) * share)
+            worst = max(worst, rate / max(budget.max_top1_disagreement, 1e-9))
         if budget.max_abs_error is not None and "max_abs_error" in m:
             worst = max(worst, m["max_abs_error"] / max(budget.max_abs_error, 1e-12))
     return worst + 1e-3 * gap
@@ -83,11 +130,13 @@ def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], 
         if refs[0].dtype.kind not in "fc":
             continue
         metrics[name] = output_metrics(refs, [g[name] for g in gots], is_class_logits(name, refs[0].shape))
-    failures = gate(metrics, budget)
-    distance = _distance(metrics, budget)
-    summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement", "max_abs_error")
+        if metrics[name].get("class_logits"):
+            metrics[name]["top1_expected_disagreement"] = expected_disagreement(refs, [g[name] for g in gots])
+    distance = _distance(metrics, budget, share)  # each term 1.0 at its limit (a top-1 budget: the expected rate); NaN: inf
+    summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement",
+                                                 "top1_expected_disagreement", "max_abs_error")
                               if k in m} for n, m in metrics.items()}}
-    return Point(kept, distance, not failures and distance <= share, summary)
+    return Point(kept, distance, distance <= share, summary)
 
 
 class TuningEvaluator:
