@@ -130,7 +130,7 @@ def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], 
         if refs[0].dtype.kind not in "fc":
             continue
         metrics[name] = output_metrics(refs, [g[name] for g in gots], is_class_logits(name, refs[0].shape))
-        if metrics[name].get("class_logits"):
+        if metrics[name].get("class_logits") and budget.max_top1_disagreement is not None:  # read only by that term
             metrics[name]["top1_expected_disagreement"] = expected_disagreement(refs, [g[name] for g in gots])
     distance = _distance(metrics, budget, share)  # each term 1.0 at its limit (a top-1 budget: the expected rate); NaN: inf
     summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement",
