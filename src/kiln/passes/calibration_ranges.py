@@ -68,14 +68,14 @@ def ranges_file(graph: Path, samples: Samples, settings: dict) -> Path | None:
         return None
     import onnxruntime
 
+    from kiln.artifact.cache import make_key
     from kiln.exporters.base import sha256_file
 
     data = graph.with_name(graph.name + ".data")
     parts = {"graph": sha256_file(graph), "data": sha256_file(data) if data.exists() else None,
              "samples": samples_digest(samples.feeds), "settings": settings, "onnxruntime": onnxruntime.__version__,
              "logic": LOGIC}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-    return folder / f"{key}.json"
+    return folder / f"{make_key(parts)}.json"
 
 
 def calibrated_tensors(model: onnx.ModelProto, op_types: list[str]) -> set[str]:
