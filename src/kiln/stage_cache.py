@@ -37,8 +37,9 @@ from kiln.toolchain import toolchain_versions
 # fp16 export with --calibration stored none, and an int8 export then hit that entry and failed); 6 = the fallback
 # search ranks continuous budgets by the error each unit adds alone, ONNX Runtime auto's dynamic-int8 rung, TensorRT
 # Q/DQ calibration read one shape group at a time (a compile cached before would be served unchanged); 7 = TensorRT
-# graphs checked and searched with Q/DQ unfused on every host (fused, an AVX-512 VNNI CPU scored noise).
-STAGE_LOGIC = 7
+# graphs checked and searched with Q/DQ unfused on every host (fused, an AVX-512 VNNI CPU scored noise); 8 = a top-1
+# budget searched on the expected disagreement rate (a plan with an explicit --tuning-margin keeps its key otherwise).
+STAGE_LOGIC = 8
 EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
                  "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 
