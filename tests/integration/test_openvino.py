@@ -45,7 +45,8 @@ def efficientnet(tmp_path_factory, image_dirs):
     # the data every EfficientNet export of the session has: one export stage, from the stage cache after the first
     common = ("benchmarks.zoo:efficientnet_lite0", *zoo.EFFICIENTNET_CLI, "--eval", str(image_dirs["eval"]),
               "--calibration", str(image_dirs["calibration"]))
-    return {"fp32": export(tmp, "fp32", *common), "bf16": export(tmp, "bf16", *common, "--precision", "bf16")}
+    return {"fp32": export(tmp, "fp32", *common), "bf16": export(tmp, "bf16", *common, "--precision", "bf16"),
+            "auto": export(tmp, "auto", *common, "--precision", "auto", "--max-top1-disagreement", "0.10")}
 
 
 def test_ir_is_in_the_artifact_and_hashed(efficientnet):
@@ -74,6 +75,28 @@ def test_bf16_runs_in_bf16_and_its_drift_is_measured(efficientnet):
     assert report["execution_precision"] == "bf16"
     assert 0.85 <= out["top1_agreement"] < 1.0  # bf16 does move some ambiguous images: measured, not hidden
     assert out["top1_agreement_confident"] == 1.0
+
+
+def test_auto_with_a_top1_budget_searches_keeps_few_units_and_holds_the_budget_on_images_it_never_saw(efficientnet):
+    """The top-1 search end to end: NNCF's plain int8 misses 10 % disagreement on EfficientNet-Lite0 (84.5 % on the
+    evaluation images, Zen 4), the search reads the tuning split's expected flip rate, keeps a few units in float,
+    and the gate on the 168 evaluation images (never tuned on) passes with every confident image kept. The tuning and
+    calibration halves are disjoint, counted and hashed in the report."""
+    report = efficientnet["auto"]
+    block, split = report["compile"]["mixed_precision"], report["compile"]["data_split"]
+    assert split["tuning"]["count"] == 42 and split["calibration"]["count"] == 42
+    assert split["tuning"]["sha256"] != split["calibration"]["sha256"]
+    low = block["search"]["curve"][0]
+    assert low["kept"] == 0 and not low["passed"]
+    assert low["tuning"]["output"]["top1_expected_disagreement"] > 0.10, low  # plain int8 is over budget
+    chosen = block["search"]["chosen"]
+    assert chosen["passed"] and 1 <= chosen["kept"] <= 12 < block["units"], chosen
+    assert chosen["tuning"]["output"]["top1_expected_disagreement"] <= 0.10 * 0.75 + 1e-9, chosen  # 1/4 of the slack
+    assert block["shipped"] == "mixed" and block["p50_ms"]["chosen"] < block["p50_ms"]["high"], block["p50_ms"]
+    assert block["kept_fp32"] == chosen["kept_units"]
+    out = report["accuracy"]["outputs"]["output"]
+    assert out["top1_agreement"] >= 0.90 and out["top1_agreement_confident"] == 1.0, out
+    assert report["accuracy"]["gate"]["passed"]
 
 
 def test_minilm_int8_keeps_every_sentence_within_cosine_0_99(minilm):
