@@ -207,3 +207,35 @@ def test_the_matrix_takes_auto_and_can_recommend_a_searched_cell(tmp_path, crops
     assert recommended is not None and recommended["precision"] == "auto", recommended
     markdown = (out / "comparison.md").read_text()
     assert "| auto (" in markdown
+
+
+def test_onnx_runtime_auto_skips_the_static_search_when_plain_dynamic_int8_already_wins(tmp_path, minilm_path,
+                                                                                        eval_sentences):
+    """all-MiniLM-L6-v2, `--precision auto --min-cosine 0.98` on ONNX Runtime: plain dynamic int8 is scored and timed
+    before the static search. Where it holds the budget and is faster than the static graph with every unit int8, no
+    static point can win (keeping units float only slows the static graph), so the search is not run and dynamic int8
+    ships, saying why; where the static graph is faster, the search runs (bounded here by --search-seconds). Either
+    way the artifact holds the budget on the evaluation sentences."""
+    from tests.conftest import zoo
+
+    out = tmp_path / "auto"
+    result = run_cli("export", minilm_path, "--precision", "auto", "--min-cosine", "0.98", "--eval", eval_sentences,
+                     "--eval-limit", "100", "--calibration", zoo.CALIBRATION_SENTENCES, "--calibration-limit", "100",
+                     "--search-seconds", "30", "--out", out, "--no-bench", "--no-analysis", "--quiet", "--json")
+    report = _report((result, out))
+    block = report["compile"]["mixed_precision"]
+    rows = block["ladder"]["candidates"]
+    assert rows["dynamic int8"]["passed"], rows
+    skipped = block["search"].get("skipped")
+    if "static int8 (every unit int8)" in rows:  # the ladder ran before the search
+        faster = rows["dynamic int8"]["p50_ms"] < rows["static int8 (every unit int8)"]["p50_ms"]
+        assert bool(skipped) == faster, (skipped, rows)
+    if skipped:
+        assert "faster than the static graph with every unit int8" in skipped
+        assert block["search"]["evaluations"] == 1 and block["shipped"] == "dynamic"
+        ops = {n.op_type for n in __import__("onnx").load(str(out / "model.onnx")).graph.node}
+        assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops, ops
+        assert "QuantizeLinear" not in ops
+        assert "not run" in (out / "report.md").read_text()
+    assert report["accuracy"]["gate"]["passed"]
+    assert report["accuracy"]["outputs"]["sentence_embedding"]["cosine_min"] >= 0.98

@@ -135,7 +135,7 @@ def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], 
     distance = _distance(metrics, budget, share)  # each term 1.0 at its limit (a top-1 budget: the expected rate); NaN: inf
     summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement",
                                                  "top1_expected_disagreement", "max_abs_error")
-                              if k in m} for n, m in metrics.items()}}
+                              if m.get(k) is not None} for n, m in metrics.items()}}
     return Point(kept, distance, distance <= share, summary)
 
 
@@ -314,6 +314,19 @@ def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_p
     block["kept_fp32"] = list(final.kept)
     _save(evaluate.graph(final.kept), qdq_path)
     return block
+
+
+def unsearched(qdq_path: Path, low: dict, plan: FallbackPlan, why: str) -> dict:
+    """The report's `mixed_precision` block where the search was not run (`why`): the Q/DQ graph's units counted, its
+    all-low point (`low`: a fastest_within_budget row) as the whole curve."""
+    qdq = onnx.load(str(qdq_path), load_external_data=False)
+    _unique_node_names(qdq)
+    point = {"kept": 0, "kept_units": [], "distance": low["distance"], "passed": low["passed"],
+             **({"tuning": low["tuning"]} if "tuning" in low else {})}
+    search = {"chosen": point if low["passed"] else None, "best": point, "curve": [point], "sensitivity": {},
+              "order": [], "evaluations": 1, "timed_out": False, "seconds": 0.0, "skipped": why}
+    return {"units": len(find_units(qdq)), "search": search, "budget_met_on_tuning": low["passed"], "kept_fp32": [],
+            "shipped": "low", "search_seconds_limit": plan.seconds, "tuning_share": plan.tuning_share}
 
 
 def _unique_node_names(model: onnx.ModelProto) -> None:

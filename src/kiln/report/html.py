@@ -357,8 +357,10 @@ def _mixed(report: dict) -> str:
     block, _ = mixed_precision_block(report.get("compile") or {})
     search = block["search"]
     chosen = search["chosen"]["kept"] if search.get("chosen") else None
-    text = (f'<p>Shipped: <strong>{e(block["shipped"])}</strong>; {search["evaluations"]} graphs evaluated in '
-            f'{search["seconds"]:.1f} s{" (cut short)" if search["timed_out"] else ""}.</p>')
+    text = (f'<p>Shipped: <strong>{e(block["shipped"])}</strong>; ' + (
+        f'search not run: {e(search["skipped"])}.</p>' if search.get("skipped") else
+        f'{search["evaluations"]} graphs evaluated in {search["seconds"]:.1f} s'
+        f'{" (cut short)" if search["timed_out"] else ""}.</p>'))
     if block["shipped"] in ("mixed", "dynamic-mixed"):
         text += "<p>Kept in float: " + ", ".join(f"<code>{e(n)}</code>" for n in block["kept_fp32"]) + "</p>"
     if block["shipped"] not in ("mixed", "low"):  # a whole recipe shipped, not a point of this search

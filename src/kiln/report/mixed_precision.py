@@ -29,7 +29,7 @@ def markdown_lines(compile_details: dict) -> list[str]:
                         + (" (their weights int8: as fast, and a smaller file)" if block.get("kept_weights") == "int8"
                            else ""),
                "high": f"all units in float ({block.get('why', '')})",
-               "dynamic": "dynamic int8 (faster than the searched static int8 graph, and within budget)",
+               "dynamic": "dynamic int8 (within budget, and faster than the static int8 graph)",
                "dynamic-mixed": f"dynamic int8 with {len(block['kept_fp32'])} of "
                                 f"{(block.get('dynamic_search') or {}).get('units', '?')} quantized nodes kept float "
                                 "(plain dynamic int8 missed the budget; the fastest recipe within it)"}[block["shipped"]]
@@ -40,10 +40,13 @@ def markdown_lines(compile_details: dict) -> list[str]:
                      f"{split['tuning']['sha256'][:12]}), the gate on the evaluation set once.")
     budget_note = "met" if block["budget_met_on_tuning"] else "NOT met by any point tried (the closest is shipped" + (
         " if no recipe below holds it)" if block.get("ladder") else ")")
-    lines.append(f"Search: {search['evaluations']} graphs evaluated in {search['seconds']:.1f} s"
-                 f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
-                 f"{budget_note}" + (f" (a point passes there within {block['tuning_share']:.0%} of the budget's slack)"
-                                     if "tuning_share" in block else "") + ".")
+    if search.get("skipped"):
+        lines.append(f"Search: not run: {search['skipped']}.")
+    else:
+        lines.append(f"Search: {search['evaluations']} graphs evaluated in {search['seconds']:.1f} s"
+                     f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
+                     f"{budget_note}" + (f" (a point passes there within {block['tuning_share']:.0%} of the budget's "
+                                         "slack)" if "tuning_share" in block else "") + ".")
     if block.get("smoothing_choice"):
         choice = block["smoothing_choice"]
         tried = ", ".join(f"{a}: {row['distance']:.3f}" for a, row in choice["candidates"].items())
