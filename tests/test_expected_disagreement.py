@@ -58,3 +58,29 @@ def test_a_point_passes_a_top1_budget_on_the_expected_rate_within_its_share():
     assert 0 < expected and point.passed == (expected <= 0.075 and counted <= 0.1)
     same = score_outputs(references, [{"logits": r[None]} for r in ref], ["logits"], budget, share=0.75)
     assert same.passed and same.summary["tuning"]["logits"]["top1_expected_disagreement"] == 0.0
+
+
+def test_a_confident_sample_that_flips_puts_the_point_over_budget_whatever_the_rate():
+    """40 samples with a clear answer (top-1 probability near 1) and no error; one of them flipped: 2.5 % disagreement,
+    well inside a 10 % budget, and still over it, because the budget keeps every confident sample. A flip among near
+    ties at the same rate passes."""
+    rng = np.random.default_rng(3)
+    ref = _logits(rng, 40) * 0.1
+    ref[np.arange(40), np.arange(40)] = 20.0  # each sample sure of its own class
+    flipped = ref.copy()
+    flipped[0, 99] = 25.0
+    references = [{"logits": r[None]} for r in ref]
+    budget = AccuracyBudget(max_top1_disagreement=0.1)
+    point = score_outputs(references, [{"logits": g[None]} for g in flipped], ["logits"], budget, share=0.75)
+    tuning = point.summary["tuning"]["logits"]
+    assert tuning["top1_agreement"] == pytest.approx(39 / 40) and tuning["top1_agreement_confident"] < 1.0
+    assert not point.passed and point.distance > 1.0
+    tie = ref.copy()
+    tie[0] = 0.0
+    tie[0, 0] = 0.01  # sample 0 is a near tie now, not confident
+    swapped = tie.copy()
+    swapped[0, 0], swapped[0, 1] = 0.0, 0.01
+    point = score_outputs([{"logits": r[None]} for r in tie], [{"logits": g[None]} for g in swapped], ["logits"],
+                          budget, share=0.75)
+    assert point.summary["tuning"]["logits"]["top1_agreement"] == pytest.approx(39 / 40)
+    assert point.summary["tuning"]["logits"]["top1_agreement_confident"] == 1.0 and point.passed

@@ -39,7 +39,8 @@ from kiln.toolchain import toolchain_versions
 # Q/DQ calibration read one shape group at a time (a compile cached before would be served unchanged); 7 = TensorRT
 # graphs checked and searched with Q/DQ unfused on every host (fused, an AVX-512 VNNI CPU scored noise); 8 = a top-1
 # budget searched on the expected disagreement rate (a plan with an explicit --tuning-margin keeps its key otherwise);
-# 9 = ONNX Runtime's auto skips the static search where plain dynamic int8 already wins.
+# 9 = ONNX Runtime's auto skips the static search where plain dynamic int8 already wins, and a top-1 search keeps
+# every confident tuning sample.
 STAGE_LOGIC = 9
 EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
                  "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")

@@ -100,7 +100,9 @@ def _distance(metrics: dict, budget: AccuracyBudget, share: float = 1.0) -> floa
     """The budget's own metric as one number, 1.0 at the limit: the worst active term over the gated outputs,
     plus a small share of the mean cosine gap so that coarse metrics still rank. A top-1 term is the expected rate
     (expected_disagreement), or the counted rate times `share` where that is larger, so that a point passing within
-    `share` also has its counted rate within the budget."""
+    `share` also has its counted rate within the budget. A top-1 budget also keeps every confident sample (the reference's
+    top-1 probability at least 0.5): one of them flipped puts the point over budget, as users read a classifier's
+    budget (a flip among near-ties is noise, a flip of a sure answer is a wrong answer)."""
     worst, gap = 0.0, 0.0
     for m in metrics.values():
         if m.get("non_finite_samples"):
@@ -115,6 +117,8 @@ def _distance(metrics: dict, budget: AccuracyBudget, share: float = 1.0) -> floa
             expected = m.get("top1_expected_disagreement", 1.0 - m["top1_agreement"])
             rate = max(expected, (1.0 - m["top1_agreement"]) * share)
             worst = max(worst, rate / max(budget.max_top1_disagreement, 1e-9))
+            if (m.get("top1_agreement_confident") or 1.0) < 1.0:  # a confident sample flipped: over, whatever the rate
+                worst = max(worst, 2.0 - m["top1_agreement_confident"])
         if budget.max_abs_error is not None and "max_abs_error" in m:
             worst = max(worst, m["max_abs_error"] / max(budget.max_abs_error, 1e-12))
     return worst + 1e-3 * gap
@@ -133,7 +137,7 @@ def score_outputs(references: list[dict], gots: list[dict], outputs: list[str], 
         if metrics[name].get("class_logits") and budget.max_top1_disagreement is not None:  # read only by that term
             metrics[name]["top1_expected_disagreement"] = expected_disagreement(refs, [g[name] for g in gots])
     distance = _distance(metrics, budget, share)  # each term 1.0 at its limit (a top-1 budget: the expected rate); NaN: inf
-    summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement",
+    summary = {"tuning": {n: {k: m[k] for k in ("cosine_min", "cosine_mean", "top1_agreement", "top1_agreement_confident",
                                                  "top1_expected_disagreement", "max_abs_error")
                               if m.get(k) is not None} for n, m in metrics.items()}}
     return Point(kept, distance, distance <= share, summary)
