@@ -46,6 +46,8 @@ def output_metrics(refs: list[np.ndarray], gots: list[np.ndarray], classes: bool
         # figure is then NaN (null in JSON), and the gate must not read that as a pass
         "non_finite_samples": sum(1 for r, g in zip(refs, gots) if np.isfinite(r).all() and not np.isfinite(g).all()),
     }
+    if all(r.size == 1 for r in refs):  # a score, a probability: cosine of one number is its sign, 1.0 for any error
+        out["one_value_per_sample"] = True
     if classes:
         ref = np.concatenate([r.reshape(-1, r.shape[-1]) for r in refs])
         got = np.concatenate([g.reshape(-1, g.shape[-1]) for g in gots])
@@ -100,22 +102,27 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
         raise UsageError(f"--gate-output names {', '.join(unknown)}, not an output of the model",
                          hint=f"outputs are {', '.join(metrics)}")
     failures = gate({n: metrics[n] for n in gated}, budget)
+    blind = [n for n in gated if budget.min_cosine is not None and metrics[n].get("one_value_per_sample")]
     return {
         "data": samples.to_dict(), "meaningful": not samples.synthetic, "outputs": metrics,
         "budget": budget.model_dump(),
-        "gate": {"checked": budget.active, "passed": not failures, "failures": failures, "outputs": list(gated)},
+        "gate": {"checked": budget.active, "passed": not failures, "failures": failures, "outputs": list(gated),
+                 **({"not_judged_by_cosine": blind} if blind else {})},
         "seconds": round(time.perf_counter() - start, 3),
     }
 
 
 def gate(metrics: dict, budget: AccuracyBudget) -> list[str]:
+    """The budget's failures over these outputs. --min-cosine does not judge an output with one value per sample
+    (`check_cosine_can_judge`): the abs-error and top-1 terms do."""
     failures = []
     for name, m in metrics.items():
         if budget.active and m.get("non_finite_samples"):
             failures.append(f"{name}: {m['non_finite_samples']} of {m['samples']} samples have NaN/Inf outputs "
                             "where the source model's are finite")
             continue
-        if budget.min_cosine is not None and "cosine_min" in m and m["cosine_min"] < budget.min_cosine:
+        if (budget.min_cosine is not None and "cosine_min" in m and not m.get("one_value_per_sample")
+                and m["cosine_min"] < budget.min_cosine):
             failures.append(f"{name}: minimum cosine {m['cosine_min']:.5f} < {budget.min_cosine}")
         if budget.max_abs_error is not None and "max_abs_error" in m and m["max_abs_error"] > budget.max_abs_error:
             failures.append(f"{name}: max abs error {m['max_abs_error']:.4g} > {budget.max_abs_error}")
@@ -124,3 +131,21 @@ def gate(metrics: dict, budget: AccuracyBudget) -> list[str]:
             if disagreement > budget.max_top1_disagreement:
                 failures.append(f"{name}: top-1 disagreement {disagreement:.3f} > {budget.max_top1_disagreement}")
     return failures
+
+
+def check_cosine_can_judge(references: tuple[dict, ...], budget: AccuracyBudget, primary: tuple[str, ...] = ()) -> None:
+    """Refuse, before any compile, a budget that only --min-cosine states for outputs that hold one value per sample:
+    the cosine of one number is 1.0 whatever the error (PLCMOS's quality score read cosine 1.0 in int8 with an error
+    of 0.063), so that gate could not fail. A model with other outputs is judged on those, and the report names the
+    ones cosine skipped (`gate.not_judged_by_cosine`)."""
+    if budget.min_cosine is None or budget.max_abs_error is not None or not references:
+        return
+    floats = [n for n, v in references[0].items() if np.asarray(v).dtype.kind in "fc"]
+    gated = [n for n in (budget.outputs or primary or tuple(floats)) if n in floats]
+    scalar = [n for n in gated if all(np.asarray(r[n]).size == 1 for r in references)]
+    if gated and scalar == gated and budget.max_top1_disagreement is None:
+        from kiln.errors import UsageError
+
+        raise UsageError(f"--min-cosine cannot judge {', '.join(scalar)}: one value per sample, where cosine is 1.0 "
+                         "whatever the error", hint="state the budget for it with --max-abs-error E (the largest "
+                                                    "difference from the source model you accept)")

@@ -346,6 +346,23 @@ def test_plcmos_openvino_fixes_every_dim_when_the_batch_alone_is_not_enough(work
     assert min(_cosines(report).values()) >= FP32_COSINE
 
 
+def test_an_output_with_one_value_per_sample_is_judged_by_its_error_not_by_cosine(work):
+    """PLCMOS's quality score is one number per sample, where cosine is 1.0 whatever the error. A budget that only
+    --min-cosine states is refused before compiling (exit 2, one line, no artifact); with --max-abs-error the int8
+    artifact is judged on its error, and the report says cosine did not judge that output."""
+    source, data = _source(work, "plcmos"), _data(work, "plcmos")
+    common = ("--precision", "int8", "--calibration", data, "--eval", data, "--min-cosine", "0.99")
+    refused = _export(work, "plcmos-int8-cosine", source, *common)
+    error_line(refused.result, USAGE, "--min-cosine cannot judge", "one value per sample", "--max-abs-error")
+    assert not refused.out.exists()
+    _, report = _ok(_export(work, "plcmos-int8-abs", source, *common, "--max-abs-error", "0.5"))
+    (name, metrics), = [(n, m) for n, m in report["accuracy"]["outputs"].items() if "cosine_min" in m]
+    assert metrics["one_value_per_sample"] and metrics["cosine_min"] == 1.0  # the figure cosine cannot move
+    assert 1e-4 < metrics["max_abs_error"] <= 0.5, metrics  # int8 does move the score: the error says by how much
+    gate = report["accuracy"]["gate"]
+    assert gate["passed"] and gate["not_judged_by_cosine"] == [name], gate
+
+
 @pytest.mark.parametrize("constant, needles", [
     ("sr=8000", ("stream.npz: array 'sr' holds [16000]", "--constant binds sr=8000")),
     ("rate=16000", ("--constant rate", "has no input 'rate'")),
