@@ -42,7 +42,7 @@ from kiln.stage_cache import (StageCache, compile_key, derived_key, export_key, 
                                open_cache, save_compiled, save_prepared)
 from kiln.targets import detect_host, find_target
 from kiln.toolchain import toolchain_versions
-from kiln.validate import check_cosine_can_judge, validate
+from kiln.validate import check_budget_can_judge, validate
 
 SYNTHETIC_EVAL_SAMPLES = 16
 SYNTHETIC_CALIBRATION_SAMPLES = 32
@@ -257,7 +257,7 @@ def build(config, plan, backend, host, staged, prepared: Prepared, progress, sta
     work = staged / ".work"
     graph, example, stages = prepared.graph, prepared.example, prepared.stages
     _check_keep_fp32(graph.path, config.keep_fp32)
-    check_cosine_can_judge(graph.reference_outputs, config.budget, prepared.primary)
+    check_budget_can_judge(graph.reference_outputs, config.budget, prepared.primary)
     kind = _calibration_kind(config, plan)
     calibration = prepared.calibration.get(kind)
     fallback = plan.quantization.fallback if plan.quantization else None

@@ -114,7 +114,7 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
 
 def gate(metrics: dict, budget: AccuracyBudget) -> list[str]:
     """The budget's failures over these outputs. --min-cosine does not judge an output with one value per sample
-    (`check_cosine_can_judge`): the abs-error and top-1 terms do."""
+    (`check_budget_can_judge`): the abs-error and top-1 terms do."""
     failures = []
     for name, m in metrics.items():
         if budget.active and m.get("non_finite_samples"):
@@ -133,19 +133,22 @@ def gate(metrics: dict, budget: AccuracyBudget) -> list[str]:
     return failures
 
 
-def check_cosine_can_judge(references: tuple[dict, ...], budget: AccuracyBudget, primary: tuple[str, ...] = ()) -> None:
-    """Refuse, before any compile, a budget that only --min-cosine states for outputs that hold one value per sample:
-    the cosine of one number is 1.0 whatever the error (PLCMOS's quality score read cosine 1.0 in int8 with an error
-    of 0.063), so that gate could not fail. A model with other outputs is judged on those, and the report names the
-    ones cosine skipped (`gate.not_judged_by_cosine`)."""
-    if budget.min_cosine is None or budget.max_abs_error is not None or not references:
+def check_budget_can_judge(references: tuple[dict, ...], budget: AccuracyBudget, primary: tuple[str, ...] = ()) -> None:
+    """Refuse, before any compile, a budget that --min-cosine or --max-top1-disagreement alone states for outputs with
+    one value per sample: the cosine of one number is 1.0 whatever the error (PLCMOS's quality score read cosine
+    1.0 in int8 with an error of 0.063) and it has no classes to agree on, so that gate could not fail. A model with
+    other outputs is judged on those, and the report names the ones cosine skipped (`gate.not_judged_by_cosine`)."""
+    if not budget.active or budget.max_abs_error is not None or not references:
         return
     floats = [n for n, v in references[0].items() if np.asarray(v).dtype.kind in "fc"]
     gated = [n for n in (budget.outputs or primary or tuple(floats)) if n in floats]
     scalar = [n for n in gated if all(np.asarray(r[n]).size == 1 for r in references)]
-    if gated and scalar == gated and budget.max_top1_disagreement is None:
+    if gated and scalar == gated:
         from kiln.errors import UsageError
 
-        raise UsageError(f"--min-cosine cannot judge {', '.join(scalar)}: one value per sample, where cosine is 1.0 "
-                         "whatever the error", hint="state the budget for it with --max-abs-error E (the largest "
-                                                    "difference from the source model you accept)")
+        flags = " and ".join(f for f, v in (("--min-cosine", budget.min_cosine),
+                                            ("--max-top1-disagreement", budget.max_top1_disagreement)) if v is not None)
+        raise UsageError(f"{flags} cannot judge {', '.join(scalar)}: one value per sample, where cosine is 1.0 "
+                         "whatever the error and there are no classes to agree on",
+                         hint="state the budget for it with --max-abs-error E (the largest difference from the source "
+                              "model you accept)")

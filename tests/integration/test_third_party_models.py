@@ -349,12 +349,15 @@ def test_plcmos_openvino_fixes_every_dim_when_the_batch_alone_is_not_enough(work
 def test_an_output_with_one_value_per_sample_is_judged_by_its_error_not_by_cosine(work):
     """PLCMOS's quality score is one number per sample, where cosine is 1.0 whatever the error. A budget that only
     --min-cosine states is refused before compiling (exit 2, one line, no artifact); with --max-abs-error the int8
-    artifact is judged on its error, and the report says cosine did not judge that output."""
+    artifact is judged on its error, and the report says cosine did not judge that output. A top-1 budget alone is
+    refused alike: one number has no classes."""
     source, data = _source(work, "plcmos"), _data(work, "plcmos")
     common = ("--precision", "int8", "--calibration", data, "--eval", data, "--min-cosine", "0.99")
     refused = _export(work, "plcmos-int8-cosine", source, *common)
     error_line(refused.result, USAGE, "--min-cosine cannot judge", "one value per sample", "--max-abs-error")
     assert not refused.out.exists()
+    top1 = _export(work, "plcmos-int8-top1", source, *common[:-2], "--max-top1-disagreement", "0.1")
+    error_line(top1.result, USAGE, "--max-top1-disagreement cannot judge", "no classes to agree on")
     _, report = _ok(_export(work, "plcmos-int8-abs", source, *common, "--max-abs-error", "0.5"))
     (name, metrics), = [(n, m) for n, m in report["accuracy"]["outputs"].items() if "cosine_min" in m]
     assert metrics["one_value_per_sample"] and metrics["cosine_min"] == 1.0  # the figure cosine cannot move

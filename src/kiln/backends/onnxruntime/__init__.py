@@ -147,7 +147,7 @@ class OnnxRuntimeBackend:
 BACKEND = OnnxRuntimeBackend()
 
 
-STATIC, DYNAMIC = "static int8 (searched)", "dynamic int8"
+STATIC, ALL_INT8, DYNAMIC = "static int8 (searched)", "static int8 (every unit int8)", "dynamic int8"
 
 
 def _auto_ladder(reference: Path, floats: tuple[Path | None, Path], prepared: Path, target: Path, stage: Path,
@@ -163,15 +163,15 @@ def _auto_ladder(reference: Path, floats: tuple[Path | None, Path], prepared: Pa
     quantize_dynamic_int8(float_graph, dynamic, quant)
     scorer = whole_graph_scorer(reference, tuning, plan, settings)
     scored = {DYNAMIC: scorer.score(onnx.load(str(dynamic)))}
-    first = {"static int8 (every unit int8)": target, DYNAMIC: dynamic}
+    first = {ALL_INT8: target, DYNAMIC: dynamic}
     if scored[DYNAMIC].passed:
         ladder = fastest_within_budget(reference, tuning, plan, settings, first, scorer, scored)
         rows = ladder["candidates"]
-        if rows[DYNAMIC]["p50_ms"] < rows["static int8 (every unit int8)"]["p50_ms"]:
+        if rows[DYNAMIC]["p50_ms"] < rows[ALL_INT8]["p50_ms"]:
             why = (f"plain dynamic int8 holds the budget and is faster than the static graph with every unit int8 "
-                   f"({rows[DYNAMIC]['p50_ms']:.3f} ms against {rows['static int8 (every unit int8)']['p50_ms']:.3f} "
-                   "ms): keeping units float would only slow the static graph down")
-            details["mixed_precision"] = block = unsearched(target, rows["static int8 (every unit int8)"], plan, why)
+                   f"({rows[DYNAMIC]['p50_ms']:.3f} ms against {rows[ALL_INT8]['p50_ms']:.3f} ms): keeping units "
+                   "float would only slow the static graph down")
+            details["mixed_precision"] = block = unsearched(target, rows[ALL_INT8], plan, why)
             _ship_dynamic(block, ladder, DYNAMIC, dynamic, target, details)
             return
     details["mixed_precision"] = block = fall_back(reference, (uncorrected, prepared), target, tuning, plan, settings,
