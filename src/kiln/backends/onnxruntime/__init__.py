@@ -147,30 +147,34 @@ class OnnxRuntimeBackend:
 BACKEND = OnnxRuntimeBackend()
 
 
-STATIC, ALL_INT8, DYNAMIC = "static int8 (searched)", "static int8 (every unit int8)", "dynamic int8"
+STATIC = "static int8 (searched)"
+ALL_INT8 = "static int8 (every unit int8)"
+DYNAMIC = "dynamic int8"
+FLOAT = "float (no int8)"
 
 
 def _auto_ladder(reference: Path, floats: tuple[Path | None, Path], prepared: Path, target: Path, stage: Path,
                  tuning: Samples, quant, settings: dict, details: dict) -> None:
     """--precision auto on ONNX Runtime: the fastest within budget of the searched static int8 graph, dynamic int8
     and dynamic int8 with nodes float. Plain dynamic int8 is scored and timed first: where it holds the budget and is
-    faster than the static graph with every unit int8, the static search is skipped, since restoring units to float
-    only adds time to a static graph (MiniLM, Zen 4: dynamic 7.3 ms within budget against static 9.7 ms; the search
-    spent 126 s to find a 12.2 ms point the ladder then dropped)."""
+    faster than both the static graph with every unit int8 and the float graph, the static search is skipped, since
+    a static graph with some units float lies between those two in time (MiniLM, Zen 4: dynamic 7.3 ms within budget
+    against static 9.7 ms; the search spent 126 s to find a 12.2 ms point the ladder then dropped). Where float is
+    faster (small models whose Q/DQ costs more than it saves), the search runs, and ships float if mixed is slower."""
     plan, (uncorrected, current) = quant.fallback, floats
     float_graph = uncorrected or current
     dynamic, searched = stage / "dynamic.onnx", stage / "dynamic_searched.onnx"
     quantize_dynamic_int8(float_graph, dynamic, quant)
     scorer = whole_graph_scorer(reference, tuning, plan, settings)
     scored = {DYNAMIC: scorer.score(onnx.load(str(dynamic)))}
-    first = {ALL_INT8: target, DYNAMIC: dynamic}
+    first = {ALL_INT8: target, DYNAMIC: dynamic, FLOAT: float_graph}
     if scored[DYNAMIC].passed:
         ladder = fastest_within_budget(reference, tuning, plan, settings, first, scorer, scored)
         rows = ladder["candidates"]
-        if rows[DYNAMIC]["p50_ms"] < rows[ALL_INT8]["p50_ms"]:
+        if rows[DYNAMIC]["p50_ms"] < min(rows[ALL_INT8]["p50_ms"], rows[FLOAT]["p50_ms"]):
             why = (f"plain dynamic int8 holds the budget and is faster than the static graph with every unit int8 "
-                   f"({rows[DYNAMIC]['p50_ms']:.3f} ms against {rows[ALL_INT8]['p50_ms']:.3f} ms): keeping units "
-                   "float would only slow the static graph down")
+                   f"and than float ({rows[DYNAMIC]['p50_ms']:.3f} ms against {rows[ALL_INT8]['p50_ms']:.3f} and "
+                   f"{rows[FLOAT]['p50_ms']:.3f} ms): keeping units float would only slow the static graph down")
             details["mixed_precision"] = block = unsearched(target, rows[ALL_INT8], plan, why)
             _ship_dynamic(block, ladder, DYNAMIC, dynamic, target, details)
             return
