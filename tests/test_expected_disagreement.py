@@ -75,6 +75,13 @@ def test_a_confident_sample_that_flips_puts_the_point_over_budget_whatever_the_r
     tuning = point.summary["tuning"]["logits"]
     assert tuning["top1_agreement"] == pytest.approx(39 / 40) and tuning["top1_agreement_confident"] < 1.0
     assert not point.passed and point.distance > 1.0
+    alone = _logits(rng, 40) * 0.1  # only sample 0 is confident, and it flips: confident agreement 0.0
+    alone[0, 0] = 20.0
+    flipped_alone = alone.copy()
+    flipped_alone[0, 99] = 25.0
+    point = score_outputs([{"logits": r[None]} for r in alone], [{"logits": g[None]} for g in flipped_alone],
+                          ["logits"], budget, share=0.75)
+    assert point.summary["tuning"]["logits"]["top1_agreement_confident"] == 0.0 and not point.passed
     tie = ref.copy()
     tie[0] = 0.0
     tie[0, 0] = 0.01  # sample 0 is a near tie now, not confident

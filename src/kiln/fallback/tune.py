@@ -117,8 +117,9 @@ def _distance(metrics: dict, budget: AccuracyBudget, share: float = 1.0) -> floa
             expected = m.get("top1_expected_disagreement", 1.0 - m["top1_agreement"])
             rate = max(expected, (1.0 - m["top1_agreement"]) * share)
             worst = max(worst, rate / max(budget.max_top1_disagreement, 1e-9))
-            if (m.get("top1_agreement_confident") or 1.0) < 1.0:  # a confident sample flipped: over, whatever the rate
-                worst = max(worst, 2.0 - m["top1_agreement_confident"])
+            confident = m.get("top1_agreement_confident")  # None: no confident sample
+            if confident is not None and confident < 1.0:  # a confident sample flipped: over, whatever the rate
+                worst = max(worst, 2.0 - confident)
         if budget.max_abs_error is not None and "max_abs_error" in m:
             worst = max(worst, m["max_abs_error"] / max(budget.max_abs_error, 1e-12))
     return worst + 1e-3 * gap
