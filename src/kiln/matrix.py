@@ -63,8 +63,8 @@ def _accuracy(report: dict, primary: tuple, budget: dict) -> tuple[str | None, f
     logits = [m["top1_agreement"] for m in chosen.values() if m.get("class_logits") and "top1_agreement" in m]
     if logits and (budget.get("max_top1_disagreement") is not None or budget.get("min_cosine") is None):
         return "top1_agreement", min(logits)
-    rows = [m for m in chosen.values() if "cosine_min" in m and not m.get("one_value_per_sample")]  # a score's
-    # cosine is 1.0 whatever its error: no figure the budget can read, so such a cell is never recommended
+    # a score's cosine is 1.0 whatever its error: no figure the budget can read, so such a cell is never recommended
+    rows = [m for m in chosen.values() if "cosine_min" in m and not m.get("one_value_per_sample")]
     cosines = [m["cosine_min"] for m in rows]
     if any(c is None or c != c or m.get("non_finite_samples") for c, m in zip(cosines, rows)):
         return "cosine_min", None  # NaN/Inf outputs: no figure, and never within a budget

@@ -94,7 +94,7 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
         metrics[name]["padding_excluded"] = masked
         if samples.labels:  # which input was worst, by name: the first thing anyone asks
             metrics[name]["worst_sample_label"] = samples.labels[metrics[name]["worst_sample"]]
-    gated = budget.outputs or primary_outputs or tuple(metrics)
+    gated = gated_outputs(budget, primary_outputs, tuple(metrics))
     unknown = [n for n in gated if n not in metrics]
     if unknown:
         from kiln.errors import UsageError
@@ -110,6 +110,11 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
                  **({"not_judged_by_cosine": blind} if blind else {})},
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def gated_outputs(budget: AccuracyBudget, primary: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs the budget judges: those it names (--gate-output), else the source's primary ones, else all."""
+    return tuple(budget.outputs or primary or names)
 
 
 def gate(metrics: dict, budget: AccuracyBudget) -> list[str]:
@@ -141,7 +146,7 @@ def check_budget_can_judge(references: tuple[dict, ...], budget: AccuracyBudget,
     if not budget.active or budget.max_abs_error is not None or not references:
         return
     floats = [n for n, v in references[0].items() if np.asarray(v).dtype.kind in "fc"]
-    gated = [n for n in (budget.outputs or primary or tuple(floats)) if n in floats]
+    gated = [n for n in gated_outputs(budget, primary, tuple(floats)) if n in floats]
     scalar = [n for n in gated if all(np.asarray(r[n]).size == 1 for r in references)]
     if gated and scalar == gated:
         from kiln.errors import UsageError
