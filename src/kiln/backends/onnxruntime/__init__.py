@@ -168,8 +168,9 @@ def _auto_ladder(reference: Path, floats: tuple[Path | None, Path], prepared: Pa
     scorer = whole_graph_scorer(reference, tuning, plan, settings)
     scored = {DYNAMIC: scorer.score(onnx.load(str(dynamic)))}
     first = {ALL_INT8: target, DYNAMIC: dynamic, FLOAT: float_graph}
+    checked = None  # the comparison before the search, kept in the report whichever way it went
     if scored[DYNAMIC].passed:
-        ladder = fastest_within_budget(reference, tuning, plan, settings, first, scorer, scored)
+        checked = ladder = fastest_within_budget(reference, tuning, plan, settings, first, scorer, scored)
         rows = ladder["candidates"]
         if rows[DYNAMIC]["p50_ms"] < min(rows[ALL_INT8]["p50_ms"], rows[FLOAT]["p50_ms"]):
             why = (f"plain dynamic int8 holds the budget and is faster than the static graph with every unit int8 "
@@ -180,6 +181,8 @@ def _auto_ladder(reference: Path, floats: tuple[Path | None, Path], prepared: Pa
             return
     details["mixed_precision"] = block = fall_back(reference, (uncorrected, prepared), target, tuning, plan, settings,
                                                    timed=True, progress=report)
+    if checked is not None:
+        block["dynamic_first"] = checked
     candidates = {STATIC: target, DYNAMIC: dynamic}
 
     def score(path: Path) -> Point:
