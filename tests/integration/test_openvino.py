@@ -92,8 +92,11 @@ def test_auto_with_a_top1_budget_searches_keeps_few_units_and_holds_the_budget_o
     chosen = block["search"]["chosen"]
     assert chosen["passed"] and 1 <= chosen["kept"] <= 12 < block["units"], chosen
     assert chosen["tuning"]["output"]["top1_expected_disagreement"] <= 0.10 * 0.75 + 1e-9, chosen  # 1/4 of the slack
-    assert block["shipped"] == "mixed" and block["p50_ms"]["chosen"] < block["p50_ms"]["high"], block["p50_ms"]
-    assert block["kept_fp32"] == chosen["kept_units"]
+    # mixed ships only where it timed faster than float (a ratio of this host, not asserted as a speed here)
+    assert block["shipped"] in ("mixed", "high"), block
+    assert (block["shipped"] == "mixed") == (block["p50_ms"]["chosen"] < block["p50_ms"]["high"]), block["p50_ms"]
+    if block["shipped"] == "mixed":
+        assert block["kept_fp32"] == chosen["kept_units"]
     out = report["accuracy"]["outputs"]["output"]
     assert out["top1_agreement"] >= 0.90 and out["top1_agreement_confident"] == 1.0, out
     assert report["accuracy"]["gate"]["passed"]
