@@ -238,5 +238,6 @@ def test_onnx_runtime_auto_skips_the_static_search_when_plain_dynamic_int8_alrea
         assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops, ops
         assert "QuantizeLinear" not in ops
         assert "not run" in (out / "report.md").read_text()
+        assert "search not run" in (out / "report.html").read_text()
     assert report["accuracy"]["gate"]["passed"]
     assert report["accuracy"]["outputs"]["sentence_embedding"]["cosine_min"] >= 0.98
