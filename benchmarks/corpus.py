@@ -235,8 +235,13 @@ def _wakeword_head(folder: Path) -> None:
 
 
 def _basic_pitch(folder: Path) -> None:
-    """Basic Pitch: 2 s windows (43844 samples) of 22.05 kHz mono audio, [N, 43844, 1]."""
-    clips = np.stack([_audio(43844 / 22050, s, rate=22050)[:43844] for s in range(4)])[..., None]
+    basic_pitch_clips(folder, range(4))
+
+
+def basic_pitch_clips(folder: Path, seeds) -> None:
+    """Basic Pitch: 2 s windows (43844 samples) of 22.05 kHz mono audio, [N, 43844, 1], one per seed (the corpus's
+    evaluation data is seeds 0-3; other seeds make calibration data that shares none of it)."""
+    clips = np.stack([_audio(43844 / 22050, s, rate=22050)[:43844] for s in seeds])[..., None]
     _save(folder, "clips", **{"serving_default_input_2:0": clips.astype(np.float32)})
 
 

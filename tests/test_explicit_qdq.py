@@ -89,6 +89,50 @@ def test_the_rest_in_fp16_keeps_qdq_and_matches_the_fp32_rest(tmp_path, kind):
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.9995
 
 
+def test_an_fp32_island_in_the_fp16_rest_is_still_a_unit_and_restores_to_fp32(tmp_path):
+    """A node the island search keeps in fp32 reads its DequantizeLinear's fp16 output through a Cast. It must stay
+    a unit (before, the Cast hid the DQ: Basic Pitch's constant-Q convolutions could never be restored, and even
+    every unit restored missed the budget), the Cast must not be a unit of its own, and restoring it gives it the
+    original fp32 weight and an fp32 Cast of the float activation: it then computes exactly what the float graph's
+    node does on the same input."""
+    import onnxruntime as ort
+
+    from kiln.passes.qdq_units import find_units, float_weights, restore_units
+
+    _conv_net(tmp_path / "net.onnx")
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    quantize_for_tensorrt(tmp_path / "net.onnx", tmp_path / "q.onnx", Samples(tuple(feeds), "arrays", "random"), "int8")
+    rest_in_fp16(tmp_path / "q.onnx", feeds[:2], islands=("expand",))
+    qdq = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    expand = next(n for n in qdq.graph.node if n.name == "expand")
+    assert [producers[i].op_type for i in expand.input[:2]] == ["Cast", "Cast"]  # the island behind its Casts
+    units = {u.name: u for u in find_units(qdq)}
+    assert {"stem", "expand", "depthwise", "pointwise"} <= set(units)
+    assert not any(u.op_type == "Cast" for u in units.values())
+
+    float_model = onnx.load(str(tmp_path / "net.onnx"))
+    restored = restore_units(qdq, [units["expand"]], float_weights(float_model))
+    onnx.checker.check_model(restored, full_check=True)
+    inits = {t.name: t for t in restored.graph.initializer}
+    node = next(n for n in restored.graph.node if n.name == "expand")
+    weight = inits[node.input[1]]
+    assert weight.data_type == TensorProto.FLOAT
+    assert np.array_equal(numpy_helper.to_array(weight), numpy_helper.to_array(
+        next(t for t in float_model.graph.initializer if t.name == "w_expand")))
+    cast = next(n for n in restored.graph.node if n.output[0] == node.input[0])
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT
+    # the island's output and its input, exposed: an fp32 Conv of its fp32 input, to fp32 precision (an fp16 one
+    # would be off by about 1e-3 at these values)
+    restored.graph.output.extend([helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                                  for name in (node.output[0], node.input[0])])
+    got, island_input = ort.InferenceSession(restored.SerializeToString()).run([node.output[0], node.input[0]], feeds[0])
+    expected = np.einsum("oc,nchw->nohw", numpy_helper.to_array(weight)[:, :, 0, 0].astype(np.float64),
+                         island_input.astype(np.float64))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_graph_onnx_runtime_cannot_run_keeps_its_fp32_rest_and_says_why(tmp_path):
     """Basic Pitch's int8 graph has a Transpose ONNX Runtime refuses: the fp16 range probe is a one-line reason in the
     report (the graph is refused later, at validation, exit 5), not a traceback; the file is left as it was."""

@@ -361,6 +361,14 @@ class QuantizationPlan(Frozen):
     fallback: FallbackPlan | None = None  # --precision auto / --fallback: units kept in float by search
 
 
+class HalfPrecisionPlan(Frozen):
+    """TensorRT fp16: the nodes kept in fp32 behind Casts (`--keep-fp32`), and with `--fallback` the search for more
+    of them (fp32 islands, fallback/islands.py) that brings the fp16 graph within the budget."""
+
+    keep_fp32: tuple[str, ...] = ()
+    fallback: FallbackPlan | None = None
+
+
 class Plan(Frozen):
     """What kiln will do for a request: resolved once, before any work, then read by every stage."""
 
@@ -369,6 +377,7 @@ class Plan(Frozen):
     device: str
     precision: str
     quantization: QuantizationPlan | None = None
+    half: HalfPrecisionPlan | None = None  # TensorRT fp16 only
     needs_calibration: bool = False
     threads: int
     measure: bool
@@ -376,3 +385,18 @@ class Plan(Frozen):
     compiled_cache: bool = False
     tensorrt: TensorRTSettings | None = None  # NVIDIA targets: build settings, capabilities resolved
     notes: tuple[str, ...] = ()
+
+    @property
+    def fallback(self) -> FallbackPlan | None:
+        """The accuracy search this plan runs, if any: per-unit fallback (int8/fp8) or fp32 islands (fp16)."""
+        return (self.quantization.fallback if self.quantization else None) or (self.half.fallback if self.half else None)
+
+    def with_fallback_outputs(self, outputs: tuple[str, ...]) -> "Plan":
+        """The plan whose search reads `outputs` (the gate's), unless the request named its own."""
+        fallback = self.fallback
+        if fallback is None or fallback.outputs or not outputs:
+            return self
+        fallback = fallback.model_copy(update={"outputs": outputs})
+        if self.quantization is not None and self.quantization.fallback is not None:
+            return self.model_copy(update={"quantization": self.quantization.model_copy(update={"fallback": fallback})})
+        return self.model_copy(update={"half": self.half.model_copy(update={"fallback": fallback})})

@@ -73,7 +73,8 @@ class Prepared:
 
 
 def _calibration_kind(config: ExportConfig, plan: Plan) -> str | None:
-    if config.calibration is not None and plan.quantization is not None and plan.quantization.mode != "weights":
+    if config.calibration is not None and ((plan.quantization is not None and plan.quantization.mode != "weights")
+                                           or plan.fallback is not None):
         return "real"
     return "synthetic" if plan.needs_calibration else None
 
@@ -260,10 +261,7 @@ def build(config, plan, backend, host, staged, prepared: Prepared, progress, sta
     check_budget_can_judge(graph.reference_outputs, config.budget, prepared.primary)
     kind = _calibration_kind(config, plan)
     calibration = prepared.calibration.get(kind)
-    fallback = plan.quantization.fallback if plan.quantization else None
-    if fallback is not None and not fallback.outputs and prepared.primary:  # the search reads what the gate reads
-        plan = plan.model_copy(update={"quantization": plan.quantization.model_copy(
-            update={"fallback": fallback.model_copy(update={"outputs": prepared.primary})})})
+    plan = plan.with_fallback_outputs(prepared.primary)  # the search reads what the gate reads
     compile_id = compile_key(prepared.export_key, plan, kind, config)
     with progress.stage("compile") as st:
         with calibration_ranges.kept_in(stages.cache.root / "calibration" if stages.on else None):

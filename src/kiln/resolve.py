@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.config import AccuracyBudget, ExportConfig, FallbackPlan, Plan, QuantizationPlan, TensorRTSettings, WeightCompression
+from kiln.config import (AccuracyBudget, ExportConfig, FallbackPlan, HalfPrecisionPlan, Plan, QuantizationPlan,
+                         TensorRTSettings, WeightCompression)
 from kiln.errors import UnsupportedTargetError, UsageError
 from kiln.targets import Host, TargetSpec, find_target, host_can_run
 from kiln.targets.catalogue import FP8_MIN_CAPABILITY, RTX_CAPABILITIES
@@ -30,8 +31,14 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
     if trt is None and config.tensorrt != TensorRTSettings():
         raise UsageError(f"TensorRT build options were given but target '{spec.name}' uses {spec.backend}",
                          hint="drop them, or pass --target tensorrt (see `kiln targets`)")
-    fallback = None
-    if config.precision == "auto" or config.fallback:
+    fallback = half = None
+    if config.precision == "fp16" and spec.backend == "tensorrt":
+        half = HalfPrecisionPlan(keep_fp32=config.keep_fp32, fallback=_fallback(config, spec)[1] if config.fallback
+                                 else None)
+        if half.fallback is not None:
+            notes.append("--fallback: fp16, with the nodes that break the accuracy budget kept in fp32 behind Casts "
+                         "(searched on a tuning split of the calibration data)")
+    elif config.precision == "auto" or config.fallback:
         asked = "--precision auto" if config.precision == "auto" else "--fallback"
         config, fallback = _fallback(config, spec)
         notes.append(f"{asked}: {config.precision}, with the units that break the accuracy budget kept in float "
@@ -46,6 +53,12 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
     if config.compiled_cache and spec.backend != "openvino":
         raise UsageError(f"--compiled-cache is an OpenVINO option; target '{spec.name}' uses {spec.backend}",
                          hint="drop --compiled-cache, or use --target openvino")
+    if config.keep_fp32 and (config.precision in ("fp32", "bf16") or (config.precision == "fp16" and half is None)):
+        notes.append(f"--keep-fp32 has no effect at {config.precision} on target '{spec.name}' (it applies to int8, "
+                     f"fp8, int8-dynamic and TensorRT fp16)")  # a note, not a refusal: a matrix passes it to every cell
+    if half is not None and half.fallback is not None and config.calibration is None and not config.synthetic_data:
+        raise UsageError("--precision fp16 --fallback needs --calibration data: the search tunes on it",
+                         hint="pass --calibration PATH (the evaluation set stays for the final gate)")
     if config.precision in ("int8", "fp8"):
         if config.calibration is None and not config.synthetic_data:
             raise UsageError(f"{config.precision} needs calibration data and none was given",
@@ -101,17 +114,19 @@ def resolve(config: ExportConfig, host: Host) -> Plan:
     reason = "" if measure else ("--no-bench" if not config.measure else f"not measured: {why}")
     threads = config.threads or host.physical_cores
     return Plan(target=spec.name, backend=spec.backend, device=spec.device, precision=config.precision,
-                quantization=quant, needs_calibration=config.precision in ("int8", "fp8"), threads=threads,
+                quantization=quant, half=half, threads=threads,
+                needs_calibration=config.precision in ("int8", "fp8") or (half is not None and half.fallback is not None),
                 measure=measure, measure_reason=reason, compiled_cache=config.compiled_cache, tensorrt=trt,
                 notes=tuple(notes))
 
 
 def _fallback(config: ExportConfig, spec: TargetSpec) -> tuple[ExportConfig, FallbackPlan]:
-    """--precision auto (the target's int8) or --precision int8/fp8 --fallback: the request with its low precision,
-    and the search's plan. Needs a budget to search for."""
+    """--precision auto (the target's int8), --precision int8/fp8 --fallback, or TensorRT's --precision fp16
+    --fallback (fp32 islands): the request with its low precision, and the search's plan. Needs a budget to search
+    for."""
     low = "int8" if config.precision == "auto" else config.precision
-    if low not in ("int8", "fp8"):
-        raise UsageError(f"--fallback applies to int8 and fp8, not {config.precision}",
+    if low not in ("int8", "fp8") and not (low == "fp16" and spec.backend == "tensorrt"):
+        raise UsageError(f"--fallback applies to int8 and fp8 (and fp16 on TensorRT), not {config.precision}",
                          hint="pass --precision int8 --fallback, or --precision auto")
     if not config.budget.active:
         raise UsageError(f"--precision {'auto' if config.precision == 'auto' else low + ' --fallback'} needs an "

@@ -40,8 +40,9 @@ from kiln.toolchain import toolchain_versions
 # graphs checked and searched with Q/DQ unfused on every host (fused, an AVX-512 VNNI CPU scored noise); 8 = a top-1
 # budget searched on the expected disagreement rate (a plan with an explicit --tuning-margin keeps its key otherwise);
 # 9 = ONNX Runtime's auto skips the static search where plain dynamic int8 already wins, and a top-1 search keeps
-# every confident tuning sample.
-STAGE_LOGIC = 9
+# every confident tuning sample; 10 = TensorRT's searched Q/DQ graphs keep the fp32 islands an over-budget fp16 rest
+# needs, and find units behind an island's Casts.
+STAGE_LOGIC = 10
 EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
                  "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 

@@ -172,6 +172,9 @@ def test_the_openvino_search_does_not_depend_on_the_python_hash_seed(openvino_ru
     (("--precision", "auto"), 2, ("needs an accuracy budget", "--min-cosine")),
     (("--precision", "fp8", "--fallback", "--min-cosine", "0.99", "--target", "openvino"), 3, ("fp8",)),
     (("--precision", "fp32", "--fallback", "--min-cosine", "0.99"), 2, ("--fallback applies to int8 and fp8",)),
+    (("--precision", "fp16", "--fallback", "--min-cosine", "0.99", "--target", "openvino"), 2,
+     ("--fallback applies to int8 and fp8 (and fp16 on TensorRT), not fp16",)),
+    (("--precision", "fp16", "--fallback", "--target", "tensorrt"), 2, ("needs an accuracy budget",)),
     (("--precision", "auto", "--min-cosine", "0.99", "--tuning-margin", "1"), 2, ("tuning_margin", "less than 1")),
     (("--precision", "int8", "--keep-fp32", "no_such_node", "--min-cosine", "0.99"), 2,
      ("--keep-fp32 no_such_node matches no node of the exported graph", "node_conv2d")),
@@ -180,6 +183,15 @@ def test_requests_it_cannot_serve_are_one_line(tmp_path, crops, args, code, need
     result = run_cli("export", SOURCE, *INPUT, "--calibration", crops, "--eval", crops, "--out", tmp_path / "out",
                      "--no-bench", "--quiet", *args)
     error_line(result, code, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_fp16_islands_need_calibration_data_to_tune_on(tmp_path, crops):
+    """`--precision fp16 --fallback` on TensorRT searches fp32 islands on a tuning split of the calibration data:
+    without --calibration it is one line before any work (fp16 alone needs none)."""
+    result = run_cli("export", SOURCE, *INPUT, "--target", "tensorrt", "--precision", "fp16", "--fallback",
+                     "--min-cosine", "0.99", "--eval", crops, "--out", tmp_path / "out", "--no-bench", "--quiet")
+    error_line(result, 2, "--precision fp16 --fallback needs --calibration data")
     assert not (tmp_path / "out").exists()
 
 

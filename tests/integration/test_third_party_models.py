@@ -16,13 +16,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import pytest
 
 from tests.conftest import run_cli
 from tests.hostile.helpers import error_line
 from tests.integration.source_checks import read_artifact
 
-from benchmarks.corpus import by_name, installed  # importable: tests.conftest put the repo on sys.path
+from benchmarks.corpus import basic_pitch_clips, by_name, installed  # importable: tests.conftest put the repo on sys.path
 
 OK, USAGE = 0, 2
 FP32_COSINE = 0.9999
@@ -449,6 +450,80 @@ def test_tensorrt_int8_graph_of_models_the_quantizer_tripped_on(work, name, ops,
     assert graph["quantized_ops"] == ops
     assert (graph["internal_tensors_renamed"] > 100) == (name == "basic-pitch")
     assert min(_cosines(report).values()) >= floor, _cosines(report)
+
+
+CQT_AND_LOG = "normalized_log_1/add"  # Basic Pitch's log(x + eps) of its constant-Q spectrogram
+
+
+@pytest.fixture(scope="module")
+def basic_pitch_calibration(work) -> str:
+    """16 clips that share none of the evaluation clips' seeds: the fp32-island search tunes on every other one."""
+    folder = work / "data" / "basic-pitch-calibration"
+    folder.mkdir(parents=True, exist_ok=True)
+    basic_pitch_clips(folder, range(4, 20))
+    return str(folder)
+
+
+def _trt_graph(run: Run) -> onnx.ModelProto:
+    return onnx.load(str(run.out / "tensorrt" / "model.onnx"))
+
+
+def _fp32_convs(model: onnx.ModelProto) -> set[str]:
+    """Conv nodes that compute in fp32 (their output's inferred type; the fp16 graph's other Convs write fp16)."""
+    typed = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(typed.graph.value_info) + list(typed.graph.output)}
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and types.get(n.output[0]) == onnx.TensorProto.FLOAT}
+
+
+def test_tensorrt_fp16_keeps_what_the_user_and_the_island_search_keep_in_fp32(work, basic_pitch_calibration):
+    """Basic Pitch's TensorRT fp16 graph reads cosine 0.987 against the fp32 model. `--keep-fp32` of the log's Add
+    is honoured at fp16 (it was silently dropped: fp16 had no quantization plan to carry it) and lifts the worst
+    cosine; `--fallback --min-cosine 0.995` finds that Add and the constant-Q convolutions, keeps them in fp32 and
+    the rest of the network in fp16, and holds the budget on evaluation clips the search never saw."""
+    data = _data(work, "basic-pitch")
+    plain = _ok(_export(work, "bp-fp16", _source(work, "basic-pitch"), "--target", "tensorrt", "--precision", "fp16",
+                        "--eval", data))[1]
+    kept_run = _export(work, "bp-fp16-keep", _source(work, "basic-pitch"), "--target", "tensorrt", "--precision",
+                       "fp16", "--keep-fp32", CQT_AND_LOG, "--eval", data)
+    kept = _ok(kept_run)[1]
+    assert any(CQT_AND_LOG in n for n in kept["compile"]["graph_precision"]["kept_fp32_nodes"])
+    assert min(_cosines(plain).values()) < 0.99
+    assert min(_cosines(kept).values()) > min(_cosines(plain).values()) + 0.005, (_cosines(plain), _cosines(kept))
+
+    run = _export(work, "bp-fp16-islands", _source(work, "basic-pitch"), "--target", "tensorrt", "--precision",
+                  "fp16", "--fallback", "--min-cosine", "0.995", "--calibration", basic_pitch_calibration,
+                  "--eval", data)
+    report = _ok(run)[1]
+    islands = report["compile"]["graph_precision"]["fp32_islands"]
+    assert islands["searched"] and not islands["all_fp16"]["passed"] and islands["budget_met_on_tuning"]
+    assert any(CQT_AND_LOG in n for n in islands["kept_units"]), islands["kept_units"]
+    assert 0 < len(islands["kept_units"]) < islands["units"]  # islands, not the whole graph in fp32
+    kept_convs = {n for n in islands["kept_units"] if "conv1d" in n}
+    model = _trt_graph(run)
+    assert _fp32_convs(model) == kept_convs and sum(n.op_type == "Conv" for n in model.graph.node) > len(kept_convs)
+    assert report["accuracy"]["gate"]["passed"] and min(_cosines(report).values()) >= 0.995, _cosines(report)
+    assert "## fp32 islands in the fp16 graph" in (run.out / "report.md").read_text()
+    html = (run.out / "report.html").read_text()
+    assert "fp32 islands in the fp16 graph" in html and f"of {islands['units']} units" in html
+
+
+def test_tensorrt_auto_meets_a_budget_its_fp16_rest_alone_misses(work, basic_pitch_calibration):
+    """The ladder's bottom rung inside a quantized graph: Basic Pitch at `--precision auto --min-cosine 0.99` on
+    TensorRT. Its fp16 rest alone reads 0.987, so before fp32 islands even every unit restored missed the budget
+    (exit 4). Now the islands come first, the unit search then finds units behind the islands' Casts and restores
+    them in fp32, part of the int8 convolutions stay int8, and the gate passes on the evaluation clips."""
+    run = _export(work, "bp-trt-auto", _source(work, "basic-pitch"), "--target", "tensorrt", "--precision", "auto",
+                  "--min-cosine", "0.99", "--calibration", basic_pitch_calibration, "--eval", _data(work, "basic-pitch"))
+    report = _ok(run)[1]
+    graph = report["compile"]["graph_precision"]
+    islands, mixed = graph["fp32_islands"], graph["mixed_precision"]
+    assert islands["searched"] and islands["budget_met_on_tuning"] and islands["tuning_share"] == 0.25
+    assert mixed["budget_met_on_tuning"] and 0 < len(mixed["kept_fp32"]) < mixed["units"]
+    island_convs = {n for n in islands["kept_units"] if "conv1d" in n}
+    assert island_convs and island_convs <= {u for u in mixed["search"]["order"]}  # found behind the islands' Casts
+    model = _trt_graph(run)
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0  # still an int8 graph
+    assert report["accuracy"]["gate"]["passed"] and min(_cosines(report).values()) >= 0.99, _cosines(report)
 
 
 QUICK_BENCH = ("--warmup", "1", "--runs", "5", "--min-seconds", "0.1", "--profile-runs", "2", "--batch-sizes", "1",

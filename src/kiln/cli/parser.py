@@ -124,10 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--gate-output", action="append", default=[], metavar="NAME",
                       help="outputs the gate applies to (default: the model's primary outputs, else all)")
     gate.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",
-                      help="keep nodes whose name contains NODE out of quantization (repeat)")
+                      help="keep nodes whose name contains NODE out of quantization, or out of fp16 on TensorRT "
+                           "(repeat)")
     gate.add_argument("--fallback", action="store_true",
                       help="int8/fp8: keep the units that break the budget in float, found by search on a tuning "
-                           "split of the calibration data (--precision auto does this at the target's int8)")
+                           "split of the calibration data (--precision auto does this at the target's int8); "
+                           "TensorRT fp16: keep the nodes fp16 breaks in fp32 (fp32 islands)")
     gate.add_argument("--search-seconds", type=float, default=150.0,
                       help="wall-clock limit of the fallback search; on timeout the best point within budget is used")
     gate.add_argument("--tuning-margin", type=float, default=None,

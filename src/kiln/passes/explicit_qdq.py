@@ -106,20 +106,20 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
 FP16_QDQ = 19
 
 
-def rest_in_fp16(path: Path, feeds: list[dict], keep_fp32: tuple[str, ...] = ()) -> dict:
+def rest_in_fp16(path: Path, feeds: list[dict], keep_fp32: tuple[str, ...] = (), islands: tuple[str, ...] = ()) -> dict:
     """The float part of a Q/DQ graph in fp16, rewritten in place. A strongly typed TensorRT network runs each layer
     in the type the graph gives it, so an int8 graph whose rest is fp32 runs its normalisations, activations,
     residual adds and attention in fp32 on the GPU; ModelOpt's ONNX quantizer casts the rest to fp16 for that reason
     (`high_precision_dtype`). Scales become fp16, so DequantizeLinear feeds the int8 layer fp16 and the units the
-    fallback search restores run in fp16. Fragile ops, nodes beyond fp16's range on `feeds` and `keep_fp32` stay
-    fp32 behind Casts (`to_fp16`). A graph that cannot be converted keeps its fp32 rest, untouched, and says why."""
+    fallback search restores run in fp16. Fragile ops, nodes beyond fp16's range on `feeds`, `keep_fp32` and the
+    fp32 `islands` found by search (fallback/islands.py) stay fp32 behind Casts (`to_fp16`). A graph that cannot be converted keeps its fp32 rest, untouched, and says why."""
     from kiln.passes.half_precision import to_fp16
 
     with tempfile.TemporaryDirectory(prefix="kiln-qdq16-") as tmp:
         upgraded, half = Path(tmp) / "upgraded.onnx", Path(tmp) / "half.onnx"
         try:
             conversion = at_least(path, upgraded, FP16_QDQ, "fp16 Q/DQ scales")
-            details = to_fp16(upgraded if conversion else path, half, keep_fp32, feeds)
+            details = to_fp16(upgraded if conversion else path, half, keep_fp32, feeds, islands)
         except ExportError as exc:
             return {"pass": "none: the rest stays fp32", "why": str(exc)}
         shutil.move(half, path)

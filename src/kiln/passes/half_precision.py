@@ -88,21 +88,34 @@ def _probe_runs(probe: onnx.ModelProto, options, feeds: list[dict]):
                           hint="use --precision fp32 for this model on this target") from None
 
 
-def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[dict] | None = None) -> dict:
-    """`src` with fp16 casts at `dst`; nodes named in `keep_nodes`, fragile ops, control flow and (given `feeds`)
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Only named nodes can be kept out of fp16: unnamed ones get `kiln_<op>_<index>`."""
+    for index, node in enumerate(model.graph.node):
+        node.name = node.name or f"kiln_{node.op_type}_{index}"
+
+
+def blocked_ops() -> set[str]:
+    """Op types the fp16 graph always keeps in fp32: the converter's own list, fragile ops, control flow."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    return set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS) | set(CONTROL_FLOW_OPS)
+
+
+def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[dict] | None = None,
+            islands: tuple[str, ...] = ()) -> dict:
+    """`src` with fp16 casts at `dst`; nodes whose name contains one of `keep_nodes` (the user's `--keep-fp32`),
+    nodes named exactly in `islands` (found by the fp32-island search), fragile ops, control flow and (given `feeds`)
     nodes whose activations exceed fp16's range stay fp32."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    for index, node in enumerate(model.graph.node):  # only named nodes can be kept out of fp16
-        node.name = node.name or f"kiln_{node.op_type}_{index}"
-    keep = [n.name for n in model.graph.node if any(p == n.name or p in n.name for p in keep_nodes)]
+    name_nodes(model)
+    keep = [n.name for n in model.graph.node if any(p == n.name or p in n.name for p in keep_nodes) or n.name in islands]
     ranged = out_of_range_nodes(model, feeds) if feeds else {}
     keep += [name for name in ranged if name not in keep]
     try:
         with quiet():
-            half = convert_float_to_float16(model, keep_io_types=True,
-                                            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS) | set(CONTROL_FLOW_OPS)),
+            half = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(blocked_ops()),
                                             node_block_list=keep)
     except Exception as exc:  # the converter raises plain exceptions on graphs it cannot type
         raise ExportError(f"fp16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
@@ -110,6 +123,7 @@ def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[
     collapsed = collapse_cast_pairs(half)
     body_casts = cast_outer_references(half)
     reconnect_empty_resize_parameters(half)
+    sort_topologically(half.graph)
     onnx.save(half, str(dst))
     refused = load_error(dst)
     if refused:
@@ -121,6 +135,48 @@ def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[
             "kept_fp32_nodes": keep, "kept_fp32_out_of_range": {k: round(v, 1) for k, v in ranged.items()},
             "range_samples": len(feeds or ()), "fp16_round_trips_removed": collapsed,
             "control_flow_body_casts": body_casts, "casts": sum(1 for n in half.graph.node if n.op_type == "Cast"), **counts}
+
+
+def sort_topologically(graph: onnx.GraphProto) -> None:
+    """Nodes in an order where each reads only what came before: the converter appends the Casts of graph inputs
+    after their readers, which ONNX Runtime and TensorRT's parser sort for themselves but the ONNX checker (and
+    tools that walk the graph once) refuse. Stable: among nodes ready together, the original order wins."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    readers: dict[int, list[int]] = {}
+    waiting = []
+    for i, node in enumerate(nodes):
+        needs = {producer[name] for name in _reads(node) if name in producer and producer[name] != i}
+        waiting.append(len(needs))
+        for j in needs:
+            readers.setdefault(j, []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in readers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes) or order == list(range(len(nodes))):  # a cycle (not ours to fix), or already sorted
+        return
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors a node reads, with those its control-flow bodies read from the enclosing graph."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for body in bodies:
+            for inner in body.node:
+                names |= _reads(inner)
+    return names
 
 
 def cast_outer_references(model: onnx.ModelProto) -> int:

@@ -43,13 +43,24 @@ def _index(graph: onnx.GraphProto):
     return producers, consumers
 
 
+def _dq_behind(name: str, producers: dict) -> tuple[onnx.NodeProto | None, onnx.NodeProto | None]:
+    """(the DequantizeLinear a tensor comes from, the Cast in between or None): a node kept in fp32 in a graph whose
+    rest is fp16 (an fp32 island, fallback/islands.py) reads its DQ's fp16 output through a Cast to fp32."""
+    node = producers.get(name)
+    cast = None
+    if node is not None and node.op_type == "Cast" and node.input[0] in producers:
+        cast, node = node, producers[node.input[0]]
+    return (node, cast) if node is not None and node.op_type == "DequantizeLinear" else (None, None)
+
+
 def _reads_dq(node: onnx.NodeProto, producers: dict) -> bool:
-    return any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+    return any(_dq_behind(i, producers)[0] is not None for i in node.input)
 
 
 def _producer(name: str, producers: dict) -> onnx.NodeProto | None:
-    """The node a tensor comes from, looking through a Q -> DQ pair; None for constants and graph inputs."""
-    node = producers.get(name)
+    """The node a tensor comes from, looking through a Q -> DQ pair (and a Cast after it); None for constants and
+    graph inputs."""
+    node = _dq_behind(name, producers)[0] or producers.get(name)
     if node is not None and node.op_type == "DequantizeLinear":
         q = producers.get(node.input[0])
         return producers.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
@@ -61,8 +72,8 @@ def find_units(qdq: onnx.ModelProto, flops: dict[str, int] | None = None) -> lis
     (looking through Q/DQ) when it reads nothing else that varies and is that node's only reader: a bias Add, a
     Relu, a Clip, as the backends fuse them."""
     producers, consumers = _index(qdq.graph)
-    quantized = [n for n in qdq.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
-                 and _reads_dq(n, producers)]
+    quantized = [n for n in qdq.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Cast")
+                 and _reads_dq(n, producers)]  # a Cast after a DQ is an fp32 island's boundary, not a kernel
     in_unit = {n.name for n in quantized}
     head: dict[str, str] = {}
     for node in quantized:
@@ -108,24 +119,43 @@ def restore_units(qdq: onnx.ModelProto, units: list[Unit], floats: dict[str, onn
     inits = {t.name: t for t in graph.initializer}
     wanted = {name for unit in units for name in unit.nodes}
     added: dict[str, str] = {}
+    casts: dict[str, list[onnx.NodeProto]] = {}  # new Casts of float activations into an island, by first reader
     for node in graph.node:
         if node.name not in wanted:
             continue
         for index, name in enumerate(node.input):
-            dq = producers.get(name)
             if name in inits and name in floats and _differs(inits[name], floats[name]):
                 node.input[index] = added.setdefault(name, _copy_of(floats[name], graph, inits[name].data_type))
                 continue  # a bias corrected for int8 (TensorRT's are float, read directly): the unit takes the original
-            if dq is None or dq.op_type != "DequantizeLinear":
+            dq, cast = _dq_behind(name, producers)
+            if dq is None:
                 continue
+            to = next(a.i for a in cast.attribute if a.name == "to") if cast is not None else None
             source = dq.input[0]
             q = producers.get(source)
             if q is not None and q.op_type == "QuantizeLinear":
-                node.input[index] = q.input[0]
+                node.input[index] = q.input[0] if cast is None else _cast_into(q.input[0], to, node, added, casts)
             elif source in inits:
-                node.input[index] = added.setdefault(name, _float_weight(dq, inits, floats, graph))
+                node.input[index] = added.setdefault(f"{name}/{to}", _float_weight(dq, inits, floats, graph, to))
+    if casts:
+        ordered = []
+        for node in graph.node:
+            ordered += casts.get(node.name, []) + [node]
+        del graph.node[:]
+        graph.node.extend(ordered)
     _float_graph_outputs(graph, wanted)
     return _without_dead_nodes(model)
+
+
+def _cast_into(value: str, to: int, reader: onnx.NodeProto, added: dict, casts: dict) -> str:
+    """`value` (the float tensor a Q node read) cast to `to` for an fp32 island's node: one Cast per tensor and type,
+    placed before its first reader."""
+    key = f"{value}/cast/{to}"
+    if key not in added:
+        added[key] = f"{value}_kiln_cast{to}"
+        casts.setdefault(reader.name, []).append(onnx.helper.make_node("Cast", [value], [added[key]], to=to,
+                                                                       name=f"{added[key]}_node"))
+    return added[key]
 
 
 def _float_graph_outputs(graph: onnx.GraphProto, wanted: set[str]) -> None:
@@ -160,15 +190,17 @@ def _copy_of(tensor: onnx.TensorProto, graph: onnx.GraphProto, data_type: int) -
     return name
 
 
-def _float_weight(dq: onnx.NodeProto, inits: dict, floats: dict, graph: onnx.GraphProto) -> str:
+def _float_weight(dq: onnx.NodeProto, inits: dict, floats: dict, graph: onnx.GraphProto,
+                  data_type: int | None = None) -> str:
     """The float tensor behind a DequantizeLinear of a constant, as a new initializer: the float graph's original when
     the quantizer's name leads back to it (a bias's DQ output may carry the original name itself), else the
-    dequantized values."""
+    dequantized values. In the scale's type (what DequantizeLinear writes), or `data_type` (an island's Cast)."""
     source = dq.input[0]
-    name = f"{source}_kiln_float"
+    scale_type = inits[dq.input[1]].data_type
+    data_type = data_type or scale_type
+    name = f"{source}_kiln_float" if data_type == scale_type else f"{source}_kiln_float{data_type}"
     if any(t.name == name for t in graph.initializer):
         return name
-    data_type = inits[dq.input[1]].data_type  # DequantizeLinear writes its scale's type
     original = source[:-len(QUANT_SUFFIX)] if source.endswith(QUANT_SUFFIX) else None
     if original in floats:
         graph.initializer.append(_in_type(numpy_helper.to_array(floats[original]), name, data_type))

@@ -373,12 +373,30 @@ def _mixed(report: dict) -> str:
     return _plot(plots.fallback_curve, curve, chosen, block.get("tuning_share", 0.5)) + text
 
 
+def _islands_block(report: dict) -> dict | None:
+    return ((report.get("compile") or {}).get("graph_precision") or {}).get("fp32_islands")
+
+
+def _islands(report: dict) -> str:
+    """TensorRT's fp32 islands (fallback/islands.py): the search's curve and the units kept in fp32."""
+    block = _islands_block(report)
+    if not block["searched"]:
+        return "<p>The fp16 graph was within budget on the tuning split: no fp32 island was needed.</p>"
+    search = block["search"]
+    text = (f'<p>{search["evaluations"]} graphs evaluated in {search["seconds"]:.1f} s'
+            f'{" (cut short)" if search["timed_out"] else ""}; kept in fp32 ({len(block["kept_units"])} of '
+            f'{block["units"]} units): ' + ", ".join(f"<code>{e(n)}</code>" for n in block["kept_units"]) + "</p>")
+    chosen = search["chosen"]["kept"] if search.get("chosen") else None
+    return _plot(plots.fallback_curve, search["curve"], chosen, block["tuning_share"]) + text
+
+
 def render_html(report: dict) -> str:
     """One artifact's report.json as a self-contained page."""
     model, target = (report.get("model") or {}).get("name", "model"), (report.get("target") or {}).get("name", "–")
     title = f"kiln report: {model} → {target} ({report.get('precision', '–')})"
     mixed = [("mixed", "Mixed precision", _mixed)] if mixed_precision_block(report.get("compile") or {})[0] else []
-    parts = [("summary", "Summary", _summary), *DETAIL_SECTIONS, *mixed,
+    islands = [("islands", "fp32 islands in the fp16 graph", _islands)] if _islands_block(report) else []
+    parts = [("summary", "Summary", _summary), *DETAIL_SECTIONS, *islands, *mixed,
              ("scatter", "Speed against accuracy", _scatter_single),
              ("batch", "Batch size", _batch), ("cost", "Cost", _cost), ("notes", "Notes", _notes)]
     failed = report.get("status") == "failed"

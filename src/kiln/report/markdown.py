@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.report.mixed_precision import markdown_lines
+from kiln.report.mixed_precision import island_lines, markdown_lines
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -64,7 +64,7 @@ def render(report: dict) -> str:
         gate = acc["gate"]
         verdict = "not checked" if not gate["checked"] else "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"])
         lines += ["", f"Accuracy gate: {verdict}.", ""]
-    lines += markdown_lines(report.get("compile", {}))
+    lines += island_lines(report.get("compile", {})) + markdown_lines(report.get("compile", {}))
     lines += ["## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["stages_seconds"].items()]
     comp = report.get("compile", {})

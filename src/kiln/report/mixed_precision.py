@@ -81,3 +81,29 @@ def markdown_lines(compile_details: dict) -> list[str]:
         lines.append(f"| {point['kept']} | {point['distance']:.3f} | {'yes' if point['passed'] else 'no'} | "
                      f"{_tuning(point)} |")
     return lines + [""]
+
+
+def island_lines(compile_details: dict) -> list[str]:
+    """TensorRT's fp32 islands (fallback/islands.py): the all-fp16 graph on the tuning split, and the nodes the search
+    kept in fp32 behind Casts (pass them back with `--keep-fp32`)."""
+    block = (compile_details.get("graph_precision") or {}).get("fp32_islands")
+    if not block:
+        return []
+    low = block["all_fp16"]
+    lines = ["## fp32 islands in the fp16 graph", "",
+             f"The fp16 graph with nothing but fragile ops kept in fp32: {_tuning(low)}: "
+             f"{'within' if low['passed'] else 'over'} budget on the tuning split (a point passes there within "
+             f"{block['tuning_share']:.0%} of the budget's slack)."]
+    if not block["searched"]:
+        return lines + ["No island was needed.", ""]
+    search = block["search"]
+    lines.append(f"Search over {block['units']} units ({block['nodes']} nodes: each node with arithmetic and the moves "
+                 f"after it): {search['evaluations']} graphs in {search['seconds']:.1f} s"
+                 f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
+                 f"{'met' if block['budget_met_on_tuning'] else 'NOT met by any point tried (the closest is shipped)'}.")
+    lines += ["", f"Kept in fp32 ({len(block['kept_units'])} units; pass back with `--keep-fp32 NAME` to pin them): "
+              + ", ".join(f"`{n}`" for n in block["kept_units"]) + ".",
+              "", "| units in fp32 | distance (1 = budget limit) | within budget | tuning split |", "|---|---|---|---|"]
+    lines += [f"| {p['kept']} | {p['distance']:.3f} | {'yes' if p['passed'] else 'no'} | {_tuning(p)} |"
+              for p in search["curve"]]
+    return lines + [""]

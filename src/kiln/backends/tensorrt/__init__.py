@@ -14,7 +14,7 @@ import onnx
 from kiln.backends.base import Compiled
 from kiln.backends.onnxruntime.session import OrtRunner, default_settings, with_threads
 from kiln.calibration import Feed, Samples
-from kiln.config import Plan
+from kiln.config import HalfPrecisionPlan, Plan
 from kiln.errors import ExportError, MissingDependencyError, UnsupportedTargetError
 from kiln.exporters import ExportedGraph
 from kiln.fallback.tune import fall_back, split_for_search
@@ -34,11 +34,7 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
         shutil.copyfile(graph.path, target)
         return {"pass": "none (fp32 graph)"}
     if plan.precision == "fp16":
-        from kiln.passes.half_precision import to_fp16
-
-        feeds = list(calibration.feeds[:RANGE_SAMPLES]) if calibration is not None and len(calibration) else \
-            [example] if example else []
-        return to_fp16(graph.path, target, plan.quantization.keep_fp32 if plan.quantization else (), feeds)
+        return _fp16_graph(graph, plan, target, calibration, example)
     if calibration is None or not len(calibration):
         raise ExportError(f"{plan.precision} needs calibration samples and none were loaded",
                           hint="pass --calibration PATH")
@@ -76,9 +72,18 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
         current = corrected
     prepared = stage / "prepared.onnx" if tuning is not None else None
     details = quantize_for_tensorrt(current, target, calibration, plan.precision, quant.keep_fp32, prepared)
-    # before the search, which then scores the graph that ships: units it restores run in fp16 (the ladder's first
-    # rung below int8/fp8), and fp32 stays where fp16 would overflow or the user kept it
-    details["rest"] = rest_in_fp16(target, list(calibration.feeds[:RANGE_SAMPLES]), quant.keep_fp32)
+    islands: tuple[str, ...] = ()
+    range_feeds = list(calibration.feeds[:RANGE_SAMPLES])
+    if tuning is not None:  # the ladder's bottom rung first: the fp16 rest must leave room for the units' search
+        from kiln.fallback.islands import CEILING_SHARE, fp32_islands
+
+        details["fp32_islands"] = fp32_islands(graph.path, uncorrected or current, tuning, quant.fallback,
+                                               graph_check_settings(plan), quant.keep_fp32, range_feeds,
+                                               quant.fallback.tuning_share * CEILING_SHARE, progress=report)
+        islands = tuple(details["fp32_islands"]["kept"])
+    # before the search, which then scores the graph that ships: units it restores run in fp16 (the ladder's middle
+    # rung below int8/fp8), and fp32 stays where fp16 would overflow, the user kept it or the island search found it
+    details["rest"] = rest_in_fp16(target, range_feeds, quant.keep_fp32, islands)
     if tuning is not None:  # scored on ONNX Runtime CPU, as the graph is checked; TensorRT's speed is the GPU's
         details["data_split"] = split
         details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning, quant.fallback,
@@ -86,6 +91,27 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
         if choice:
             details["mixed_precision"]["smoothing_choice"] = choice
     return {**details, "before": steps}
+
+
+def _fp16_graph(graph: ExportedGraph, plan: Plan, target: Path, calibration: Samples | None,
+                example: Feed | None) -> dict:
+    """The fp16 graph: `--keep-fp32` nodes, fragile ops and what would overflow in fp32; with `--fallback`, also the
+    fp32 islands that bring the tuning split within the budget (fallback/islands.py)."""
+    from kiln.passes.half_precision import to_fp16
+
+    half = plan.half or HalfPrecisionPlan()
+    feeds = list(calibration.feeds[:RANGE_SAMPLES]) if calibration is not None and len(calibration) else \
+        [example] if example else []
+    if half.fallback is None or calibration is None:
+        return to_fp16(graph.path, target, half.keep_fp32, feeds)
+    from kiln.fallback.islands import fp32_islands
+
+    ranges, tuning, split = split_for_search(calibration)
+    feeds = list(ranges.feeds[:RANGE_SAMPLES])
+    block = fp32_islands(graph.path, graph.path, tuning, half.fallback, graph_check_settings(plan), half.keep_fp32,
+                         feeds, half.fallback.tuning_share, progress=report)
+    details = to_fp16(graph.path, target, half.keep_fp32, feeds, tuple(block["kept"]))
+    return {**details, "data_split": split, "fp32_islands": block}
 
 
 def graph_check_settings(plan: Plan) -> dict:
