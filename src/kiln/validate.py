@@ -112,6 +112,24 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
     }
 
 
+def rounded_bound(make_runner, samples: Samples, references: tuple[dict, ...],
+                  classifier_outputs: dict[str, bool] | None = None) -> dict | None:
+    """The accuracy of the graph with every fp16 tensor rounded (`make_runner()`: its runner, or None when there is
+    nothing to bound), beside the check's: information, never gated. A graph the rounding copy cannot run is said in
+    one line, not raised: the check that gates has already run."""
+    note = ("the pessimistic end: ONNX Runtime's check rounds fewer tensors; TensorRT, which fuses layers, lies "
+            "between")
+    try:
+        runner = make_runner()
+        if runner is None:
+            return None
+        with runner:
+            result = validate(runner, samples, references, AccuracyBudget(), classifier_outputs)
+    except Exception as exc:  # onnx/ORT raise their own types; the bound is information, not the gate
+        return {"note": note, "unavailable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    return {"note": note, "outputs": result["outputs"], "seconds": result["seconds"]}
+
+
 def gated_outputs(budget: AccuracyBudget, primary: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
     """The outputs the budget judges: those it names (--gate-output), else the source's primary ones, else all."""
     return tuple(budget.outputs or primary or names)

@@ -13,6 +13,7 @@ import re
 
 from kiln.report import plots
 from kiln.report.comparison import precision_label
+from kiln.report.markdown import rounded_summary
 from kiln.report.mixed_precision import mixed_precision_block
 
 CSS = """
@@ -273,7 +274,9 @@ def _accuracy(report: dict) -> str:
     verdict = ("not checked (no budget)" if not gate.get("checked") else "✓ passed" if gate.get("passed")
                else "✗ FAILED: " + "; ".join(gate.get("failures") or []))
     on = ", ".join(gate.get("outputs") or [])
-    return head + table + f"<p>Accuracy gate: {e(verdict)}{e(f' (on {on})' if on else '')}.</p>"
+    rounded = rounded_summary(acc.get("fp16_rounded"))
+    return head + table + f"<p>Accuracy gate: {e(verdict)}{e(f' (on {on})' if on else '')}.</p>" + (
+        f'<p class="small">{e(rounded)}</p>' if rounded else "")
 
 
 def _budget_line(metric: str | None, budget: dict) -> float | None:

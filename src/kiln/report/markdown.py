@@ -63,7 +63,7 @@ def render(report: dict) -> str:
                          f"{_fmt(m.get('top5_agreement'))} |")
         gate = acc["gate"]
         verdict = "not checked" if not gate["checked"] else "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"])
-        lines += ["", f"Accuracy gate: {verdict}.", ""]
+        lines += ["", f"Accuracy gate: {verdict}.", ""] + _rounded_lines(acc.get("fp16_rounded"))
     lines += island_lines(report.get("compile", {})) + markdown_lines(report.get("compile", {}))
     lines += ["## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["stages_seconds"].items()]
@@ -177,3 +177,26 @@ def _analysis_lines(report: dict) -> list[str]:
                   + (f"; {cost['best_batch_per_million']:.4g} at the sweep's best batch" if cost.get("best_batch_per_million")
                      else "") + ".", ""]
     return lines
+
+
+def _rounded_lines(rounded: dict | None) -> list[str]:
+    text = rounded_summary(rounded)
+    return [text, ""] if text else []
+
+
+def rounded_summary(rounded: dict | None) -> str | None:
+    """The fp16 bound beside the check (validate.rounded_bound), one sentence: the same outputs with every fp16
+    tensor rounded."""
+    if not rounded:
+        return None
+    if "unavailable" in rounded:
+        return f"With every fp16 tensor rounded: not measured ({rounded['unavailable']})."
+    parts = []
+    for name, m in rounded["outputs"].items():
+        figures = [f"cosine min {m['cosine_min']:.5f}" if m.get("cosine_min") is not None and
+                   not m.get("one_value_per_sample") else None,
+                   f"max rel err {m['max_rel_error']:.3g}" if m.get("one_value_per_sample") else None,
+                   f"top-1 agree {m['top1_agreement']:.4f}" if m.get("top1_agreement") is not None else None]
+        text = ", ".join(f for f in figures if f) or (f"exact match {m['exact_match']:.4f}" if "exact_match" in m else "–")
+        parts.append(f"{name}: {text}")
+    return f"With every fp16 tensor rounded where it is written ({rounded['note']}): " + "; ".join(parts) + "."

@@ -234,6 +234,23 @@ class TensorRtBackend:
             return EngineRunner(model.parent / settings["engine"], signature, settings)
         return OrtRunner(model, signature, {k: v for k, v in settings.items() if k != "graph_check"})
 
+    def fp16_bound_runner(self, model: Path, signature: Signature, settings: dict, workdir: Path):
+        """The prepared graph with every fp16 tensor rounded (passes/fp16_rounding.py) on ONNX Runtime CPU: the
+        pessimistic end of the graph's accuracy, beside the optimistic check. None where an engine runs the checks
+        or the graph has no fp16 tensor."""
+        from kiln.passes.fp16_rounding import fp16_tensor_count, rounded_everywhere
+
+        if settings.get("engine"):
+            return None
+        graph = onnx.load(str(model))
+        if not fp16_tensor_count(graph):
+            return None
+        rounded = workdir / "fp16-rounded.onnx"
+        rounded.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(rounded_everywhere(graph), str(rounded), save_as_external_data=graph.ByteSize() > 1_800_000_000,
+                  location=rounded.name + ".data")
+        return OrtRunner(rounded, signature, {k: v for k, v in settings.items() if k != "graph_check"})
+
     def with_threads(self, settings: dict, threads: int) -> dict:
         return with_threads(settings, threads)
 
