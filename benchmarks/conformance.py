@@ -94,6 +94,9 @@ def run_cell(model, cell: str, root: Path, *, bench: bool = True, timeout: float
     row.update(status="ok", cosine_min=worst_cosine(report), speedup=report.get("speedup_vs_source"),
                p50_ms=(report.get("latency_ms") or {}).get("p50"), probe=probe.get("status"),
                exporter=(report.get("export") or {}).get("exporter"))
+    rounded = (report.get("accuracy") or {}).get("fp16_rounded") or {}
+    if rounded.get("outputs"):  # TensorRT graphs: the other fp16 reading
+        row["rounded_cosine_min"] = worst_cosine({"accuracy": rounded})
     if row["cosine_min"] is None and worst_one_value_error(report) is not None:  # scores: their error speaks
         row["rel_error"] = worst_one_value_error(report)
         if CELLS[cell][1] == "fp32" and row["rel_error"] > FP32_REL_ERROR:
@@ -117,7 +120,8 @@ def _cell_text(row: dict | None) -> str:
             (".0" if f"{cosine:.5f}".rstrip("0").endswith(".") else "")
         speed = f", {row['speedup']:.2f}x" if row.get("speedup") else ""
         low = cosine is not None and cosine < LOW_ACCURACY
-        return ("✗ " if row["status"] == "mismatch" else "⚠ " if low else "ok ") + f"cos {cos}{speed}"
+        rounded = f" (rounded {row['rounded_cosine_min']:.5f})" if row.get("rounded_cosine_min") is not None else ""
+        return ("✗ " if row["status"] == "mismatch" else "⚠ " if low else "ok ") + f"cos {cos}{rounded}{speed}"
     mark = "**kiln bug**" if row["status"] == "bug" else f"refused (exit {row.get('exit')})"
     return f"{mark}: {row['reason'].replace('|', '/')}"
 
@@ -140,7 +144,10 @@ def render(rows: list[dict], machine: str, command: str) -> str:
         "per sample, where cosine is 1.0 whatever the error: the largest error relative to the largest reference "
         f"value; fp32 matches at most {FP32_REL_ERROR:g}), S the speedup over the source model (ONNX Runtime "
         "with default settings, or torch eager) in the same process (2 threads, batch 1; timings are short runs, "
-        "ratios only). The TensorRT cells are the fp16 and int8 graphs on ONNX Runtime CPU, not engines. int8 cells are "
+        "ratios only). The TensorRT cells are the fp16 and int8 graphs on ONNX Runtime CPU, not engines, with "
+        "`(rounded R)`: the same graph with every fp16 tensor rounded where it is written (ONNX Runtime runs ops "
+        "without fp16 CPU kernels in fp32 and rounds only where the graph casts; TensorRT rounds at each layer it "
+        "does not fuse). int8 cells are "
         "calibrated on the evaluation data itself (no accuracy claim beyond the graph working).",
         "",
         "| model | project | origin | task | " + " | ".join(CELLS) + " |",

@@ -117,8 +117,8 @@ def rounded_bound(make_runner, samples: Samples, references: tuple[dict, ...],
     """The accuracy of the graph with every fp16 tensor rounded (`make_runner()`: its runner, or None when there is
     nothing to bound), beside the check's: information, never gated. A graph the rounding copy cannot run is said in
     one line, not raised: the check that gates has already run."""
-    note = ("the pessimistic end: ONNX Runtime's check rounds fewer tensors; TensorRT, which fuses layers, lies "
-            "between")
+    note = ("ONNX Runtime's check rounds only where the graph casts, TensorRT at every layer it does not fuse; where "
+            "the two readings differ, the CPU check does not settle the engine's accuracy")
     try:
         runner = make_runner()
         if runner is None:

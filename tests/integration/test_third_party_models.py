@@ -524,8 +524,8 @@ def test_tensorrt_auto_meets_a_budget_its_fp16_rest_alone_misses(work, basic_pit
     model = _trt_graph(run)
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0  # still an int8 graph
     assert report["accuracy"]["gate"]["passed"] and min(_cosines(report).values()) >= 0.99, _cosines(report)
-    # the pessimistic end beside the check: every fp16 tensor rounded reads lower (0.988 against 0.991 here), never
-    # gated, and report.md says so
+    # the second fp16 reading beside the check: every fp16 tensor rounded reads lower here (0.988 against 0.991),
+    # never gated, and report.md says so
     rounded = {n: m["cosine_min"] for n, m in report["accuracy"]["fp16_rounded"]["outputs"].items()}
     assert rounded.keys() == _cosines(report).keys()
     assert 0.95 < min(rounded.values()) < min(_cosines(report).values()), (rounded, _cosines(report))

@@ -236,7 +236,7 @@ class TensorRtBackend:
 
     def fp16_bound_runner(self, model: Path, signature: Signature, settings: dict, workdir: Path):
         """The prepared graph with every fp16 tensor rounded (passes/fp16_rounding.py) on ONNX Runtime CPU: the
-        pessimistic end of the graph's accuracy, beside the optimistic check. None where an engine runs the checks
+        other reading of the graph's accuracy, beside the check. None where an engine runs the checks
         or the graph has no fp16 tensor."""
         from kiln.passes.fp16_rounding import fp16_tensor_count, rounded_everywhere
 
