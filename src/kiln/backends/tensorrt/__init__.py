@@ -74,19 +74,26 @@ def _prepare_graph(graph: ExportedGraph, plan: Plan, stage: Path, target: Path,
     details = quantize_for_tensorrt(current, target, calibration, plan.precision, quant.keep_fp32, prepared)
     islands: tuple[str, ...] = ()
     range_feeds = list(calibration.feeds[:RANGE_SAMPLES])
+    fallback = quant.fallback
     if tuning is not None:  # the ladder's bottom rung first: the fp16 rest must leave room for the units' search
         from kiln.fallback.islands import CEILING_SHARE, fp32_islands
 
-        details["fp32_islands"] = fp32_islands(graph.path, uncorrected or current, tuning, quant.fallback,
+        t0 = time.perf_counter()
+        details["fp32_islands"] = fp32_islands(graph.path, uncorrected or current, tuning, fallback,
                                                graph_check_settings(plan), quant.keep_fp32, range_feeds,
-                                               quant.fallback.tuning_share * CEILING_SHARE, progress=report)
+                                               fallback.tuning_share * CEILING_SHARE, progress=report)
         islands = tuple(details["fp32_islands"]["kept"])
+        # one --search-seconds for both searches: the units' search gets what the islands left
+        fallback = fallback.model_copy(update={"seconds": max(fallback.seconds - (time.perf_counter() - t0), 0.0)})
     # before the search, which then scores the graph that ships: units it restores run in fp16 (the ladder's middle
     # rung below int8/fp8), and fp32 stays where fp16 would overflow, the user kept it or the island search found it
     details["rest"] = rest_in_fp16(target, range_feeds, quant.keep_fp32, islands)
+    if islands:  # found on the float graph: names the quantized graph lacks (folded by the quantizer, or unnamed) said
+        names = {n.name for n in onnx.load(str(target), load_external_data=False).graph.node}
+        details["fp32_islands"]["not_in_quantized_graph"] = [n for n in islands if n not in names]
     if tuning is not None:  # scored on ONNX Runtime CPU, as the graph is checked; TensorRT's speed is the GPU's
         details["data_split"] = split
-        details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning, quant.fallback,
+        details["mixed_precision"] = fall_back(graph.path, (uncorrected, prepared), target, tuning, fallback,
                                                graph_check_settings(plan), timed=False, progress=report)
         if choice:
             details["mixed_precision"]["smoothing_choice"] = choice
