@@ -20,6 +20,7 @@ from kiln.config import FallbackPlan
 from kiln.fallback.search import Point, search
 from kiln.fallback.tune import _Evaluator, node_flops
 from kiln.passes.half_precision import blocked_ops, name_nodes, out_of_range_nodes, to_fp16
+from kiln.passes.qdq_common import matching_nodes
 from kiln.passes.qdq_units import Unit
 
 # Ops that move or select values without arithmetic: they join the unit of the node that produced their input, so
@@ -84,7 +85,7 @@ def fp32_islands(reference_path: Path, source: Path, tuning: Samples, plan: Fall
     model = onnx.load(str(source))
     name_nodes(model)
     ranged = tuple(out_of_range_nodes(model, range_feeds)) if range_feeds else ()
-    kept_already = {n.name for n in model.graph.node if any(p == n.name or p in n.name for p in keep)} | set(ranged)
+    kept_already = set(matching_nodes(model, keep)) | set(ranged)
     units = island_units(model, kept_already, node_flops(model, tuning))
     plan = plan.model_copy(update={"tuning_share": share})
     with tempfile.TemporaryDirectory(prefix="kiln-islands-") as tmp:

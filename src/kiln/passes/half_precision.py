@@ -16,6 +16,7 @@ import onnx
 
 from kiln.errors import ExportError
 from kiln.passes.loadable import load_error
+from kiln.passes.qdq_common import matching_nodes
 from kiln.quiet import quiet
 
 # normalisations, Softmax, reductions, exp/pow and friends: fp32 keeps them finite and accurate
@@ -110,7 +111,8 @@ def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[
 
     model = onnx.load(str(src))
     name_nodes(model)
-    keep = [n.name for n in model.graph.node if any(p == n.name or p in n.name for p in keep_nodes) or n.name in islands]
+    wanted = set(matching_nodes(model, keep_nodes)) | set(islands)
+    keep = [n.name for n in model.graph.node if n.name in wanted]
     ranged = out_of_range_nodes(model, feeds) if feeds else {}
     keep += [name for name in ranged if name not in keep]
     try:
