@@ -18,24 +18,19 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def fp16_tensor_count(model: onnx.ModelProto) -> int:
-    """How many tensors the main graph types fp16 (initializers and inferred values): 0 means nothing to bound."""
-    typed = onnx.shape_inference.infer_shapes(model)
-    values = list(typed.graph.value_info) + list(typed.graph.output)
-    return sum(v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in values) + \
-        sum(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
-
-
-def rounded_everywhere(model: onnx.ModelProto) -> onnx.ModelProto:
+def rounded_everywhere(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """A copy of `model` that computes in fp32 and rounds each tensor the original types fp16 right after the node
-    that writes it (Cast to fp16, Cast back). fp16 initializers and constants become fp32 with the same values;
-    control-flow bodies stay as they are (the fp16 pass keeps them fp32). Graph inputs and outputs keep their types."""
+    that writes it (Cast to fp16, Cast back); None when the graph has no fp16 tensor (nothing to read twice). fp16
+    initializers and constants become fp32 with the same values; control-flow bodies stay as they are (the fp16 pass
+    keeps them fp32). Graph inputs and outputs keep their types."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     typed = onnx.shape_inference.infer_shapes(copy)
     types = {v.name: v.type.tensor_type.elem_type for v in
              list(typed.graph.value_info) + list(typed.graph.output) + list(typed.graph.input)}
     graph = copy.graph
+    if TensorProto.FLOAT16 not in types.values() and all(t.data_type != TensorProto.FLOAT16 for t in graph.initializer):
+        return None
     for index, tensor in enumerate(graph.initializer):
         if tensor.data_type == TensorProto.FLOAT16:
             graph.initializer[index].CopyFrom(_as_fp32(tensor))

@@ -245,16 +245,17 @@ class TensorRtBackend:
         """The prepared graph with every fp16 tensor rounded (passes/fp16_rounding.py) on ONNX Runtime CPU: the
         other reading of the graph's accuracy, beside the check. None where an engine runs the checks
         or the graph has no fp16 tensor."""
-        from kiln.passes.fp16_rounding import fp16_tensor_count, rounded_everywhere
+        from kiln.passes.fp16_rounding import rounded_everywhere
 
         if settings.get("engine"):
             return None
         graph = onnx.load(str(model))
-        if not fp16_tensor_count(graph):
+        copy = rounded_everywhere(graph)
+        if copy is None:
             return None
         rounded = workdir / "fp16-rounded.onnx"
         rounded.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(rounded_everywhere(graph), str(rounded), save_as_external_data=graph.ByteSize() > 1_800_000_000,
+        onnx.save(copy, str(rounded), save_as_external_data=graph.ByteSize() > 1_800_000_000,
                   location=rounded.name + ".data")
         return OrtRunner(rounded, signature, {k: v for k, v in settings.items() if k != "graph_check"})
 
