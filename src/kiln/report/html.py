@@ -14,7 +14,7 @@ import re
 from kiln.report import plots
 from kiln.report.comparison import precision_label
 from kiln.report.markdown import rounded_summary
-from kiln.report.mixed_precision import mixed_precision_block
+from kiln.report.mixed_precision import island_block, mixed_precision_block
 
 CSS = """
 :root{--ink:#1a1a1a;--mid:#5a5a5a;--line:#dcdcdc;--soft:#f6f6f5} *{box-sizing:border-box}
@@ -376,13 +376,9 @@ def _mixed(report: dict) -> str:
     return _plot(plots.fallback_curve, curve, chosen, block.get("tuning_share", 0.5)) + text
 
 
-def _islands_block(report: dict) -> dict | None:
-    return ((report.get("compile") or {}).get("graph_precision") or {}).get("fp32_islands")
-
-
 def _islands(report: dict) -> str:
     """TensorRT's fp32 islands (fallback/islands.py): the search's curve and the units kept in fp32."""
-    block = _islands_block(report)
+    block = island_block(report.get("compile") or {})
     if not block["searched"]:
         return "<p>The fp16 graph was within budget on the tuning split: no fp32 island was needed.</p>"
     search = block["search"]
@@ -398,7 +394,8 @@ def render_html(report: dict) -> str:
     model, target = (report.get("model") or {}).get("name", "model"), (report.get("target") or {}).get("name", "–")
     title = f"kiln report: {model} → {target} ({report.get('precision', '–')})"
     mixed = [("mixed", "Mixed precision", _mixed)] if mixed_precision_block(report.get("compile") or {})[0] else []
-    islands = [("islands", "fp32 islands in the fp16 graph", _islands)] if _islands_block(report) else []
+    islands = [("islands", "fp32 islands in the fp16 graph", _islands)] if island_block(report.get("compile") or {}) \
+        else []
     parts = [("summary", "Summary", _summary), *DETAIL_SECTIONS, *islands, *mixed,
              ("scatter", "Speed against accuracy", _scatter_single),
              ("batch", "Batch size", _batch), ("cost", "Cost", _cost), ("notes", "Notes", _notes)]

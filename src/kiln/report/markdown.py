@@ -185,8 +185,8 @@ def _rounded_lines(rounded: dict | None) -> list[str]:
 
 
 def rounded_summary(rounded: dict | None) -> str | None:
-    """The fp16 bound beside the check (validate.rounded_bound), one sentence: the same outputs with every fp16
-    tensor rounded."""
+    """The second fp16 reading beside the check (validate.rounded_bound), one sentence: the same outputs with every
+    fp16 tensor rounded."""
     if not rounded:
         return None
     if "unavailable" in rounded:

@@ -83,10 +83,14 @@ def markdown_lines(compile_details: dict) -> list[str]:
     return lines + [""]
 
 
+def island_block(compile_details: dict) -> dict | None:
+    """TensorRT's fp32 islands (fallback/islands.py), nested in its graph's details; None where none were searched."""
+    return (compile_details.get("graph_precision") or {}).get("fp32_islands")
+
+
 def island_lines(compile_details: dict) -> list[str]:
-    """TensorRT's fp32 islands (fallback/islands.py): the all-fp16 graph on the tuning split, and the nodes the search
-    kept in fp32 behind Casts (pass them back with `--keep-fp32`)."""
-    block = (compile_details.get("graph_precision") or {}).get("fp32_islands")
+    """The all-fp16 graph on the tuning split, and the units the island search kept in fp32 behind Casts."""
+    block = island_block(compile_details)
     if not block:
         return []
     low = block["all_fp16"]
@@ -101,7 +105,7 @@ def island_lines(compile_details: dict) -> list[str]:
                  f"after it): {search['evaluations']} graphs in {search['seconds']:.1f} s"
                  f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
                  f"{'met' if block['budget_met_on_tuning'] else 'NOT met by any point tried (the closest is shipped)'}.")
-    lines += ["", f"Kept in fp32 ({len(block['kept_units'])} units; pass back with `--keep-fp32 NAME` to pin them): "
+    lines += ["", f"Kept in fp32 ({len(block['kept_units'])} units; `--keep-fp32 NAME` pins a unit's first node): "
               + ", ".join(f"`{n}`" for n in block["kept_units"]) + ".",
               "", "| units in fp32 | distance (1 = budget limit) | within budget | tuning split |", "|---|---|---|---|"]
     lines += [f"| {p['kept']} | {p['distance']:.3f} | {'yes' if p['passed'] else 'no'} | {_tuning(p)} |"
