@@ -201,3 +201,25 @@ def test_the_calibration_reader_reads_one_shape_per_window_largest_values_first(
     one_shape = CalibrationReader(Samples(tuple(same), "arrays", "clips"), {"x"})
     assert one_shape.stride is None and one_shape.strided() == {}
     assert all(got["x"] is want["x"] for got, want in zip(iter(one_shape.get_next, None), same))
+
+
+def test_keep_fp32_names_the_exact_node_first_and_keeps_the_moves_after_it(tmp_path):
+    """`--keep-fp32 NAME` takes the node of exactly that name where there is one, else every node whose name contains
+    it (a scope), so a unit name from report.md passed back keeps that unit and not its neighbours whose names
+    extend it. At fp16 the kept node's Relu stays fp32 with it: an fp16 Relu between fp32 nodes would round the
+    tensor the node was kept for."""
+    from kiln.passes.half_precision import to_fp16
+    from kiln.passes.qdq_common import matching_names
+
+    names = ["conv1d_16", "conv1d_16/ExpandDims", "conv1d_160", "layer.3/attn", "layer.3/ffn"]
+    assert matching_names(names, ("conv1d_16",)) == ["conv1d_16"]
+    assert matching_names(names, ("conv1d_1",)) == ["conv1d_16", "conv1d_16/ExpandDims", "conv1d_160"]
+    assert matching_names(names, ("layer.3/", "conv1d_160")) == ["conv1d_160", "layer.3/attn", "layer.3/ffn"]
+
+    _conv_net(tmp_path / "net.onnx")
+    to_fp16(tmp_path / "net.onnx", tmp_path / "half.onnx", ("expand",))
+    typed = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "half.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(typed.graph.value_info) + list(typed.graph.output)}
+    writes = {n.name: types[n.output[0]] for n in typed.graph.node if n.op_type != "Cast"}
+    assert writes["expand"] == writes["expand_relu"] == TensorProto.FLOAT
+    assert writes["stem"] == writes["stem_relu"] == writes["depthwise"] == TensorProto.FLOAT16

@@ -244,8 +244,10 @@ def _check_keep_fp32(path: Path, patterns: tuple[str, ...]) -> None:
         return
     import onnx
 
+    from kiln.passes.qdq_common import matching_names
+
     names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.name]
-    unknown = [p for p in patterns if not any(p == n or p in n for n in names)]
+    unknown = [p for p in patterns if not matching_names(names, (p,))]
     if unknown:
         compute = [n for n in names if any(op in n for op in ("Conv", "MatMul", "Gemm", "conv", "linear"))][:3]
         raise UsageError(f"--keep-fp32 {', '.join(unknown)} matches no node of the exported graph",

@@ -468,11 +468,12 @@ def _trt_graph(run: Run) -> onnx.ModelProto:
     return onnx.load(str(run.out / "tensorrt" / "model.onnx"))
 
 
-def _fp32_convs(model: onnx.ModelProto) -> set[str]:
-    """Conv nodes that compute in fp32 (their output's inferred type; the fp16 graph's other Convs write fp16)."""
+def _fp32_nodes(model: onnx.ModelProto, op_type: str | None = None) -> set[str]:
+    """Nodes (of `op_type`) that write fp32 (their output's inferred type; the fp16 graph's other nodes write fp16)."""
     typed = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in list(typed.graph.value_info) + list(typed.graph.output)}
-    return {n.name for n in model.graph.node if n.op_type == "Conv" and types.get(n.output[0]) == onnx.TensorProto.FLOAT}
+    return {n.name for n in model.graph.node if op_type in (None, n.op_type)
+            and types.get(n.output[0]) == onnx.TensorProto.FLOAT}
 
 
 def test_tensorrt_fp16_keeps_what_the_user_and_the_island_search_keep_in_fp32(work, basic_pitch_calibration):
@@ -500,9 +501,16 @@ def test_tensorrt_fp16_keeps_what_the_user_and_the_island_search_keep_in_fp32(wo
     assert 0 < len(islands["kept_units"]) < islands["units"]  # islands, not the whole graph in fp32
     kept_convs = {n for n in islands["kept_units"] if "conv1d" in n}
     model = _trt_graph(run)
-    assert _fp32_convs(model) == kept_convs and sum(n.op_type == "Conv" for n in model.graph.node) > len(kept_convs)
+    assert _fp32_nodes(model, "Conv") == kept_convs and sum(n.op_type == "Conv" for n in model.graph.node) > len(kept_convs)
     assert report["accuracy"]["gate"]["passed"] and min(_cosines(report).values()) >= 0.995, _cosines(report)
     assert "## fp32 islands in the fp16 graph" in (run.out / "report.md").read_text()
+    # the kept units passed back by name give the graph the search shipped, the moves after each unit's first node
+    # included (before, only first nodes were kept: their Relus and Transposes rounded to fp16 again)
+    back_run = _export(work, "bp-fp16-back", _source(work, "basic-pitch"), "--target", "tensorrt", "--precision",
+                       "fp16", *(arg for name in islands["kept_units"] for arg in ("--keep-fp32", name)), "--eval", data)
+    back = _ok(back_run)[1]
+    assert _fp32_nodes(_trt_graph(back_run)) == _fp32_nodes(model)
+    assert _cosines(back) == pytest.approx(_cosines(report), abs=1e-6)
     html = (run.out / "report.html").read_text()
     assert "fp32 islands in the fp16 graph" in html and f"of {islands['units']} units" in html
 

@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--gate-output", action="append", default=[], metavar="NAME",
                       help="outputs the gate applies to (default: the model's primary outputs, else all)")
     gate.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",
-                      help="keep nodes whose name contains NODE out of quantization, or out of fp16 on TensorRT "
-                           "(repeat)")
+                      help="keep the node named NODE (else every node whose name contains NODE) out of "
+                           "quantization, or out of fp16 on TensorRT with the moves after it (repeat)")
     gate.add_argument("--fallback", action="store_true",
                       help="int8/fp8: keep the units that break the budget in float, found by search on a tuning "
                            "split of the calibration data (--precision auto does this at the target's int8); "

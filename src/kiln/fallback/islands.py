@@ -19,43 +19,21 @@ from kiln.calibration import Samples
 from kiln.config import FallbackPlan
 from kiln.fallback.search import Point, search
 from kiln.fallback.tune import _Evaluator, node_flops
-from kiln.passes.half_precision import blocked_ops, name_nodes, out_of_range_nodes, to_fp16
+from kiln.passes.half_precision import fp16_groups, name_nodes, out_of_range_nodes, to_fp16, with_following_moves
 from kiln.passes.qdq_common import matching_nodes
 from kiln.passes.qdq_units import Unit
 
-# Ops that move or select values without arithmetic: they join the unit of the node that produced their input, so
-# a unit kept in fp32 hands its consumers an fp32 tensor (a Relu or Transpose left in fp16 between two fp32 nodes
-# would round it: Basic Pitch's 45 arithmetic nodes all in fp32 still missed cosine 0.9975 that way)
-MOVES = frozenset({"Shape", "Reshape", "Transpose", "Concat", "Slice", "Unsqueeze", "Squeeze", "Gather", "GatherND",
-                   "GatherElements", "Flatten", "Expand", "Tile", "Split", "Identity", "Cast", "CastLike", "Pad",
-                   "Equal", "Where", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Size",
-                   "ConstantOfShape", "Constant", "DepthToSpace", "SpaceToDepth", "MaxPool", "Relu", "ArgMax",
-                   "ArgMin", "TopK", "NonZero", "ScatterND", "ScatterElements", "Abs", "Neg", "Sign", "Dropout"})
 # Within a quantized graph the fp16 rest must leave room for int8/fp8: islands are searched when the all-fp16 point
 # (every unit restored) uses more than this share of what the budget lets the tuning split use, and to this share
 CEILING_SHARE = 0.5
 
 
 def island_units(model: onnx.ModelProto, kept: set[str], flops: dict[str, int]) -> list[Unit]:
-    """The nodes the fp16 graph computes in fp16 (named by `name_nodes`; less `kept`), as units: each node with
-    arithmetic of its own, followed by the moves its output flows through (see MOVES); a move with no such
-    producer (reading a graph input) is a unit of its own."""
-    blocked = blocked_ops()
-    producers = {o: n for n in model.graph.node for o in n.output}
-    unit_of: dict[str, list[str]] = {}  # node name -> the node list of its unit
-    units: list[list[str]] = []
-    for node in model.graph.node:
-        if node.op_type in blocked or node.name in kept or node.domain not in ("", "ai.onnx"):
-            continue
-        source = next((producers[i].name for i in node.input if i in producers and producers[i].name in unit_of), None)
-        if node.op_type in MOVES and source is not None:
-            unit_of[source].append(node.name)
-            unit_of[node.name] = unit_of[source]
-        else:
-            units.append([node.name])
-            unit_of[node.name] = units[-1]
+    """The fp16 graph's node groups (half_precision.fp16_groups, less `kept`) as units, each named after its first
+    node and costed by its FLOPs."""
     ops = {n.name: n.op_type for n in model.graph.node}
-    return [Unit(nodes[0], tuple(nodes), ops[nodes[0]], sum(flops.get(n, 0) for n in nodes)) for nodes in units]
+    return [Unit(nodes[0], tuple(nodes), ops[nodes[0]], sum(flops.get(n, 0) for n in nodes))
+            for nodes in fp16_groups(model, kept)]
 
 
 class _IslandEvaluator(_Evaluator):
@@ -85,7 +63,7 @@ def fp32_islands(reference_path: Path, source: Path, tuning: Samples, plan: Fall
     model = onnx.load(str(source))
     name_nodes(model)
     ranged = tuple(out_of_range_nodes(model, range_feeds)) if range_feeds else ()
-    kept_already = set(matching_nodes(model, keep)) | set(ranged)
+    kept_already = with_following_moves(model, set(matching_nodes(model, keep))) | set(ranged)
     units = island_units(model, kept_already, node_flops(model, tuning))
     plan = plan.model_copy(update={"tuning_share": share})
     with tempfile.TemporaryDirectory(prefix="kiln-islands-") as tmp:

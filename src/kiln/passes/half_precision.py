@@ -31,6 +31,16 @@ FRAGILE_OPS = ("LayerNormalization", "BatchNormalization", "InstanceNormalizatio
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
 
+# Ops that move or select values without arithmetic. A node kept in fp32 keeps the moves its output flows through, so
+# that it hands its readers an fp32 tensor: a Relu or Transpose left in fp16 between two fp32 nodes rounds it (Basic
+# Pitch's 45 arithmetic nodes all in fp32 still missed cosine 0.9975 that way).
+MOVES = frozenset({"Shape", "Reshape", "Transpose", "Concat", "Slice", "Unsqueeze", "Squeeze", "Gather", "GatherND",
+                   "GatherElements", "Flatten", "Expand", "Tile", "Split", "Identity", "Cast", "CastLike", "Pad",
+                   "Equal", "Where", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Size",
+                   "ConstantOfShape", "Constant", "DepthToSpace", "SpaceToDepth", "MaxPool", "Relu", "ArgMax",
+                   "ArgMin", "TopK", "NonZero", "ScatterND", "ScatterElements", "Abs", "Neg", "Sign", "Dropout"})
+
+
 # Activations beyond this stay fp32: fp16's largest finite value is 65504, and a quarter of it leaves room for
 # inputs larger than the measured ones (int16-scaled audio squared in a spectrogram reaches 1e9).
 FP16_SAFE = 65504.0 / 4
@@ -102,16 +112,43 @@ def blocked_ops() -> set[str]:
     return set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS) | set(CONTROL_FLOW_OPS)
 
 
+def fp16_groups(model: onnx.ModelProto, skip: set[str]) -> list[list[str]]:
+    """The nodes the fp16 graph computes in fp16 (named by `name_nodes`; less `skip`), grouped: each node with
+    arithmetic of its own, followed by the moves its output flows through (MOVES); a move with no such producer
+    (reading a graph input) is a group of its own. The island search's units, and what `--keep-fp32 NAME` keeps."""
+    blocked = blocked_ops()
+    producers = {o: n for n in model.graph.node for o in n.output}
+    group_of: dict[str, list[str]] = {}
+    groups: list[list[str]] = []
+    for node in model.graph.node:
+        if node.op_type in blocked or node.name in skip or node.domain not in ("", "ai.onnx"):
+            continue
+        source = next((producers[i].name for i in node.input if i in producers and producers[i].name in group_of), None)
+        if node.op_type in MOVES and source is not None:
+            group_of[source].append(node.name)
+            group_of[node.name] = group_of[source]
+        else:
+            groups.append([node.name])
+            group_of[node.name] = groups[-1]
+    return groups
+
+
+def with_following_moves(model: onnx.ModelProto, names: set[str]) -> set[str]:
+    """`names` and, for each that heads a group (fp16_groups), the moves after it: `--keep-fp32 NAME` of a unit the
+    island search reports keeps the same nodes the search kept, not only the unit's first node."""
+    return set(names) | {n for group in fp16_groups(model, set()) if group[0] in names for n in group[1:]}
+
+
 def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[dict] | None = None,
             islands: tuple[str, ...] = ()) -> dict:
-    """`src` with fp16 casts at `dst`; nodes whose name contains one of `keep_nodes` (the user's `--keep-fp32`),
-    nodes named exactly in `islands` (found by the fp32-island search), fragile ops, control flow and (given `feeds`)
+    """`src` with fp16 casts at `dst`; nodes whose name contains one of `keep_nodes` (the user's `--keep-fp32`, with
+    the moves after them: with_following_moves), nodes named exactly in `islands` (found by the fp32-island search), fragile ops, control flow and (given `feeds`)
     nodes whose activations exceed fp16's range stay fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
     name_nodes(model)
-    wanted = set(matching_nodes(model, keep_nodes)) | set(islands)
+    wanted = with_following_moves(model, set(matching_nodes(model, keep_nodes))) | set(islands)
     keep = [n.name for n in model.graph.node if n.name in wanted]
     ranged = out_of_range_nodes(model, feeds) if feeds else {}
     keep += [name for name in ranged if name not in keep]

@@ -22,9 +22,19 @@ T = TypeVar("T")
 
 
 def matching_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
-    """Node names equal to, or containing, any of the user's --keep-fp32 patterns."""
-    names = [n.name for n in model.graph.node if n.name]
-    return [n for n in names if any(p == n or p in n for p in patterns)]
+    """The graph's node names that the user's --keep-fp32 patterns name (matching_names)."""
+    return matching_names([n.name for n in model.graph.node if n.name], patterns)
+
+
+def matching_names(names: list[str], patterns: tuple[str, ...]) -> list[str]:
+    """The names a --keep-fp32 pattern names: the node of exactly that name where there is one, else every name
+    containing it (a scope such as `layer.3/`). Exact first, so that a unit name from report.md passed back keeps
+    that unit and not also its neighbours whose names extend it (tf2onnx's `conv1d_16/ExpandDims` beside
+    `conv1d_16`)."""
+    present = set(names)
+    exact = {p for p in patterns if p in present}
+    scopes = [p for p in patterns if p not in present]
+    return [n for n in names if n in exact or any(p in n for p in scopes)]
 
 
 class CalibrationReader:

@@ -105,7 +105,7 @@ def island_lines(compile_details: dict) -> list[str]:
                  f"after it): {search['evaluations']} graphs in {search['seconds']:.1f} s"
                  f"{' (cut short by --search-seconds)' if search['timed_out'] else ''}; budget on the tuning split "
                  f"{'met' if block['budget_met_on_tuning'] else 'NOT met by any point tried (the closest is shipped)'}.")
-    lines += ["", f"Kept in fp32 ({len(block['kept_units'])} units; `--keep-fp32 NAME` pins a unit's first node): "
+    lines += ["", f"Kept in fp32 ({len(block['kept_units'])} units; `--keep-fp32 NAME` keeps that unit, moves included): "
               + ", ".join(f"`{n}`" for n in block["kept_units"]) + ".",
               "", "| units in fp32 | distance (1 = budget limit) | within budget | tuning split |", "|---|---|---|---|"]
     lines += [f"| {p['kept']} | {p['distance']:.3f} | {'yes' if p['passed'] else 'no'} | {_tuning(p)} |"

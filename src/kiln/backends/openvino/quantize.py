@@ -5,13 +5,13 @@ from __future__ import annotations
 from kiln._deps import require
 from kiln.calibration import Samples
 from kiln.config import Plan
+from kiln.passes.qdq_common import matching_names
 from kiln.quiet import quiet
 
 
 def kept_nodes(model, patterns: tuple[str, ...]) -> list[str]:
-    """Op names equal to, or containing, any of the user's --keep-fp32 patterns."""
-    names = [op.get_friendly_name() for op in model.get_ops()]
-    return [n for n in names if any(p == n or p in n for p in patterns)]
+    """The ops the user's --keep-fp32 patterns name, by the ONNX graph's rule (qdq_common.matching_names)."""
+    return matching_names([op.get_friendly_name() for op in model.get_ops()], patterns)
 
 
 def quantize_int8(model, plan: Plan, calibration: Samples, transformer: bool, float_weights: bool = False) -> tuple:
