@@ -41,8 +41,9 @@ from kiln.toolchain import toolchain_versions
 # budget searched on the expected disagreement rate (a plan with an explicit --tuning-margin keeps its key otherwise);
 # 9 = ONNX Runtime's auto skips the static search where plain dynamic int8 already wins, and a top-1 search keeps
 # every confident tuning sample; 10 = TensorRT's searched Q/DQ graphs keep the fp32 islands an over-budget fp16 rest
-# needs, and find units behind an island's Casts; 11 = --keep-fp32 at fp16 keeps the moves after the named node.
-STAGE_LOGIC = 11
+# needs, and find units behind an island's Casts; 11 = --keep-fp32 at fp16 keeps the moves after the named node;
+# 12 = no Q/DQ on graph outputs.
+STAGE_LOGIC = 12
 EXPORT_FIELDS = ("inputs", "check_shapes", "constants", "zipmap_as_tensor", "task", "synthetic_data", "sequence_length",
                  "image_preprocessing", "exporter", "opset", "export_rtol", "export_atol", "trust_pickle", "trust_remote_code", "seed")
 

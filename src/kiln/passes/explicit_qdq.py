@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -87,6 +88,7 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
             quantize, prepared, dst, f"{kind} Q/DQ quantization",
             hint="keep the node it names out of low precision with --keep-fp32 NAME, or use fp16")
         keep_copy(prepared, prepared_copy)
+    freed = float_outputs(dst)
     quantized = onnx.load(str(dst))
     if kind == "fp8":
         int8_to_fp8(quantized)
@@ -98,8 +100,48 @@ def quantize_for_tensorrt(src: Path, dst: Path, calibration: Samples, kind: str 
             "activations": f"{kind} symmetric per tensor, amax = 99.99th percentile over {len(calibration)} "
                            "calibration samples" + (" (e4m3: scale = amax / 448)" if kind == "fp8" else ""),
             "calibration_samples": len(calibration), "calibration_shapes": reader.shape_groups, "kept_fp32": excluded,
+            "float_outputs": freed,
             **({"fp8_without_fast_kernels": slow} if kind == "fp8" else {}), "opset": default_opset(quantized),
             "opset_conversion": conversion, "internal_tensors_renamed": renamed, **qdq_structure(quantized)}
+
+
+def float_outputs(path: Path) -> list[str]:
+    """Remove, in place, the Q/DQ pair on each graph output: ONNX Runtime's QDQ quantizer quantizes the outputs of
+    Conv/MatMul/Gemm, and for the last one that rounds the model's own output (a classifier's logits) with nothing
+    after it computing in low precision. TensorRT's placement guide says the same: Q/DQ on the inputs of weighted
+    layers, not on their outputs. EfficientNet-Lite0's TensorRT fp8 graph: top-1 agreement 65.5 % -> 69.6 % plain,
+    and 87.5 % -> 100 % with every unit restored (e4m3 keeps 3 mantissa bits of each logit). ONNX Runtime's own
+    static int8 graph keeps the pair: on CPU it lets the last Gemm fuse into QGemm (without it, EfficientNet-Lite0
+    measured 3.4 ms against 2.3 ms p50 in one run, with the same top-1). Returns the outputs freed."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = Counter(i for n in graph.node for i in n.input)
+    freed = []
+    for output in graph.output:
+        dq = producers.get(output.name)
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or readers[dq.output[0]] or readers[q.output[0]] != 1:
+            continue
+        value, source = q.input[0], producers.get(q.input[0])
+        if source is None:  # a graph input quantized straight to the output: nothing to rename
+            continue
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        for node in graph.node:  # the producer now writes the output; its other readers follow the name
+            node.input[:] = [output.name if name == value else name for name in node.input]
+        source.output[list(source.output).index(value)] = output.name
+        stale = [v for v in graph.value_info if v.name in (value, q.output[0])]
+        for info in stale:
+            graph.value_info.remove(info)
+        freed.append(output.name)
+    if freed:
+        used = {i for n in graph.node for i in n.input}
+        unused = [t for t in graph.initializer if t.name not in used]
+        for tensor in unused:
+            graph.initializer.remove(tensor)
+        onnx.save(model, str(path))
+    return freed
 
 
 # DequantizeLinear writes the type of its scale, and fp16 scales need opset 19
