@@ -1,6 +1,7 @@
 """`--precision auto` against its peer, in one process: EfficientNet-Lite0 on OpenVINO within a top-1 budget.
 
     .venv/bin/python -m benchmarks.mixed_precision [--work DIR] [--max-disagreement 0.10] [--tensorrt-only]
+        [--calibration-per-source 4]
 
 Rows, all OpenVINO CPU IRs timed here in interleaved rounds (LATENCY hint, f32 execution, 2 threads):
 - kiln `--precision auto --max-top1-disagreement X` (default margin, and `--tuning-margin 0`, NNCF's criterion), and
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/kiln-bench-mixed"))
     parser.add_argument("--max-disagreement", type=float, default=0.10)
     parser.add_argument("--tensorrt-only", action="store_true", help="only the two TensorRT fp8 graph rows")
+    parser.add_argument("--calibration-per-source", type=int, default=4, metavar="N",
+                        help="random crops of each of the 21 source images in the calibration set (4: 84 images)")
     args = parser.parse_args(argv)
     import nncf
     import openvino as ov
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.targets import detect_host
 
     work = args.work
-    _, eval_dir, cal_dir, evals, cals, reference, confident = zoo.efficientnet_data(work)
+    _, eval_dir, cal_dir, evals, cals, reference, confident = zoo.efficientnet_data(work, args.calibration_per_source)
 
     data = ["--calibration", str(cal_dir), "--eval", str(eval_dir)]
     budget = ["--max-top1-disagreement", str(args.max_disagreement)]

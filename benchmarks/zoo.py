@@ -37,7 +37,7 @@ def efficientnet_lite0():
     return model.eval()
 
 
-def efficientnet_data(work: Path):
+def efficientnet_data(work: Path, calibration_per_source: int = 4):
     """(model, eval_dir, cal_dir, eval arrays, calibration arrays, torch fp32 logits on eval, confident mask
     (fp32 top-1 probability >= 0.5)): what every EfficientNet-Lite0 benchmark compares against."""
     import numpy as np
@@ -47,7 +47,7 @@ def efficientnet_data(work: Path):
     from kiln.config import ImagePreprocessing
 
     work.mkdir(parents=True, exist_ok=True)
-    eval_dir, cal_dir = sample_images(work, "eval"), sample_images(work, "calibration")
+    eval_dir, cal_dir = sample_images(work, "eval"), sample_images(work, "calibration", calibration_per_source)
     prep = ImagePreprocessing(**EFFICIENTNET_PREPROCESSING)
     evals = [preprocess(p, prep) for p in list_images(eval_dir)]
     cals = [preprocess(p, prep) for p in list_images(cal_dir)]
@@ -59,13 +59,14 @@ def efficientnet_data(work: Path):
     return model, eval_dir, cal_dir, evals, cals, reference, confident
 
 
-def sample_images(folder: Path, kind: str = "eval") -> Path:
-    """Write (once) and return a folder of scikit-image sample images: kind 'eval' or 'calibration'."""
+def sample_images(folder: Path, kind: str = "eval", per_source: int = 4) -> Path:
+    """Write (once) and return a folder of scikit-image sample images: kind 'eval' or 'calibration' (`per_source`
+    random crops of each source image; a folder of its own when not the default 4)."""
     from kiln.calibration.sample_images import write_sample_images
 
-    target = folder / kind
+    target = folder / (kind if kind == "eval" or per_source == 4 else f"{kind}-{per_source}")
     if not target.exists() or not any(target.iterdir()):
-        write_sample_images(target, kind=kind)
+        write_sample_images(target, kind=kind, per_source=per_source)
     return target
 
 

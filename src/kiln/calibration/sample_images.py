@@ -102,10 +102,11 @@ def _views(kind: str, img: np.ndarray, params: list[tuple[float, float, float, b
             yield (f"rc{i}_flip", view[:, ::-1]) if flip else (f"rc{i}", view)
 
 
-def write_sample_images(out_dir: Path, *, kind: str = "eval") -> list[Path]:
+def write_sample_images(out_dir: Path, *, kind: str = "eval", per_source: int = CALIBRATION_PER_SOURCE) -> list[Path]:
     """Write the deterministic ``kind`` image set as ``{kind}_{source}_{variant}.png``.
 
-    Returns the sorted list of written paths. Sources that are not available
+    ``per_source``: random crops per source image for ``kind="calibration"`` (a larger tuning split for
+    ``--precision auto``). Returns the sorted list of written paths. Sources that are not available
     offline are skipped with a warning.
     """
     if kind not in ("eval", "calibration"):
@@ -117,7 +118,7 @@ def write_sample_images(out_dir: Path, *, kind: str = "eval") -> list[Path]:
     for source in SOURCES:
         # Draw crop parameters before loading, so a skipped source does not shift the others.
         params = [(float(rng.uniform(0.4, 0.9)), float(rng.uniform()), float(rng.uniform()), i % 2 == 1)
-                  for i in range(CALIBRATION_PER_SOURCE)]
+                  for i in range(per_source)]
         img = _load(source)
         if img is None:
             continue
