@@ -124,7 +124,7 @@ def float_outputs(path: Path) -> list[str]:
         if q is None or q.op_type != "QuantizeLinear" or readers[dq.output[0]] or readers[q.output[0]] != 1:
             continue
         value, source = q.input[0], producers.get(q.input[0])
-        if source is None:  # a graph input quantized straight to the output: nothing to rename
+        if source is None or value in {o.name for o in graph.output}:  # a graph input or output: keep its name
             continue
         graph.node.remove(q)
         graph.node.remove(dq)

@@ -141,9 +141,9 @@ def with_following_moves(model: onnx.ModelProto, names: set[str]) -> set[str]:
 
 def to_fp16(src: Path, dst: Path, keep_nodes: tuple[str, ...] = (), feeds: list[dict] | None = None,
             islands: tuple[str, ...] = ()) -> dict:
-    """`src` with fp16 casts at `dst`; nodes whose name contains one of `keep_nodes` (the user's `--keep-fp32`, with
-    the moves after them: with_following_moves), nodes named exactly in `islands` (found by the fp32-island search), fragile ops, control flow and (given `feeds`)
-    nodes whose activations exceed fp16's range stay fp32."""
+    """`src` with fp16 casts at `dst`; the nodes `keep_nodes` names (the user's `--keep-fp32`: matching_nodes, with
+    the moves after them), nodes named exactly in `islands` (found by the fp32-island search), fragile ops, control
+    flow and (given `feeds`) nodes whose activations exceed fp16's range stay fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
