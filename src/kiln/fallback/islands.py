@@ -18,7 +18,7 @@ import onnx
 from kiln.calibration import Samples
 from kiln.config import FallbackPlan
 from kiln.fallback.search import Point, search
-from kiln.fallback.tune import _Evaluator, node_flops
+from kiln.fallback.tune import QdqEvaluator, node_flops
 from kiln.passes.half_precision import fp16_groups, name_nodes, out_of_range_nodes, to_fp16, with_following_moves
 from kiln.passes.qdq_common import matching_nodes
 from kiln.passes.qdq_units import Unit
@@ -36,7 +36,7 @@ def island_units(model: onnx.ModelProto, kept: set[str], flops: dict[str, int]) 
             for nodes in fp16_groups(model, kept)]
 
 
-class _IslandEvaluator(_Evaluator):
+class _IslandEvaluator(QdqEvaluator):
     """The fp16 graph of `source` with `keep` and the searched nodes in fp32, scored against the reference."""
 
     def __init__(self, reference: onnx.ModelProto, source: Path, keep: tuple[str, ...], ranged: tuple[str, ...],

@@ -240,7 +240,7 @@ def hardest_samples(references: list[dict], gots: list[dict], outputs: list[str]
     return sorted(sorted(range(len(references)), key=badness)[:count])
 
 
-class _Evaluator(TuningEvaluator):
+class QdqEvaluator(TuningEvaluator):
     """ONNX Runtime graphs (Q/DQ units restored), with the artifact's session settings, against the float graph."""
 
     def __init__(self, reference: onnx.ModelProto, weights: dict, qdq: onnx.ModelProto,
@@ -298,7 +298,7 @@ def fall_back(reference_path: Path, float_paths: tuple[Path | None, Path], qdq_p
     weights = float_weights(*([onnx.load(str(uncorrected))] if uncorrected else []), float_model)
     _unique_node_names(qdq)
     units = find_units(qdq, node_flops(float_model, tuning))
-    evaluate = _Evaluator(onnx.load(str(reference_path)), weights, qdq, units, tuning, plan, settings)
+    evaluate = QdqEvaluator(onnx.load(str(reference_path)), weights, qdq, units, tuning, plan, settings)
     result = search(units, evaluate, seconds, progress, sweep=evaluate.sweep, step_back_share=plan.step_back_share,
                     alone=evaluate.alone)
     final = result.chosen or result.best
@@ -354,14 +354,14 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 LADDER_RUNS = 100  # timed runs per candidate when whole recipes are compared
 
 
-def whole_graph_scorer(reference_path: Path, tuning: Samples, plan: FallbackPlan, settings: dict) -> _Evaluator:
+def whole_graph_scorer(reference_path: Path, tuning: Samples, plan: FallbackPlan, settings: dict) -> QdqEvaluator:
     """An evaluator with no units: `score(model)` and `p50_ms(model)` for whole graphs (recipes, smoothing strengths)
     against the reference on the tuning split."""
-    return _Evaluator(onnx.load(str(reference_path)), {}, onnx.ModelProto(), [], tuning, plan, settings)
+    return QdqEvaluator(onnx.load(str(reference_path)), {}, onnx.ModelProto(), [], tuning, plan, settings)
 
 
 def fastest_within_budget(reference_path: Path, tuning: Samples, plan: FallbackPlan, settings: dict,
-                          candidates: dict[str, Path], scorer: _Evaluator | None = None,
+                          candidates: dict[str, Path], scorer: QdqEvaluator | None = None,
                           scored: dict[str, Point] | None = None) -> dict:
     """The recipe ladder above per-unit fallback (ONNX Runtime: the searched static int8 graph, dynamic int8): each
     candidate scored on the tuning split and timed, in this order, here; the fastest within budget wins (the first
