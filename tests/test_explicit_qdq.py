@@ -62,7 +62,7 @@ def test_fp8_leaves_the_stem_and_depthwise_convs_float(tmp_path, kind, quantized
 def test_the_model_output_is_not_rounded_to_low_precision(tmp_path, kind):
     """ONNX Runtime's quantizer puts a Q/DQ pair on every quantized Conv's output, the last one's too: the model's
     output then came out on the int8/fp8 grid (EfficientNet-Lite0's fp8 logits kept 3 mantissa bits; top-1 agreement
-    with every unit restored was 87.5 % instead of 100 %). The last Conv now writes the output itself, in float: it
+    with every unit restored was 87.5 % instead of 100 %). The last Conv's float output is now the model's output: it
     equals a float 1x1 convolution of its dequantized input and weight."""
     import onnxruntime as ort
 
@@ -74,7 +74,9 @@ def test_the_model_output_is_not_rounded_to_low_precision(tmp_path, kind):
     assert details["float_outputs"] == ["y"]
     model = onnx.load(str(tmp_path / "q.onnx"))
     onnx.checker.check_model(model, full_check=True)
-    last = next(n for n in model.graph.node if "y" in n.output)
+    writer = {o: n for n in model.graph.node for o in n.output}
+    assert writer["y"].op_type == "Identity"  # of the last Conv's float output, no Q/DQ between
+    last = writer[writer["y"].input[0]]
     assert last.name == "pointwise"
     model.graph.output.extend([helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in last.input[:2]])
     y, activation, weight = ort.InferenceSession(model.SerializeToString()).run(["y", *last.input[:2]], feeds[0])

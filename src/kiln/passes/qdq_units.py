@@ -143,8 +143,8 @@ def restore_units(qdq: onnx.ModelProto, units: list[Unit], floats: dict[str, onn
             ordered += casts.get(node.name, []) + [node]
         del graph.node[:]
         graph.node.extend(ordered)
-    _float_graph_outputs(graph, wanted)
-    return _without_dead_nodes(model)
+    float_graph_outputs(graph, wanted)
+    return without_dead_nodes(model)
 
 
 def _cast_into(value: str, to: int, reader: onnx.NodeProto, added: dict, casts: dict) -> str:
@@ -158,18 +158,23 @@ def _cast_into(value: str, to: int, reader: onnx.NodeProto, added: dict, casts: 
     return added[key]
 
 
-def _float_graph_outputs(graph: onnx.GraphProto, wanted: set[str]) -> None:
-    """A graph output the quantizer wrapped in Q -> DQ after a restored node is that node's float value again."""
+def float_graph_outputs(graph: onnx.GraphProto, wanted: set[str] | None = None) -> list[str]:
+    """A graph output the quantizer wrapped in Q -> DQ is its producer's float value again (an Identity of the Q's
+    input; the Q is then dead): after a restored node in `wanted`, or after any node when `wanted` is None. Returns
+    the outputs freed."""
     producers, _ = _index(graph)
     outputs = {o.name for o in graph.output}
+    freed = []
     for index, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear" or node.output[0] not in outputs:
             continue
         q = producers.get(node.input[0])
         source = producers.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
-        if source is not None and source.name in wanted:
+        if source is not None and (wanted is None or source.name in wanted):
             graph.node[index].CopyFrom(onnx.helper.make_node("Identity", [q.input[0]], [node.output[0]],
                                                              name=f"{node.name}_kiln_float"))
+            freed.append(node.output[0])
+    return freed
 
 
 def _differs(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
@@ -218,7 +223,7 @@ def _float_weight(dq: onnx.NodeProto, inits: dict, floats: dict, graph: onnx.Gra
     return name
 
 
-def _without_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Remove nodes whose outputs nobody reads (repeatedly: a dead DQ makes its Q dead), then unused initializers."""
     graph = model.graph
     outputs = {o.name for o in graph.output}
