@@ -1,7 +1,7 @@
 """`--precision auto` against its peer, in one process: EfficientNet-Lite0 on OpenVINO within a top-1 budget.
 
     .venv/bin/python -m benchmarks.mixed_precision [--work DIR] [--max-disagreement 0.10] [--tensorrt-only]
-        [--calibration-per-source 4]
+        [--calibration-per-source N]
 
 Rows, all OpenVINO CPU IRs timed here in interleaved rounds (LATENCY hint, f32 execution, 2 threads):
 - kiln `--precision auto --max-top1-disagreement X` (default margin, and `--tuning-margin 0`, NNCF's criterion), and
@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/kiln-bench-mixed"))
     parser.add_argument("--max-disagreement", type=float, default=0.10)
     parser.add_argument("--tensorrt-only", action="store_true", help="only the two TensorRT fp8 graph rows")
-    parser.add_argument("--calibration-per-source", type=int, default=4, metavar="N",
-                        help="random crops of each of the 21 source images in the calibration set (4: 84 images)")
+    parser.add_argument("--calibration-per-source", type=int, metavar="N",
+                        help="random crops of each of the 21 source images in the calibration set (default: kiln's "
+                             "sample set, 4 each, 84 images)")
     args = parser.parse_args(argv)
     import nncf
     import openvino as ov

@@ -37,7 +37,7 @@ def efficientnet_lite0():
     return model.eval()
 
 
-def efficientnet_data(work: Path, calibration_per_source: int = 4):
+def efficientnet_data(work: Path, calibration_per_source: int | None = None):
     """(model, eval_dir, cal_dir, eval arrays, calibration arrays, torch fp32 logits on eval, confident mask
     (fp32 top-1 probability >= 0.5)): what every EfficientNet-Lite0 benchmark compares against."""
     import numpy as np
@@ -59,14 +59,14 @@ def efficientnet_data(work: Path, calibration_per_source: int = 4):
     return model, eval_dir, cal_dir, evals, cals, reference, confident
 
 
-def sample_images(folder: Path, kind: str = "eval", per_source: int = 4) -> Path:
+def sample_images(folder: Path, kind: str = "eval", per_source: int | None = None) -> Path:
     """Write (once) and return a folder of scikit-image sample images: kind 'eval' or 'calibration' (`per_source`
-    random crops of each source image; a folder of its own when not the default 4)."""
+    random crops of each source image, in a folder of its own; None: kiln's default set)."""
     from kiln.calibration.sample_images import write_sample_images
 
-    target = folder / (kind if kind == "eval" or per_source == 4 else f"{kind}-{per_source}")
+    target = folder / (kind if per_source is None else f"{kind}-{per_source}")
     if not target.exists() or not any(target.iterdir()):
-        write_sample_images(target, kind=kind, per_source=per_source)
+        write_sample_images(target, kind=kind, **({} if per_source is None else {"per_source": per_source}))
     return target
 
 

@@ -42,7 +42,7 @@ from kiln.stage_cache import (StageCache, compile_key, derived_key, export_key, 
                                open_cache, save_compiled, save_prepared)
 from kiln.targets import detect_host, find_target
 from kiln.toolchain import toolchain_versions
-from kiln.validate import check_budget_can_judge, rounded_bound, validate
+from kiln.validate import check_budget_can_judge, rounded_reading, validate
 
 SYNTHETIC_EVAL_SAMPLES = 16
 SYNTHETIC_CALIBRATION_SAMPLES = 32
@@ -282,11 +282,11 @@ def build(config, plan, backend, host, staged, prepared: Prepared, progress, sta
             checked = {"accuracy": accuracy, "sample_output": runner.infer(example),
                        "execution_precision": runner.settings.get("execution_precision"),
                        "stand_in": runner.settings.pop("stand_in", None)}
-        bound = getattr(backend, "fp16_bound_runner", None)
-        if bound is not None:
-            rounded = rounded_bound(lambda: bound(compiled.model, compiled.signature, compiled.runtime_settings,
-                                                  work / "fp16-bound"), prepared.evaluation, graph.reference_outputs,
-                                    prepared.classifier)
+        rounded_runner = getattr(backend, "fp16_rounded_runner", None)
+        if rounded_runner is not None:
+            rounded = rounded_reading(lambda: rounded_runner(compiled.model, compiled.signature,
+                                                             compiled.runtime_settings, work / "fp16-rounded"),
+                                      prepared.evaluation, graph.reference_outputs, prepared.classifier)
             if rounded:
                 accuracy["fp16_rounded"] = rounded
         return checked

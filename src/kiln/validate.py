@@ -112,10 +112,10 @@ def validate(runner, samples: Samples, references: tuple[dict, ...], budget: Acc
     }
 
 
-def rounded_bound(make_runner, samples: Samples, references: tuple[dict, ...],
-                  classifier_outputs: dict[str, bool] | None = None) -> dict | None:
+def rounded_reading(make_runner, samples: Samples, references: tuple[dict, ...],
+                    classifier_outputs: dict[str, bool] | None = None) -> dict | None:
     """The accuracy of the graph with every fp16 tensor rounded (`make_runner()`: its runner, or None when there is
-    nothing to bound), beside the check's: information, never gated. A graph the rounding copy cannot run is said in
+    nothing to round), beside the check's: information, never gated. A graph the rounding copy cannot run is said in
     one line, not raised: the check that gates has already run."""
     note = ("ONNX Runtime's check rounds only where the graph casts, TensorRT at every layer it does not fuse; where "
             "the two readings differ, the CPU check does not settle the engine's accuracy")
@@ -125,7 +125,7 @@ def rounded_bound(make_runner, samples: Samples, references: tuple[dict, ...],
             return None
         with runner:
             result = validate(runner, samples, references, AccuracyBudget(), classifier_outputs)
-    except Exception as exc:  # onnx/ORT raise their own types; the bound is information, not the gate
+    except Exception as exc:  # onnx/ORT raise their own types; the reading is information, not the gate
         return {"note": note, "unavailable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
     return {"note": note, "outputs": result["outputs"], "seconds": result["seconds"]}
 

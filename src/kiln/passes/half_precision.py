@@ -136,6 +136,8 @@ def fp16_groups(model: onnx.ModelProto, skip: set[str]) -> list[list[str]]:
 def with_following_moves(model: onnx.ModelProto, names: set[str]) -> set[str]:
     """`names` and, for each that heads a group (fp16_groups), the moves after it: `--keep-fp32 NAME` of a unit the
     island search reports keeps the same nodes the search kept, not only the unit's first node."""
+    if not names:
+        return set()
     return set(names) | {n for group in fp16_groups(model, set()) if group[0] in names for n in group[1:]}
 
 

@@ -185,7 +185,7 @@ def _rounded_lines(rounded: dict | None) -> list[str]:
 
 
 def rounded_summary(rounded: dict | None) -> str | None:
-    """The second fp16 reading beside the check (validate.rounded_bound), one sentence: the same outputs with every
+    """The second fp16 reading beside the check (validate.rounded_reading), one sentence: the same outputs with every
     fp16 tensor rounded."""
     if not rounded:
         return None

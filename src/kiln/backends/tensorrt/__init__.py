@@ -241,7 +241,7 @@ class TensorRtBackend:
             return EngineRunner(model.parent / settings["engine"], signature, settings)
         return OrtRunner(model, signature, {k: v for k, v in settings.items() if k != "graph_check"})
 
-    def fp16_bound_runner(self, model: Path, signature: Signature, settings: dict, workdir: Path):
+    def fp16_rounded_runner(self, model: Path, signature: Signature, settings: dict, workdir: Path):
         """The prepared graph with every fp16 tensor rounded (passes/fp16_rounding.py) on ONNX Runtime CPU: the
         other reading of the graph's accuracy, beside the check. None where an engine runs the checks
         or the graph has no fp16 tensor."""
