@@ -45,7 +45,7 @@ def test_every_fp16_tensor_is_rounded_once_where_it_is_written():
     assert np.isinf(got[2, 0]) and not np.isinf(got).all()  # 3000 squared is beyond fp16, as on a GPU
 
 
-def test_a_graph_without_fp16_has_nothing_to_bound():
+def test_a_graph_without_fp16_has_nothing_to_round():
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "f32",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
